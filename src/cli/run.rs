@@ -1,0 +1,10 @@
+//! `slipway run`: boot what `slipway build` produced.
+
+use super::Global;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {}
+
+pub fn run(cmd: Command, _global: &Global) -> anyhow::Result<()> {
+    match cmd {}
+}

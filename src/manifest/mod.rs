@@ -1,0 +1,46 @@
+//! The manifest: LinuxKit's YAML schema, read with positions, merged across files and validated.
+//!
+//! `load` is the whole stage: parse each file (syntax and type errors located), expand `@pkg:`
+//! templates, merge in order, and check every rule. The result feeds image resolution.
+
+pub mod capabilities;
+mod error;
+pub mod label;
+mod merge;
+mod parse;
+pub mod path;
+pub mod schema;
+mod source;
+pub mod template;
+mod validate;
+
+pub use error::ManifestError;
+pub use merge::{Document, Merged};
+pub use schema::*;
+pub use source::{Pos, Source};
+pub use template::PkgTagger;
+pub use validate::{id_map, parse_duration, resolve_id};
+
+/// Parses one file (no templates, no validation).
+pub fn parse_document(source: Source) -> Result<Document, ManifestError> {
+    let manifest = parse::parse::<Manifest>(&source)?;
+    Ok(Document { source, manifest })
+}
+
+/// Parses, expands templates, merges and validates several manifest files, in order.
+pub fn load(sources: Vec<Source>, tagger: PkgTagger<'_>) -> Result<Merged, ManifestError> {
+    let mut docs = Vec::with_capacity(sources.len());
+    for source in sources {
+        let mut doc = parse_document(source)?;
+        template::expand(&mut doc, tagger)?;
+        docs.push(doc);
+    }
+    let merged = merge::merge(docs);
+    validate::validate(&merged)?;
+    Ok(merged)
+}
+
+/// Prints a manifest as YAML (the form `build --dry-run` shows, and that parses back the same).
+pub fn to_yaml(manifest: &Manifest) -> String {
+    serde_saphyr::to_string(manifest).expect("a manifest always serialises")
+}

@@ -1,0 +1,186 @@
+//! A manifest's text and where every key and value of it sits, so that any error — syntax, type
+//! or semantic — can point at a line and column.
+//!
+//! serde-saphyr reports positions for the errors it finds itself, but a rule checked after
+//! deserialising (a duplicate service name, an unknown capability) only has a field path. This
+//! index maps field paths back to positions; it is built from the same parser's event stream.
+
+use std::collections::HashMap;
+
+use serde_saphyr::granit_parser::{Event, Parser};
+
+use super::path::{FieldPath, Seg};
+
+/// A 1-based line and column, and the byte range of the thing there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// One manifest file as read.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The name shown in messages: the path as given, or `<stdin>`.
+    pub name: String,
+    pub text: String,
+    /// The folder `@pkg:` paths are relative to; `None` for standard input.
+    pub dir: Option<std::path::PathBuf>,
+    index: SpanIndex,
+}
+
+impl Source {
+    pub fn new(name: impl Into<String>, text: impl Into<String>, dir: Option<std::path::PathBuf>) -> Self {
+        let text = text.into();
+        let index = SpanIndex::build(&text);
+        Source { name: name.into(), text, dir, index }
+    }
+
+    /// Where the value at `path` is. Falls back to the nearest ancestor that exists.
+    pub fn value_pos(&self, path: &FieldPath) -> Pos {
+        let mut p = path.clone();
+        loop {
+            if let Some(pos) = self.index.values.get(&p) {
+                return *pos;
+            }
+            if p.is_root() {
+                return Pos { line: 1, column: 1, offset: 0, len: 0 };
+            }
+            p = p.parent();
+        }
+    }
+
+    /// Where the key that ends `path` is written (for unknown keys); the value's position otherwise.
+    pub fn key_pos(&self, path: &FieldPath) -> Pos {
+        self.index.keys.get(path).copied().unwrap_or_else(|| self.value_pos(path))
+    }
+
+    /// Position from a 1-based line and column (for errors the YAML parser reports itself).
+    pub fn pos_at(&self, line: usize, column: usize) -> Pos {
+        let offset = self
+            .text
+            .split_inclusive('\n')
+            .take(line.saturating_sub(1))
+            .map(str::len)
+            .sum::<usize>()
+            + column.saturating_sub(1);
+        Pos { line, column, offset: offset.min(self.text.len()), len: 0 }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct SpanIndex {
+    values: HashMap<FieldPath, Pos>,
+    keys: HashMap<FieldPath, Pos>,
+}
+
+enum Frame {
+    Map { path: FieldPath, key: Option<String> },
+    Seq { path: FieldPath, next: usize },
+}
+
+impl SpanIndex {
+    /// Walks the event stream once. A document that does not parse yields a partial index; the
+    /// deserialiser reports the syntax error with its own position.
+    fn build(text: &str) -> Self {
+        let mut index = SpanIndex::default();
+        let mut stack: Vec<Frame> = Vec::new();
+        for item in Parser::new_from_str(text) {
+            let Ok((event, span)) = item else { break };
+            let start = span.start;
+            let end = span.end;
+            let pos = Pos {
+                line: start.line(),
+                column: start.col() + 1,
+                offset: start.byte_offset().unwrap_or(0),
+                len: end.byte_offset().unwrap_or(0).saturating_sub(start.byte_offset().unwrap_or(0)),
+            };
+            match event {
+                Event::Scalar(value, ..) => {
+                    // A scalar in key position of a mapping is a key, not a value.
+                    if let Some(Frame::Map { path, key }) = stack.last_mut() {
+                        if key.is_none() {
+                            index.keys.insert(path.key(&value), pos);
+                            *key = Some(value.into_owned());
+                            continue;
+                        }
+                    }
+                    let here = index.child_path(&mut stack);
+                    index.values.insert(here, pos);
+                }
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    let here = index.child_path(&mut stack);
+                    index.values.entry(here.clone()).or_insert(pos);
+                    stack.push(if matches!(event, Event::MappingStart(..)) {
+                        Frame::Map { path: here, key: None }
+                    } else {
+                        Frame::Seq { path: here, next: 0 }
+                    });
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    stack.pop();
+                }
+                Event::Alias(_) => {
+                    let here = index.child_path(&mut stack);
+                    index.values.insert(here, pos);
+                }
+                _ => {}
+            }
+        }
+        index
+    }
+
+    /// The path of the node that starts now, advancing the parent frame.
+    fn child_path(&self, stack: &mut [Frame]) -> FieldPath {
+        match stack.last_mut() {
+            None => FieldPath::root(),
+            Some(Frame::Map { path, key }) => match key.take() {
+                Some(k) => path.key(&k),
+                // A complex (non-scalar) key: give it a path nobody asks for.
+                None => path.key("?"),
+            },
+            Some(Frame::Seq { path, next }) => {
+                let p = path.index(*next);
+                *next += 1;
+                p
+            }
+        }
+    }
+}
+
+impl FieldPath {
+    /// The first segment, when it is a key (the top-level section).
+    pub fn section(&self) -> Option<&str> {
+        match self.0.first() {
+            Some(Seg::Key(k)) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "kernel:\n  image: linuxkit/kernel:6.6\nservices:\n  - name: getty\n    image: x\n    capabilities:\n      - CAP_A\n      - CAP_B\n";
+
+    #[test]
+    fn finds_values_and_keys() {
+        let s = Source::new("t.yml", DOC, None);
+        let p = FieldPath::root().key("services").index(0).key("capabilities").index(1);
+        let pos = s.value_pos(&p);
+        assert_eq!((pos.line, pos.column), (8, 9));
+        let k = s.key_pos(&FieldPath::root().key("kernel").key("image"));
+        assert_eq!((k.line, k.column), (2, 3));
+        assert_eq!(&DOC[pos.offset..pos.offset + pos.len], "CAP_B");
+    }
+
+    #[test]
+    fn missing_paths_fall_back_to_the_nearest_ancestor() {
+        let s = Source::new("t.yml", DOC, None);
+        let pos = s.value_pos(&FieldPath::root().key("services").index(0).key("nope"));
+        assert_eq!(pos.line, 4);
+    }
+}
