@@ -8,26 +8,28 @@ use super::source::Source;
 
 /// Deserialises `source` as `T`, reporting the field path and position of the first error.
 pub fn parse<T: DeserializeOwned>(source: &Source) -> Result<T, ManifestError> {
-    let mut failed_at: Option<(FieldPath, String)> = None;
+    let mut failed_at: Option<(FieldPath, String, Option<(usize, usize)>)> = None;
     let result = serde_saphyr::with_deserializer_from_str(&source.text, |de| {
         serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
             let path = FieldPath::from_serde(e.path());
             let message = e.inner().to_string();
-            failed_at = Some((path, message.clone()));
+            let at = e.inner().location().map(|l| (l.line() as usize, l.column() as usize));
+            failed_at = Some((path, message.clone(), at));
             <serde_saphyr::Error as serde::de::Error>::custom(message)
         })
     });
     match result {
         Ok(value) => Ok(value),
         Err(err) => Err(match failed_at {
-            Some((path, message)) => located(source, path, &message),
+            Some((path, message, at)) => located(source, path, &message, at),
             None => syntax_error(source, &err),
         }),
     }
 }
 
 /// Turns a serde error at `path` into a located error. Unknown fields point at the key itself.
-fn located(source: &Source, path: FieldPath, message: &str) -> ManifestError {
+/// Errors the parser located itself (bad quoting, wrong scalar types) keep the parser's position.
+fn located(source: &Source, path: FieldPath, message: &str, at: Option<(usize, usize)>) -> ManifestError {
     let message = strip_location(message);
     if let Some(field) = backticked(&message, "unknown field `") {
         // serde_path_to_error stops at the mapping; the key is the offending thing.
@@ -40,7 +42,10 @@ fn located(source: &Source, path: FieldPath, message: &str) -> ManifestError {
     if let Some(field) = backticked(&message, "missing field `") {
         return ManifestError::value(source, &path, format!("required field `{field}` is missing"));
     }
-    ManifestError::value(source, &path, message)
+    match at {
+        Some((line, column)) if line > 0 => ManifestError::at(source, source.pos_at(line, column), &path, message),
+        _ => ManifestError::value(source, &path, message),
+    }
 }
 
 fn syntax_error(source: &Source, err: &serde_saphyr::Error) -> ManifestError {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use regex::Regex;
 use serde_saphyr::granit_parser::{Event, Parser};
 
 use super::path::{FieldPath, Seg};
@@ -33,7 +34,7 @@ pub struct Source {
 
 impl Source {
     pub fn new(name: impl Into<String>, text: impl Into<String>, dir: Option<std::path::PathBuf>) -> Self {
-        let text = text.into();
+        let text = indent_comments_in_block_scalars(&text.into());
         let index = SpanIndex::build(&text);
         Source { name: name.into(), text, dir, index }
     }
@@ -68,6 +69,55 @@ impl Source {
             + column.saturating_sub(1);
         Pos { line, column, offset: offset.min(self.text.len()), len: 0 }
     }
+}
+
+/// LinuxKit's parser (go-yaml) accepts a `#` line at column 0 inside a literal block scalar,
+/// as in its own `examples/static-ip.yml`:
+/// ```yaml
+///     contents: |
+/// #      domain test.local
+///       nameserver 10.10.1.101
+/// ```
+/// Strict YAML ends the scalar there and then fails on the next line. So that such manifests
+/// build unchanged, a column-0 comment line followed by more of the scalar is indented to the
+/// scalar's indentation (it becomes a line of the contents). Line numbers do not move.
+fn indent_comments_in_block_scalars(text: &str) -> String {
+    let header = Regex::new(r"(^|[\s:-])[|>][+-]?[1-9]?[+-]?\s*(#.*)?$").expect("static regex");
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let blank = |l: &str| l.trim().is_empty();
+    let stray = |l: &str| l.starts_with('#');
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < lines.len() {
+        out.push_str(lines[i]);
+        if !header.is_match(lines[i].trim_end()) {
+            i += 1;
+            continue;
+        }
+        let parent = indent(lines[i]);
+        // The scalar's indentation is that of its first line that is neither blank nor a stray comment.
+        let content = lines[i + 1..].iter().find(|l| !blank(l) && !stray(l)).map(|l| indent(l)).filter(|n| *n > parent);
+        i += 1;
+        let Some(content) = content else { continue };
+        while i < lines.len() {
+            let l = lines[i];
+            if stray(l) {
+                let continues = lines[i + 1..].iter().find(|l| !blank(l) && !stray(l)).is_some_and(|l| indent(l) >= content);
+                if !continues {
+                    break;
+                }
+                out.push_str(&" ".repeat(content));
+                out.push_str(l);
+            } else if blank(l) || indent(l) >= content {
+                out.push_str(l);
+            } else {
+                break;
+            }
+            i += 1;
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, Default)]
@@ -175,6 +225,15 @@ mod tests {
         let k = s.key_pos(&FieldPath::root().key("kernel").key("image"));
         assert_eq!((k.line, k.column), (2, 3));
         assert_eq!(&DOC[pos.offset..pos.offset + pos.len], "CAP_B");
+    }
+
+    #[test]
+    fn column_zero_comments_inside_block_scalars_are_kept_as_content() {
+        let text = "files:\n  - path: x\n    contents: |\n#      domain x\n      nameserver 1\n# trailing\nvolumes: []\n";
+        let s = Source::new("t.yml", text, None);
+        assert_eq!(s.text, "files:\n  - path: x\n    contents: |\n      #      domain x\n      nameserver 1\n# trailing\nvolumes: []\n");
+        let plain = "a: |\n  x\n# c\nb: 1\n";
+        assert_eq!(Source::new("t.yml", plain, None).text, plain);
     }
 
     #[test]
