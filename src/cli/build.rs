@@ -35,7 +35,7 @@ pub struct Args {
 
 pub fn run(args: Args, _global: &Global) -> anyhow::Result<()> {
     let sources = read_sources(&args.files)?;
-    let tagger = |dir: &Path| -> Result<String, String> { Err(format!("{}: package tags are not available yet", dir.display())) }; // TEMP until pkg::show_tag lands
+    let tagger = |dir: &Path| crate::pkg::show_tag(dir).map_err(|e| e.to_string());
     let merged = manifest::load(sources, &tagger)?;
     for doc in &merged.documents {
         if doc.manifest.trust.is_some() {
