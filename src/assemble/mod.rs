@@ -1,3 +1,9 @@
-//! Phase 1 of a build: the root filesystem tree every output format is written from.
+//! Phase 1 of a build: resolve the manifest's images and lay out the root filesystem tree that
+//! every output format is written from.
 
+mod files;
+pub mod root;
+pub mod runtime_config;
 pub mod tree;
+
+pub use root::{Assembled, AssembleError, MANIFEST_PATH, assemble};

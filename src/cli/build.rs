@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::Global;
+use super::cache::PullArgs;
+use crate::assemble::{self, tree::Tree};
+use crate::format::{self, BootSpec, Compression};
 use crate::manifest::{self, Source};
 
 #[derive(clap::Args, Debug)]
@@ -28,12 +31,21 @@ pub struct Args {
     /// Print one JSON document describing the result on standard output.
     #[arg(long)]
     pub json: bool,
+    /// Initrd compression: gzip, zstd, xz or none.
+    #[arg(long, value_name = "C", default_value = "gzip")]
+    pub compress: Compression,
+    #[command(flatten)]
+    pub pull: PullArgs,
     /// Manifest files, merged in order; `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
 }
 
-pub fn run(args: Args, _global: &Global) -> anyhow::Result<()> {
+/// The formats this version writes, in the order they are written.
+const FORMATS: &[&str] = &["kernel+initrd", "tar-kernel-initrd", "tar"];
+
+pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
+    let formats = formats(&args)?;
     let sources = read_sources(&args.files)?;
     let tagger = |dir: &Path| crate::pkg::show_tag(dir).map_err(|e| e.to_string());
     let merged = manifest::load(sources, &tagger)?;
@@ -53,7 +65,87 @@ pub fn run(args: Args, _global: &Global) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    anyhow::bail!("building `{name}` needs the image assembler, which is not in this version yet; use --dry-run")
+
+    let store = global.store()?;
+    let assembled = assemble::assemble(&merged, &store, &args.pull.options())?;
+    let mut tree = assembled.tree;
+    let boot = if tree.get(format::KERNEL_PATH).is_some() { Some(BootSpec::split_from(&mut tree)?) } else { None };
+    if args.output.is_none() {
+        std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    }
+    let mut written: Vec<PathBuf> = Vec::new();
+    for f in &formats {
+        written.extend(write_format(f, &tree, boot.as_ref(), &args, &name)?);
+    }
+    if args.json {
+        let doc = serde_json::json!({
+            "name": name,
+            "formats": formats,
+            "files": written,
+            "manifest": assembled.resolved,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for path in &written {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `-f` values, checked; the default is kernel+initrd, or tar when `-o` names one output.
+fn formats(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut formats: Vec<String> = args.formats.iter().map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect();
+    if formats.is_empty() {
+        formats.push(if args.output.is_some() { "tar" } else { "kernel+initrd" }.to_string());
+    }
+    for f in &formats {
+        if !FORMATS.contains(&f.as_str()) {
+            anyhow::bail!("unknown format `{f}`: this version writes {}", FORMATS.join(", "));
+        }
+    }
+    if args.output.is_some() && (formats.len() != 1 || formats[0] != "tar") {
+        anyhow::bail!("-o writes one streamable output: use it with `-f tar` alone");
+    }
+    Ok(formats)
+}
+
+fn need_boot<'a>(boot: Option<&'a BootSpec>, format: &str) -> anyhow::Result<&'a BootSpec> {
+    boot.ok_or_else(|| anyhow::anyhow!("format {format} needs a kernel: add `kernel: image:` to the manifest"))
+}
+
+fn write_format(f: &str, tree: &Tree, boot: Option<&BootSpec>, args: &Args, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+    match f {
+        "kernel+initrd" => {
+            let files = format::kernel_initrd::write_kernel_initrd(tree, need_boot(boot, f)?, args.compress, &args.dir, name)?;
+            Ok(vec![files.kernel, files.initrd, files.cmdline])
+        }
+        "tar-kernel-initrd" => {
+            let path = args.dir.join(format!("{name}-initrd.tar"));
+            let boot = need_boot(boot, f)?;
+            format::kernel_initrd::write_file_atomically(&path, |w| {
+                format::kernel_initrd::write_tar_kernel_initrd(tree, boot, args.compress, w).map(|_| ())
+            })?;
+            Ok(vec![path])
+        }
+        _ => {
+            let empty = BootSpec::default();
+            let boot = boot.unwrap_or(&empty);
+            match args.output.as_deref() {
+                Some("-") => {
+                    let stdout = std::io::stdout().lock();
+                    let mut w = format::tar::write_tar(tree, boot, std::io::BufWriter::new(stdout))?;
+                    std::io::Write::flush(&mut w)?;
+                    Ok(vec![])
+                }
+                out => {
+                    let path = out.map(PathBuf::from).unwrap_or_else(|| args.dir.join(format!("{name}.tar")));
+                    format::kernel_initrd::write_file_atomically(&path, |w| format::tar::write_tar(tree, boot, w).map(|_| ()))?;
+                    Ok(vec![path])
+                }
+            }
+        }
+    }
 }
 
 fn read_sources(files: &[String]) -> anyhow::Result<Vec<Source>> {

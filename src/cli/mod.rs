@@ -32,6 +32,15 @@ pub struct Global {
     pub verbose: u8,
 }
 
+impl Global {
+    /// The image store every command shares.
+    pub fn store(&self) -> anyhow::Result<crate::oci::Store> {
+        use anyhow::Context;
+        let root = self.cache.clone().unwrap_or_else(crate::oci::Store::default_root);
+        crate::oci::Store::open(&root).with_context(|| format!("opening the image store {}", root.display()))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Build an image from one or more manifests (merged in order).

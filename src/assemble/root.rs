@@ -1,0 +1,227 @@
+//! Phase 1 proper: resolve every image the manifest names, then lay out the root tree — kernel
+//! and modules, init images, container bundles, volumes, files and the pinned manifest.
+//!
+//! ```text
+//! /boot/kernel, /boot/cmdline, /boot/ucode.cpio     split out again by phase 2
+//! /...                                              init images, unpacked in order
+//! /containers/onboot/000-NAME/{config.json, rootfs/ | lower/ + tmp/ + rootfs/}
+//! /containers/onshutdown/000-NAME/...
+//! /containers/services/NAME/...
+//! /containers/volumes/NAME/{lower/, tmp/, merged/}
+//! /etc/slipway/manifest.yml                          every image pinned by digest
+//! ```
+//! A read-only container gets its image in `rootfs/`; a writable one gets it in `lower/`, and the
+//! init mounts a tmpfs-backed overlay on `rootfs/` at boot (LinuxKit's layout).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::assemble::runtime_config::runtime_config;
+use crate::assemble::tree::{Entry, Kind, Tree};
+use crate::manifest::{self, Image, Manifest, ManifestError, Merged, label, path::FieldPath};
+use crate::oci::{self, PullOptions, ResolvedImage, Store};
+
+/// Where the resolved manifest is written in the image.
+pub const MANIFEST_PATH: &str = "etc/slipway/manifest.yml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error(transparent)]
+    Manifest(Box<ManifestError>),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    #[error(transparent)]
+    Flatten(#[from] oci::FlattenError),
+    #[error("kernel image {image}: {reason}")]
+    Kernel { image: String, reason: String },
+    #[error("{container}: {source}")]
+    Label { container: String, source: label::LabelError },
+}
+
+impl From<ManifestError> for AssembleError {
+    fn from(e: ManifestError) -> Self {
+        AssembleError::Manifest(Box::new(e))
+    }
+}
+
+/// The root tree, and the manifest as built (every image pinned by digest).
+pub struct Assembled {
+    pub tree: Tree,
+    pub resolved: Manifest,
+}
+
+/// Resolves the images of `merged` (cache first, then registries) and lays out the root tree.
+pub fn assemble(merged: &Merged, store: &Store, pull: &PullOptions) -> Result<Assembled, AssembleError> {
+    let m = &merged.manifest;
+    let mut images: BTreeMap<String, ResolvedImage> = BTreeMap::new();
+    let mut resolve = |reference: &str| -> Result<ResolvedImage, AssembleError> {
+        if let Some(r) = images.get(reference) {
+            return Ok(r.clone());
+        }
+        let r = oci::resolve(store, reference, pull)?;
+        images.insert(reference.to_string(), r.clone());
+        Ok(r)
+    };
+    let mut resolved = m.clone();
+    let mut tree = Tree::new();
+
+    if let Some(kernel) = &m.kernel {
+        if let Some(reference) = &kernel.image {
+            let image = resolve(reference)?;
+            add_kernel(&mut tree, store, &image, kernel)?;
+            resolved.kernel.as_mut().expect("cloned").image = Some(pinned(&image));
+        }
+    }
+    for (i, reference) in m.init.iter().enumerate() {
+        let image = resolve(reference)?;
+        let rootfs = oci::flatten_into_tree(store, &image)?;
+        tree.graft("", &rootfs);
+        resolved.init[i] = pinned(&image);
+    }
+    base_layout(&mut tree);
+
+    let ids = manifest::id_map(m);
+    for (section, list) in [("onboot", &m.onboot), ("onshutdown", &m.onshutdown), ("services", &m.services)] {
+        for (i, c) in list.iter().enumerate() {
+            let image = resolve(&c.image)?;
+            let dir = match section {
+                "services" => format!("containers/services/{}", c.name),
+                _ => format!("containers/{section}/{i:03}-{}", c.name),
+            };
+            add_bundle(&mut tree, store, &image, c, &ids, &dir)?;
+            let pinned_ref = pinned(&image);
+            match section {
+                "onboot" => resolved.onboot[i].image = pinned_ref,
+                "onshutdown" => resolved.onshutdown[i].image = pinned_ref,
+                _ => resolved.services[i].image = pinned_ref,
+            }
+        }
+    }
+    for (i, v) in m.volumes.iter().enumerate() {
+        let dir = format!("containers/volumes/{}", v.name);
+        tree.insert(&format!("{dir}/lower"), Entry::dir(0o755));
+        tree.insert(&format!("{dir}/tmp"), Entry::dir(0o755));
+        tree.insert(&format!("{dir}/merged"), Entry::dir(0o755));
+        if let Some(reference) = &v.image {
+            let image = resolve(reference)?;
+            let content = oci::flatten_into_tree(store, &image)?;
+            tree.graft(&format!("{dir}/lower"), &content);
+            resolved.volumes[i].image = Some(pinned(&image));
+        }
+    }
+    let yaml = manifest::to_yaml(&resolved);
+    tree.insert(MANIFEST_PATH, Entry::file(yaml.clone().into_bytes(), 0o644));
+    super::files::add_files(&mut tree, merged, &ids, &yaml)?;
+    Ok(Assembled { tree, resolved })
+}
+
+/// `REF@sha256:...`: the reference as written plus the digest it resolved to.
+fn pinned(image: &ResolvedImage) -> String {
+    match oci_client::Reference::from_str(&image.reference) {
+        Ok(r) if r.digest().is_some() => image.reference.clone(),
+        Ok(r) => format!("{}/{}:{}@{}", r.registry(), r.repository(), r.tag().unwrap_or("latest"), image.top_digest()),
+        Err(_) => image.reference.clone(),
+    }
+}
+
+/// The kernel binary and command line go to `boot/` (phase 2 takes them out); the modules tarball
+/// is unpacked into the root.
+fn add_kernel(tree: &mut Tree, store: &Store, image: &ResolvedImage, k: &manifest::Kernel) -> Result<(), AssembleError> {
+    let fail = |reason: String| AssembleError::Kernel { image: image.reference.clone(), reason };
+    let content = oci::flatten_into_tree(store, image)?;
+    let file = |name: &str| -> Option<Arc<Vec<u8>>> {
+        match content.get(name).map(|e| &e.kind) {
+            Some(Kind::File(data)) => Some(data.clone()),
+            _ => None,
+        }
+    };
+    let binary = k.binary.as_deref().filter(|b| !b.is_empty()).unwrap_or("kernel");
+    let kernel = file(binary).ok_or_else(|| fail(format!("has no file `{binary}` (kernel.binary)")))?;
+    tree.insert(crate::format::KERNEL_PATH, Entry::file(kernel.as_ref().clone(), 0o644));
+    tree.insert(crate::format::CMDLINE_PATH, Entry::file(k.cmdline.clone().unwrap_or_default().into_bytes(), 0o644));
+    match k.tar.as_deref() {
+        Some("none") | Some("") => {}
+        name => {
+            let name = name.unwrap_or("kernel.tar");
+            let tar = file(name).ok_or_else(|| fail(format!("did not find kernel tar `{name}` in the kernel image")))?;
+            let modules = oci::flatten::apply_tar_to_tree(Tree::new(), &format!("{}:{name}", image.reference), tar.as_ref().clone())?;
+            tree.graft("", &modules);
+        }
+    }
+    if let Some(ucode) = k.ucode.as_deref().filter(|u| !u.is_empty()) {
+        let data = file(ucode).ok_or_else(|| fail(format!("has no microcode file `{ucode}` (kernel.ucode)")))?;
+        tree.insert(crate::format::UCODE_PATH, Entry::file(data.as_ref().clone(), 0o644));
+    }
+    Ok(())
+}
+
+/// The directories every Slipway root has, whatever the init images bring.
+fn base_layout(tree: &mut Tree) {
+    for dir in ["dev", "proc", "sys", "run", "tmp", "var", "etc", "containers"] {
+        if tree.get(dir).is_none() {
+            tree.insert(dir, Entry::dir(if dir == "tmp" { 0o1777 } else { 0o755 }));
+        }
+    }
+}
+
+/// One container: its image (label defaults applied), `config.json` and rootfs layout.
+fn add_bundle(
+    tree: &mut Tree,
+    store: &Store,
+    image: &ResolvedImage,
+    c: &Image,
+    ids: &BTreeMap<String, u32>,
+    dir: &str,
+) -> Result<(), AssembleError> {
+    let config = image.config.config().as_ref();
+    let effective = match config.and_then(|cfg| cfg.labels().as_ref()).and_then(|l| l.get(label::LABEL)) {
+        Some(text) => {
+            let l = label::parse_label(&image.reference, text)
+                .map_err(|source| AssembleError::Label { container: c.name.clone(), source })?;
+            label::apply_label(c, &l)
+        }
+        None => c.clone(),
+    };
+    let spec = runtime_config(&effective, config, ids);
+    let mut json = serde_json::to_vec_pretty(&spec).expect("a JSON value serialises");
+    json.push(b'\n');
+    tree.insert(&format!("{dir}/config.json"), Entry::file(json, 0o644));
+
+    let mut rootfs = oci::flatten_into_tree(store, image)?;
+    container_filesystem(&mut rootfs);
+    if effective.readonly == Some(true) {
+        tree.insert(&format!("{dir}/rootfs"), Entry::dir(0o755));
+        tree.graft(&format!("{dir}/rootfs"), &rootfs);
+    } else {
+        tree.insert(&format!("{dir}/lower"), Entry::dir(0o755));
+        tree.graft(&format!("{dir}/lower"), &rootfs);
+        tree.insert(&format!("{dir}/tmp"), Entry::dir(0o755));
+        tree.insert(&format!("{dir}/rootfs"), Entry::dir(0o755));
+    }
+    Ok(())
+}
+
+/// LinuxKit's container filters: drop what a runtime provides or that leaks the build host, and
+/// make sure the mount points and the files a runtime binds over exist.
+fn container_filesystem(rootfs: &mut Tree) {
+    for path in [".dockerenv", "Dockerfile", "dev/console", "dev/pts", "dev/shm", "etc/hostname"] {
+        rootfs.remove(path);
+    }
+    for dir in ["dev", "dev/pts", "dev/shm", "etc", "proc", "sys", "tmp"] {
+        if !matches!(rootfs.get(dir).map(|e| &e.kind), Some(Kind::Dir)) {
+            rootfs.insert(dir, Entry::dir(if dir == "tmp" { 0o1777 } else { 0o755 }));
+        }
+    }
+    rootfs.insert("etc/hosts", Entry::file(b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n".to_vec(), 0o644));
+    rootfs.insert("etc/resolv.conf", Entry::file(b"# no resolv.conf configured\n".to_vec(), 0o644));
+    if rootfs.get("etc/mtab").is_none() {
+        rootfs.insert("etc/mtab", Entry::symlink("/proc/mounts"));
+    }
+}
+
+/// Where the builder reports an error about a manifest value.
+pub(super) fn manifest_error(merged: &Merged, path: &FieldPath, message: String) -> AssembleError {
+    let (source, local) = merged.locate(path);
+    ManifestError::value(source, &local, message).into()
+}
