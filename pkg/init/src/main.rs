@@ -1,1 +1,280 @@
-fn main() {}
+//! Slipway's init: PID 1 of every image.
+//!
+//! It prepares the machine (root on a tmpfs, API filesystems, read-only /, hostname, loopback,
+//! kernel modules), runs the onboot containers in order, starts the services (until the engine
+//! does), then waits: it reaps orphans and, on poweroff, reboot, halt, SIGTERM or ctrl-alt-del,
+//! runs the onshutdown containers, stops everything, syncs, unmounts and calls reboot(2).
+//!
+//! `SLIPWAY_INIT_TEST=1` runs it as the PID 1 of a pid namespace on a host: the steps that need
+//! a real boot (root switch, sysfs/devtmpfs/cgroup mounts, read-only /, modules, unmounting,
+//! reboot(2)) are skipped and it exits instead of rebooting.
+
+mod cmdline;
+mod containers;
+mod events;
+mod hostname;
+mod modules;
+mod mounts;
+mod net;
+mod services;
+mod shutdown;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use events::Events;
+use shutdown::{Action, Step};
+use slipway_runtime::Runtime;
+
+const CONTAINERS: &str = "/containers";
+const LOG_DIR: &str = "/run/log";
+const STATE_DIR: &str = "/run/slipway/containers";
+const ROOT_MOVED: &str = "SLIPWAY_INIT_ROOT_MOVED";
+const GRACE: Duration = Duration::from_secs(10);
+
+fn say(msg: impl std::fmt::Display) {
+    println!("slipway-init: {msg}");
+}
+
+fn main() {
+    let test = std::env::var("SLIPWAY_INIT_TEST").as_deref() == Ok("1");
+    if rustix::process::getpid().as_raw_nonzero().get() != 1 {
+        eprintln!("slipway-init: must run as PID 1");
+        std::process::exit(1);
+    }
+    if !test && std::env::var_os(ROOT_MOVED).is_none() && mounts::root_is_initramfs() {
+        match mounts::switch_to_tmpfs_root() {
+            Ok(()) => reexec(),
+            Err(e) => say(format_args!(
+                "{e}; containers will not be able to pivot_root"
+            )),
+        }
+    }
+    let mut events = match Events::new() {
+        Ok(e) => e,
+        Err(e) => {
+            // Without the signalfd the init can neither reap nor shut down cleanly.
+            say(format_args!("cannot set up signal handling: {e}"));
+            std::process::exit(1);
+        }
+    };
+    boot(test);
+    let runtime = match Runtime::new(STATE_DIR) {
+        Ok(r) => r,
+        Err(e) => {
+            say(e);
+            wait_and_shutdown(&mut events, None, test);
+        }
+    };
+    let root = Path::new(CONTAINERS);
+    for bundle in containers::list(&root.join("onboot")).unwrap_or_else(|e| {
+        say(format_args!("reading {}/onboot: {e}", root.display()));
+        Vec::new()
+    }) {
+        if events.shutdown.is_some() {
+            say(format_args!(
+                "shutdown requested: onboot {} skipped",
+                bundle.name
+            ));
+            continue;
+        }
+        run_one(&runtime, &mut events, "onboot", &bundle);
+    }
+    let service_bundles = containers::list(&root.join("services")).unwrap_or_default();
+    let services = if events.shutdown.is_none() {
+        Some(services::Services::start(
+            &runtime,
+            &mut events,
+            &service_bundles,
+            &Path::new(LOG_DIR).join("services"),
+        ))
+    } else {
+        None
+    };
+    say("boot finished");
+    wait_and_shutdown(&mut events, Some((&runtime, services)), test);
+}
+
+fn reexec() -> ! {
+    use std::os::unix::process::CommandExt;
+    let arg0 = std::env::args().next().unwrap_or_else(|| "/init".into());
+    let err = std::process::Command::new(&arg0)
+        .env(ROOT_MOVED, "1")
+        .exec();
+    say(format_args!("re-executing {arg0} on the new root: {err}"));
+    std::process::exit(1);
+}
+
+/// Mounts, read-only /, hostname, loopback, modules. Each failure is reported and the boot
+/// goes on: a PID 1 that stops here leaves a machine nobody can look into.
+fn boot(test: bool) {
+    for mnt in mounts::EARLY {
+        if test && mnt.real_boot_only {
+            continue;
+        }
+        if let Err(e) = mounts::mount_one(mnt) {
+            say(e);
+        }
+    }
+    if !test {
+        if let Err(e) = mounts::remount_root_read_only() {
+            say(e);
+        }
+        // Ctrl-alt-del becomes SIGINT to PID 1 (a clean reboot) instead of an immediate one.
+        if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::CadOff) {
+            say(format_args!("disabling ctrl-alt-del reboot: {e}"));
+        }
+        load_modules();
+    }
+    let name = hostname::choose(Path::new("/"));
+    match rustix::system::sethostname(name.as_bytes()) {
+        Ok(()) => say(format_args!("hostname {name}")),
+        Err(e) => say(format_args!("setting hostname {name}: {e}")),
+    }
+    if let Err(e) = net::loopback_up() {
+        say(format_args!("bringing up lo: {e}"));
+    }
+}
+
+fn load_modules() {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let dir = Path::new("/lib/modules").join(&release);
+    let index = match modules::Index::load(&dir) {
+        Ok(i) => i,
+        Err(e) => {
+            say(format_args!("no kernel modules: {e}"));
+            return;
+        }
+    };
+    let mut wanted: Vec<String> = Vec::new();
+    for alias in modules::device_modaliases(Path::new("/sys/devices")) {
+        wanted.extend(index.matching(&alias));
+    }
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let extra = modules::parse_etc_modules(&fs::read_to_string("/etc/modules").unwrap_or_default())
+        .into_iter()
+        .chain(cmdline::modules(&cmdline::parse(&cmdline)));
+    for name in extra {
+        match index.resolve(&name) {
+            Ok(found) => wanted.extend(found),
+            Err(e) => say(e),
+        }
+    }
+    let loaded = modules::loaded(Path::new("/sys/module"));
+    // One module at a time, so that a module that cannot load only loses itself; those that
+    // depend on it then fail and are reported too.
+    for name in wanted {
+        match index.load_order(
+            std::slice::from_ref(&name),
+            &modules::loaded(Path::new("/sys/module")),
+        ) {
+            Ok(order) => {
+                for (module, path) in order {
+                    match modules::insert(&module, &dir.join(path)) {
+                        Ok(()) if !loaded.contains(&module) => {
+                            say(format_args!("module {module} loaded"))
+                        }
+                        Ok(()) => {}
+                        Err(e) => say(e),
+                    }
+                }
+            }
+            Err(e) => say(e),
+        }
+    }
+}
+
+fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containers::Bundle) {
+    let log = Path::new(LOG_DIR)
+        .join(kind)
+        .join(format!("{}.log", bundle.name));
+    say(format_args!("{kind} {} starting", bundle.name));
+    match containers::run_to_completion(runtime, events, kind, bundle, &log) {
+        Ok(status) if status.success() => say(format_args!("{kind} {} finished", bundle.name)),
+        Ok(status) => say(format_args!("{kind} {} failed: {status}", bundle.name)),
+        Err(e) => say(format_args!("{kind} {} failed: {e:#}", bundle.name)),
+    }
+}
+
+/// Reaps until a shutdown is requested, then winds the machine down.
+fn wait_and_shutdown(
+    events: &mut Events,
+    running: Option<(&Runtime, Option<services::Services>)>,
+    test: bool,
+) -> ! {
+    let action = loop {
+        if let Some(action) = events.shutdown {
+            break action;
+        }
+        events.wait(Duration::from_secs(60));
+    };
+    let (runtime, mut services) = match running {
+        Some((r, s)) => (Some(r), s),
+        None => (None, None),
+    };
+    for step in shutdown::plan(action) {
+        match step {
+            Step::RunOnShutdown => {
+                if let Some(runtime) = runtime {
+                    for bundle in containers::list(&Path::new(CONTAINERS).join("onshutdown"))
+                        .unwrap_or_default()
+                    {
+                        run_one(runtime, events, "onshutdown", &bundle);
+                    }
+                }
+            }
+            Step::StopServices => {
+                if let Some(s) = services.take() {
+                    s.stop(events, GRACE);
+                }
+            }
+            Step::KillRemaining => kill_remaining(events),
+            Step::Sync => rustix::fs::sync(),
+            Step::Unmount => {
+                if !test {
+                    for e in mounts::unmount_all() {
+                        say(e);
+                    }
+                }
+            }
+            Step::End(action) => end(action, test),
+        }
+    }
+    unreachable!("the plan ends with Step::End");
+}
+
+/// kill(-1) from PID 1 reaches every process but itself (in its pid namespace).
+fn kill_remaining(events: &mut Events) {
+    let all = nix::unistd::Pid::from_raw(-1);
+    let _ = nix::sys::signal::kill(all, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events.reap() && Instant::now() < deadline {
+        events.wait(Duration::from_millis(100));
+    }
+    let _ = nix::sys::signal::kill(all, nix::sys::signal::Signal::SIGKILL);
+    while events.reap() && Instant::now() < deadline + Duration::from_secs(2) {
+        events.wait(Duration::from_millis(50));
+    }
+}
+
+fn end(action: Action, test: bool) -> ! {
+    say(format_args!("{}", action.describe()));
+    if test {
+        std::process::exit(0);
+    }
+    let cmd = match action {
+        Action::PowerOff => rustix::system::RebootCommand::PowerOff,
+        Action::Reboot => rustix::system::RebootCommand::Restart,
+        Action::Halt => rustix::system::RebootCommand::Halt,
+    };
+    let err = rustix::system::reboot(cmd);
+    say(format_args!("reboot(2) failed: {err:?}"));
+    // PID 1 must not exit: the kernel would panic. Sleep forever instead.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

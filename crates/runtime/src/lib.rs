@@ -1,0 +1,440 @@
+//! Slipway's container runtime: runs one OCI runtime bundle as a container.
+//!
+//! The init (onboot and onshutdown containers) and the engine (services) both start containers
+//! through this crate, so it stays a small library with no policy: it knows bundles, stdio and
+//! processes, not boot order or restart rules. The isolation itself (namespaces, capabilities,
+//! read-only root, mounts and binds, devices, rlimits, sysctls, cgroup v1 and v2 limits, seccomp)
+//! is done by youki's `libcontainer`; this crate adds what Slipway bundles need around it:
+//!
+//! - the LinuxKit layout for writable containers: when a bundle holds `lower/`, a tmpfs upper
+//!   directory and an overlay are mounted on `rootfs/` before the container starts, and removed by
+//!   [`Container::delete`];
+//! - stdout and stderr given as open files or pipes (log files, the init's console tee);
+//! - waiting for the container's process, which `libcontainer` makes a child of the caller
+//!   (`CLONE_PARENT`), with the exit status decoded ([`ExitStatus`]).
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container as LcContainer;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::error::LibcontainerError;
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use rustix::mount::{MountFlags, UnmountFlags, mount, unmount};
+
+/// What can go wrong while running a container. Each variant names the container and the path
+/// involved, so the init can print it on the console as is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("container {id}: bundle {bundle} has no config.json")]
+    NoConfig { id: String, bundle: PathBuf },
+    #[error("container {id}: state directory {path}: {source}")]
+    StateDir {
+        id: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("container {id}: mounting the writable overlay on {rootfs}: {source}")]
+    Overlay {
+        id: String,
+        rootfs: PathBuf,
+        source: io::Error,
+    },
+    #[error("container {id} (bundle {bundle}): creating: {source}")]
+    Create {
+        id: String,
+        bundle: PathBuf,
+        source: Box<LibcontainerError>,
+    },
+    #[error("container {id}: starting: {source}")]
+    Start {
+        id: String,
+        source: Box<LibcontainerError>,
+    },
+    #[error("container {id}: the runtime recorded no process id")]
+    NoPid { id: String },
+    #[error("container {id}: waiting for process {pid}: {source}")]
+    Wait {
+        id: String,
+        pid: i32,
+        source: nix::Error,
+    },
+    #[error("container {id}: sending {signal} : {source}")]
+    Kill {
+        id: String,
+        signal: Signal,
+        source: Box<LibcontainerError>,
+    },
+    #[error("container {id}: deleting: {source}")]
+    Delete {
+        id: String,
+        source: Box<LibcontainerError>,
+    },
+    #[error("container {id}: unmounting {path}: {source}")]
+    Unmount {
+        id: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a container's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It called exit(code).
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(Signal),
+}
+
+impl ExitStatus {
+    /// Decodes a `waitpid` result; `None` for statuses that are not an end (stopped, continued).
+    /// Public because the init reaps every child itself with `waitpid(-1)` and hands the
+    /// container's status over.
+    pub fn from_wait_status(status: WaitStatus) -> Option<Self> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(Self::Exited(code)),
+            WaitStatus::Signaled(_, signal, _) => Some(Self::Signaled(signal)),
+            _ => None,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == Self::Exited(0)
+    }
+
+    /// The shell's convention: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Self::Exited(code) => code,
+            Self::Signaled(signal) => 128 + signal as i32,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "exit status {code}"),
+            Self::Signaled(signal) => write!(f, "killed by {signal}"),
+        }
+    }
+}
+
+/// Where the container's standard streams go. `None` inherits the caller's (the console, in
+/// the init).
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Runs containers, keeping their runtime state under one directory.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    state_dir: PathBuf,
+}
+
+impl Runtime {
+    /// `state_dir` holds one directory per running container (libcontainer's state) and the
+    /// tmpfs mounts of writable overlays. It is created if missing; in an image it is on /run.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self> {
+        let state_dir = state_dir.into();
+        fs::create_dir_all(state_dir.join("overlay")).map_err(|source| Error::StateDir {
+            id: String::new(),
+            path: state_dir.clone(),
+            source,
+        })?;
+        // libcontainer wants an absolute, existing root path.
+        let state_dir = fs::canonicalize(&state_dir).map_err(|source| Error::StateDir {
+            id: String::new(),
+            path: state_dir.clone(),
+            source,
+        })?;
+        Ok(Self { state_dir })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Creates the container `id` from the bundle and starts its process. The process is a
+    /// child of the calling process: reap it with [`Container::wait`] (or hand the status of
+    /// a `waitpid(-1)` to the caller's own bookkeeping, as the init does).
+    pub fn create_and_start(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Container> {
+        if !bundle.join("config.json").is_file() {
+            return Err(Error::NoConfig {
+                id: id.to_owned(),
+                bundle: bundle.to_owned(),
+            });
+        }
+        let overlay = self.mount_overlay_if_layered(id, bundle)?;
+        match self.create_and_start_mounted(id, bundle, stdio) {
+            Ok(inner) => Ok(Container {
+                id: id.to_owned(),
+                inner,
+                overlay,
+                exit: None,
+            }),
+            Err(err) => {
+                // Leave nothing mounted behind a container that never ran; the original error
+                // is the one worth reporting.
+                if let Some(overlay) = &overlay {
+                    let _ = overlay.unmount(id);
+                }
+                let _ = fs::remove_dir_all(self.state_dir.join(id));
+                Err(err)
+            }
+        }
+    }
+
+    fn create_and_start_mounted(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: Stdio,
+    ) -> Result<LcContainer> {
+        let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+            .with_executor(UnblockSignals)
+            .with_root_path(&self.state_dir)
+            .and_then(ContainerBuilder::validate_id)
+            .map_err(|source| Error::Create {
+                id: id.to_owned(),
+                bundle: bundle.to_owned(),
+                source: Box::new(source),
+            })?;
+        if let Some(fd) = stdio.stdin {
+            builder = builder.with_stdin(fd);
+        }
+        if let Some(fd) = stdio.stdout {
+            builder = builder.with_stdout(fd);
+        }
+        if let Some(fd) = stdio.stderr {
+            builder = builder.with_stderr(fd);
+        }
+        let mut container = builder
+            .as_init(bundle)
+            // Neither the images nor the hosts Slipway targets run systemd: cgroups are
+            // managed directly through cgroupfs (v2 in images, v1 or hybrid on hosts).
+            .with_systemd(false)
+            // Detached: the container's process is not tied to a terminal of ours, and
+            // `create` returns once the process waits for `start`.
+            .with_detach(true)
+            .build()
+            .map_err(|source| Error::Create {
+                id: id.to_owned(),
+                bundle: bundle.to_owned(),
+                source: Box::new(source),
+            })?;
+        if let Err(source) = container.start() {
+            let _ = container.delete(true);
+            return Err(Error::Start {
+                id: id.to_owned(),
+                source: Box::new(source),
+            });
+        }
+        Ok(container)
+    }
+
+    /// LinuxKit's layout for containers whose root is writable: the image is in `lower/`, and
+    /// `rootfs/` is an empty mount point. A tmpfs (in the state directory, because the image's
+    /// own root is read-only) holds the upper and work directories of an overlay on `rootfs/`.
+    fn mount_overlay_if_layered(&self, id: &str, bundle: &Path) -> Result<Option<Overlay>> {
+        let lower = bundle.join("lower");
+        if !lower.is_dir() {
+            return Ok(None);
+        }
+        let rootfs = bundle.join("rootfs");
+        let err = |source: io::Error| Error::Overlay {
+            id: id.to_owned(),
+            rootfs: rootfs.clone(),
+            source,
+        };
+        let tmp = self.state_dir.join("overlay").join(id);
+        fs::create_dir_all(&tmp).map_err(err)?;
+        mount("tmpfs", &tmp, "tmpfs", MountFlags::empty(), c"mode=0755")
+            .map_err(|e| err(e.into()))?;
+        let mounted = || -> io::Result<()> {
+            fs::create_dir(tmp.join("upper"))?;
+            fs::create_dir(tmp.join("work"))?;
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                tmp.join("upper").display(),
+                tmp.join("work").display()
+            );
+            let data = std::ffi::CString::new(data).map_err(io::Error::other)?;
+            mount(
+                "overlay",
+                &rootfs,
+                "overlay",
+                MountFlags::empty(),
+                data.as_c_str(),
+            )?;
+            Ok(())
+        };
+        if let Err(e) = mounted() {
+            let _ = unmount(&tmp, UnmountFlags::DETACH);
+            let _ = fs::remove_dir(&tmp);
+            return Err(err(e));
+        }
+        Ok(Some(Overlay { tmp, rootfs }))
+    }
+}
+
+/// libcontainer's default executor (execvp of `process.args`), run with an empty signal mask.
+/// The mask is inherited across clone and exec, and PID 1 blocks every signal it reads from its
+/// signalfd; a container must not start with SIGTERM blocked.
+#[derive(Clone)]
+struct UnblockSignals;
+
+impl Executor for UnblockSignals {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        )
+        .map_err(|e| ExecutorError::Other(format!("clearing the signal mask: {e}")))?;
+        libcontainer::workload::default::get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
+}
+
+#[derive(Debug)]
+struct Overlay {
+    tmp: PathBuf,
+    rootfs: PathBuf,
+}
+
+impl Overlay {
+    fn unmount(&self, id: &str) -> Result<()> {
+        for path in [&self.rootfs, &self.tmp] {
+            unmount(path, UnmountFlags::DETACH).map_err(|e| Error::Unmount {
+                id: id.to_owned(),
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        }
+        let _ = fs::remove_dir(&self.tmp);
+        Ok(())
+    }
+}
+
+/// A started container.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    inner: LcContainer,
+    overlay: Option<Overlay>,
+    exit: Option<ExitStatus>,
+}
+
+impl Container {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The container's main process, as seen from the caller's pid namespace.
+    pub fn pid(&self) -> Result<i32> {
+        self.inner
+            .pid()
+            .map(Pid::as_raw)
+            .ok_or_else(|| Error::NoPid {
+                id: self.id.clone(),
+            })
+    }
+
+    /// Blocks until the main process ends and returns how it ended. Calling it again returns
+    /// the same status.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        self.wait_with(WaitPidFlag::empty())
+            .map(|status| status.expect("a blocking waitpid returns an end status"))
+    }
+
+    /// Returns the exit status if the main process has ended, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.wait_with(WaitPidFlag::WNOHANG)
+    }
+
+    fn wait_with(&mut self, flags: WaitPidFlag) -> Result<Option<ExitStatus>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let pid = self.pid()?;
+        loop {
+            match waitpid(Pid::from_raw(pid), Some(flags)) {
+                Ok(status) => {
+                    if let Some(exit) = ExitStatus::from_wait_status(status) {
+                        self.exit = Some(exit);
+                        return Ok(Some(exit));
+                    }
+                    if flags.contains(WaitPidFlag::WNOHANG) {
+                        return Ok(None);
+                    }
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(source) => {
+                    return Err(Error::Wait {
+                        id: self.id.clone(),
+                        pid,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Records an exit status reaped elsewhere (a PID 1 that reaps with `waitpid(-1)` gets
+    /// the status before the container's owner asks for it).
+    pub fn set_exited(&mut self, status: ExitStatus) {
+        self.exit = Some(status);
+    }
+
+    /// The status recorded by [`Container::wait`], [`Container::try_wait`] or
+    /// [`Container::set_exited`].
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit
+    }
+
+    /// Sends `signal` to the container's main process, or to every process of its cgroup
+    /// when `all` is set.
+    pub fn kill(&mut self, signal: Signal, all: bool) -> Result<()> {
+        self.inner.kill(signal, all).map_err(|source| Error::Kill {
+            id: self.id.clone(),
+            signal,
+            source: Box::new(source),
+        })
+    }
+
+    /// Removes the container: kills what still runs in it, removes its cgroup and state, and
+    /// unmounts its writable overlay. Reap it first ([`Container::wait`]) to keep its status.
+    pub fn delete(mut self) -> Result<()> {
+        self.inner.delete(true).map_err(|source| Error::Delete {
+            id: self.id.clone(),
+            source: Box::new(source),
+        })?;
+        // Processes killed by delete are children of ours; reap the main one so it does not
+        // stay a zombie. ECHILD (already reaped) is fine.
+        if self.exit.is_none() {
+            let _ = self.wait();
+        }
+        if let Some(overlay) = self.overlay.take() {
+            overlay.unmount(&self.id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! The containers of the image, as the builder lays them out:
+//! `/containers/{onboot,onshutdown}/NNN-NAME/` run to completion in name order,
+//! `/containers/services/NAME/` run for the machine's life (see `services`).
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use slipway_runtime::{ExitStatus, Runtime, Stdio};
+
+use crate::events::Events;
+
+/// One bundle found in a containers directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The directory name: `000-NAME` for onboot, `NAME` for services.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Bundle {
+    /// The container id: the kind and the name, in the characters libcontainer accepts.
+    pub fn id(&self, kind: &str) -> String {
+        let name: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_+-.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{kind}-{name}")
+    }
+}
+
+/// The bundles of `dir` (a directory holding config.json), sorted by name so that the
+/// builder's `NNN-` prefixes give the order. A missing directory has none.
+pub fn list(dir: &Path) -> io::Result<Vec<Bundle>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut bundles = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if path.join("config.json").is_file() {
+            bundles.push(Bundle {
+                name: entry.file_name().to_string_lossy().into_owned(),
+                path,
+            });
+        }
+    }
+    bundles.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(bundles)
+}
+
+/// Runs one bundle to completion. Its stdout and stderr go through a pipe that the init copies
+/// to `log` and, for onboot and onshutdown containers, to the console (the init's stdout).
+/// Signals that arrive meanwhile are collected in `events`.
+pub fn run_to_completion(
+    runtime: &Runtime,
+    events: &mut Events,
+    kind: &str,
+    bundle: &Bundle,
+    log: &Path,
+) -> anyhow::Result<ExitStatus> {
+    use anyhow::Context;
+    if let Some(parent) = log.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut log_file =
+        fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let (read, write) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("creating a pipe")?;
+    rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)
+        .context("making the pipe non-blocking")?;
+    let stdin: Option<OwnedFd> = fs::File::open("/dev/null").ok().map(Into::into);
+    let stderr = write.try_clone().context("duplicating the pipe")?;
+    let id = bundle.id(kind);
+    let mut container = runtime.create_and_start(
+        &id,
+        &bundle.path,
+        Stdio {
+            stdin,
+            stdout: Some(write),
+            stderr: Some(stderr),
+        },
+    )?;
+    let pid = container.pid()?;
+    events.watch(pid);
+    let mut pipe = fs::File::from(read);
+    let mut console = io::stdout();
+    let mut buf = [0u8; 8192];
+    let mut open = true;
+    let status = loop {
+        if open {
+            // Copy everything available before looking at exits, so that the last lines
+            // of a container that just ended are not lost.
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => {
+                        open = false;
+                        break;
+                    }
+                    Ok(n) => {
+                        let _ = log_file.write_all(&buf[..n]);
+                        let _ = console.write_all(&buf[..n]);
+                        let _ = console.flush();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(status) = events.exit_of(pid) {
+            // The process is gone; a child it left behind may keep the pipe open, so stop
+            // copying after what is buffered now.
+            break status;
+        }
+        let mut fds = vec![PollFd::new(events.fd(), PollFlags::POLLIN)];
+        if open {
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for container output"),
+        }
+        events.read();
+    };
+    container.set_exited(status);
+    container.delete()?;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundles_are_ordered_by_name_and_need_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["010-second", "000-first", "020-no-config"] {
+            fs::create_dir_all(dir.path().join(name)).unwrap();
+        }
+        fs::write(dir.path().join("010-second/config.json"), "{}").unwrap();
+        fs::write(dir.path().join("000-first/config.json"), "{}").unwrap();
+        let names: Vec<String> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(names, ["000-first", "010-second"]);
+        assert!(list(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_keep_only_characters_libcontainer_accepts() {
+        let b = Bundle {
+            name: "000-my app:1".into(),
+            path: PathBuf::new(),
+        };
+        assert_eq!(b.id("onboot"), "onboot-000-my_app_1");
+    }
+}

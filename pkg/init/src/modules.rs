@@ -1,0 +1,396 @@
+//! Kernel modules: which to load and in what order.
+//!
+//! The image carries `/lib/modules/$(uname -r)/{modules.dep,modules.alias}` in depmod's text
+//! format and uncompressed `.ko` files. The init loads, each with its dependencies first:
+//! the modules the hardware asks for (coldplug: every `/sys/devices/**/modalias` matched
+//! against the `modules.alias` patterns), those listed in `/etc/modules` and those named by
+//! `slipway.modules=` on the kernel command line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}:{line}: malformed line {text:?}")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("module {0} is not in modules.dep or modules.alias")]
+    Unknown(String),
+    #[error("module {name} depends on itself through {chain}")]
+    Cycle { name: String, chain: String },
+    #[error("loading module {name} from {path}: {source}")]
+    Load {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// The kernel's spelling of a module name: `virtio-net.ko` and `virtio_net` are one module.
+pub fn normalize(name: &str) -> String {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let base = base.strip_suffix(".ko").unwrap_or(base);
+    base.replace('-', "_")
+}
+
+/// What depmod says about the modules of one kernel.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// Module name -> (path relative to the modules directory, direct and indirect deps).
+    deps: BTreeMap<String, (PathBuf, Vec<String>)>,
+    /// (fnmatch pattern, module name), in file order.
+    aliases: Vec<(glob::Pattern, String)>,
+}
+
+impl Index {
+    /// Reads `modules.dep` (required) and `modules.alias` (optional) from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            fs::read_to_string(&path).map_err(|source| Error::Read { path, source })
+        };
+        let dep_path = dir.join("modules.dep");
+        let mut index = Self::parse_dep(&read("modules.dep")?, &dep_path)?;
+        match read("modules.alias") {
+            Ok(text) => index.parse_alias(&text, &dir.join("modules.alias"))?,
+            Err(Error::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(index)
+    }
+
+    /// `path/to/a.ko: path/to/b.ko path/to/c.ko` lines.
+    pub fn parse_dep(text: &str, path: &Path) -> Result<Self, Error> {
+        let mut deps = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (module, rest) = line.split_once(':').ok_or_else(|| Error::Malformed {
+                path: path.to_owned(),
+                line: n + 1,
+                text: line.to_owned(),
+            })?;
+            let module = module.trim();
+            let list = rest.split_whitespace().map(normalize).collect();
+            deps.insert(normalize(module), (PathBuf::from(module), list));
+        }
+        Ok(Self {
+            deps,
+            aliases: Vec::new(),
+        })
+    }
+
+    /// `alias PATTERN MODULE` lines.
+    pub fn parse_alias(&mut self, text: &str, path: &Path) -> Result<(), Error> {
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let malformed = || Error::Malformed {
+                path: path.to_owned(),
+                line: n + 1,
+                text: line.to_owned(),
+            };
+            let mut words = line.split_whitespace();
+            let (Some("alias"), Some(pattern), Some(module), None) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                return Err(malformed());
+            };
+            let pattern = glob::Pattern::new(pattern).map_err(|_| malformed())?;
+            self.aliases.push((pattern, normalize(module)));
+        }
+        Ok(())
+    }
+
+    /// The modules whose alias patterns match a device's modalias string.
+    pub fn matching(&self, modalias: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for (pattern, module) in &self.aliases {
+            if pattern.matches(modalias) && !found.contains(module) {
+                found.push(module.clone());
+            }
+        }
+        found
+    }
+
+    /// A name from /etc/modules or the command line: a module, or an alias of one
+    /// (`fs-overlay`).
+    pub fn resolve(&self, name: &str) -> Result<Vec<String>, Error> {
+        let normalized = normalize(name);
+        if self.deps.contains_key(&normalized) {
+            return Ok(vec![normalized]);
+        }
+        let found = self.matching(name);
+        if found.is_empty() {
+            return Err(Error::Unknown(name.to_owned()));
+        }
+        Ok(found)
+    }
+
+    /// The modules to insert, dependencies before the modules needing them, each once.
+    /// Modules in `skip` (already loaded) are left out, their dependencies too.
+    pub fn load_order(
+        &self,
+        wanted: &[String],
+        skip: &HashSet<String>,
+    ) -> Result<Vec<(String, PathBuf)>, Error> {
+        let mut order = Vec::new();
+        let mut done: HashSet<String> = skip.clone();
+        for name in wanted {
+            self.visit(name, &mut done, &mut Vec::new(), &mut order)?;
+        }
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        name: &str,
+        done: &mut HashSet<String>,
+        stack: &mut Vec<String>,
+        order: &mut Vec<(String, PathBuf)>,
+    ) -> Result<(), Error> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if stack.iter().any(|s| s == name) {
+            return Err(Error::Cycle {
+                name: name.to_owned(),
+                chain: stack.join(" -> "),
+            });
+        }
+        let (path, deps) = self
+            .deps
+            .get(name)
+            .ok_or_else(|| Error::Unknown(name.to_owned()))?;
+        stack.push(name.to_owned());
+        for dep in deps {
+            self.visit(dep, done, stack, order)?;
+        }
+        stack.pop();
+        done.insert(name.to_owned());
+        order.push((name.to_owned(), path.clone()));
+        Ok(())
+    }
+}
+
+/// The modalias strings of every device under `sys_devices` (coldplug).
+pub fn device_modaliases(sys_devices: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    // Hand-written walk: sysfs is full of symlink loops (subsystem, driver, device), so only
+    // real directories are followed; a crate walker would need the same care configured.
+    let mut stack = vec![sys_devices.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file()
+                && entry.file_name() == "modalias"
+                && let Ok(text) = fs::read_to_string(entry.path())
+            {
+                let text = text.trim();
+                if !text.is_empty() {
+                    found.push(text.to_owned());
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The modules listed in /etc/modules: one per line, `#` comments.
+pub fn parse_etc_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().next().unwrap_or(l).to_owned())
+        .collect()
+}
+
+/// Modules the kernel already has (loaded or built in), by name.
+pub fn loaded(sys_module: &Path) -> HashSet<String> {
+    fs::read_dir(sys_module)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Inserts one module with finit_module(2) (rustix has no wrapper). EEXIST is success: udev-less
+/// boots race nothing, but a module may have been pulled in by the kernel itself.
+pub fn insert(name: &str, path: &Path) -> Result<(), Error> {
+    let err = |source| Error::Load {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(err)?;
+    // SAFETY: finit_module takes an fd, a NUL-terminated parameter string and flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            0 as libc::c_int,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(err(e));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio.ko:
+kernel/fs/overlayfs/overlay.ko:
+kernel/drivers/block/virtio-blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+";
+    const ALIAS: &str = "\
+# Aliases extracted from modules themselves.
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias virtio:d00000001v* virtio_net
+alias virtio:d00000002v* virtio_blk
+alias fs-overlay overlay
+alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000
+";
+
+    fn index() -> Index {
+        let mut i = Index::parse_dep(DEP, Path::new("modules.dep")).unwrap();
+        i.parse_alias(ALIAS, Path::new("modules.alias")).unwrap();
+        i
+    }
+
+    fn names(order: &[(String, PathBuf)]) -> Vec<&str> {
+        order.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn alias_globs_match_device_modaliases() {
+        let i = index();
+        assert_eq!(
+            i.matching("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"),
+            ["virtio_pci"]
+        );
+        assert_eq!(i.matching("virtio:d00000001v00001AF4"), ["virtio_net"]);
+        assert!(
+            i.matching("pci:v00001234d00001111sv00001AF4sd00001100bc03sc00i00")
+                .is_empty()
+        );
+        // Case matters, as in fnmatch: the kernel prints upper-case hex.
+        assert!(
+            i.matching("pci:v00001af4d00001000sv00001AF4sd00000001bc02sc00i00")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn dependencies_load_first_and_once() {
+        let i = index();
+        let order = i
+            .load_order(&["virtio_pci".into(), "virtio_net".into()], &HashSet::new())
+            .unwrap();
+        let n = names(&order);
+        assert_eq!(
+            n,
+            [
+                "virtio_pci_legacy_dev",
+                "virtio_pci_modern_dev",
+                "virtio",
+                "virtio_ring",
+                "virtio_pci",
+                "failover",
+                "net_failover",
+                "virtio_net"
+            ]
+        );
+        assert_eq!(order[4].1, Path::new("kernel/drivers/virtio/virtio_pci.ko"));
+    }
+
+    #[test]
+    fn loaded_modules_are_skipped() {
+        let i = index();
+        let skip: HashSet<String> = ["virtio".to_owned(), "virtio_ring".to_owned()].into();
+        let order = i.load_order(&["virtio_blk".into()], &skip).unwrap();
+        assert_eq!(names(&order), ["virtio_blk"]);
+        assert_eq!(order[0].1, Path::new("kernel/drivers/block/virtio-blk.ko"));
+    }
+
+    #[test]
+    fn names_resolve_through_dashes_and_aliases() {
+        let i = index();
+        assert_eq!(i.resolve("virtio-blk").unwrap(), ["virtio_blk"]);
+        assert_eq!(i.resolve("fs-overlay").unwrap(), ["overlay"]);
+        let err = i.resolve("e1001").unwrap_err().to_string();
+        assert!(err.contains("e1001"), "{err}");
+    }
+
+    #[test]
+    fn cycles_and_malformed_lines_are_errors() {
+        let i = Index::parse_dep("a.ko: b.ko\nb.ko: a.ko\n", Path::new("m.dep")).unwrap();
+        let err = i.load_order(&["a".into()], &HashSet::new()).unwrap_err();
+        assert!(matches!(err, Error::Cycle { .. }), "{err}");
+        let err = Index::parse_dep("ok.ko:\nno colon here\n", Path::new("m.dep")).unwrap_err();
+        assert_eq!(err.to_string(), "m.dep:2: malformed line \"no colon here\"");
+    }
+
+    #[test]
+    fn etc_modules_lines_and_comments() {
+        assert_eq!(
+            parse_etc_modules("# wanted\nvirtio_net\n\n  overlay  # for containers\n"),
+            ["virtio_net", "overlay"]
+        );
+    }
+
+    #[test]
+    fn coldplug_walk_finds_modalias_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("pci0000:00/0000:00:03.0");
+        fs::create_dir_all(dev.join("virtio0")).unwrap();
+        fs::write(
+            dev.join("modalias"),
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
+        )
+        .unwrap();
+        fs::write(dev.join("virtio0/modalias"), "virtio:d00000001v00001AF4\n").unwrap();
+        std::os::unix::fs::symlink(dir.path(), dev.join("loop")).unwrap();
+        let found = device_modaliases(dir.path());
+        assert_eq!(found.len(), 2);
+        let i = index();
+        let wanted: Vec<String> = found.iter().flat_map(|m| i.matching(m)).collect();
+        assert_eq!(wanted, ["virtio_pci", "virtio_net"]);
+    }
+}

@@ -1,0 +1,88 @@
+//! Boot tests: build the real packages (kernel, init, busybox), build an image from a manifest,
+//! boot it under QEMU (TCG) and read the serial console.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use assert_cmd::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The store the boot tests share, with the packages built once per run (an unchanged package is
+/// not rebuilt: its tag is the hash of its inputs).
+fn cache() -> &'static Path {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let cache = root().join("target/slipway-test-cache");
+        slipway(&cache).args(["pkg", "build", "kernel", "pkg/init", "pkg/busybox"]).assert().success();
+        cache
+    })
+}
+
+fn slipway(cache: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("slipway").unwrap();
+    cmd.current_dir(root()).env("SLIPWAY_CACHE", cache);
+    cmd
+}
+
+/// Builds the manifests (paths relative to the repository) into `out` and boots the result.
+fn build_and_boot(out: &Path, name: &str, manifests: &[&str]) -> Output {
+    let cache = cache();
+    let mut build = slipway(cache);
+    build.args(["build", "--name", name, "--dir"]).arg(out).args(manifests);
+    build.assert().success();
+    slipway(cache)
+        .args(["run", "qemu", "--mem", "1024", "--timeout", "240"])
+        .arg(out.join(name))
+        .timeout(std::time::Duration::from_secs(300))
+        .output()
+        .unwrap()
+}
+
+fn console(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn position(text: &str, marker: &str) -> usize {
+    text.find(marker).unwrap_or_else(|| panic!("console lacks {marker:?}:\n{text}"))
+}
+
+#[test]
+fn minimal_example_boots_runs_its_containers_and_powers_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = build_and_boot(dir.path(), "minimal", &["examples/minimal.yml", "examples/poweroff.yml"]);
+    let text = console(&out);
+    let onboot = position(&text, "slipway-onboot: hello from an onboot container");
+    let service = position(&text, "slipway-service: shell ready on the console");
+    let shutdown = position(&text, "slipway-onshutdown: goodbye");
+    assert!(onboot < service && service < shutdown, "markers out of order:\n{text}");
+    assert!(out.status.success(), "the guest did not power off cleanly: {:?}\n{text}", out.status);
+}
+
+#[test]
+fn a_failing_onboot_container_is_reported_and_boot_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("failing.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "kernel:\n  image: \"@pkg:{root}/kernel\"\n  cmdline: \"console=ttyS0 panic=-1\"\n\
+             init:\n  - \"@pkg:{root}/pkg/init\"\n\
+             onboot:\n  - name: broken\n    image: \"@pkg:{root}/pkg/busybox\"\n    command: [/bin/sh, -c, \"echo about to fail; exit 1\"]\n\
+             \x20 - name: after\n    image: \"@pkg:{root}/pkg/busybox\"\n    command: [/bin/echo, slipway-test: boot went on]\n",
+            root = root().display()
+        ),
+    )
+    .unwrap();
+    let out = build_and_boot(dir.path(), "failing", &[manifest.to_str().unwrap(), "examples/poweroff.yml"]);
+    let text = console(&out);
+    let failed = position(&text, "about to fail");
+    let reported = position(&text, "000-broken");
+    let after = position(&text, "slipway-test: boot went on");
+    assert!(failed < after && reported < after, "{text}");
+    assert!(text.contains("status 1"), "the exit status is reported:\n{text}");
+    assert!(out.status.success(), "{text}");
+}
