@@ -6,6 +6,8 @@
 
 pub mod assemble;
 pub mod cli;
+pub mod format;
 pub mod manifest;
 pub mod oci;
 pub mod pkg;
+pub mod run;

@@ -89,7 +89,7 @@ pub fn assemble(merged: &Merged, store: &Store, pull: &PullOptions) -> Result<As
                 "services" => format!("containers/services/{}", c.name),
                 _ => format!("containers/{section}/{i:03}-{}", c.name),
             };
-            add_bundle(&mut tree, store, &image, c, &ids, &dir)?;
+            add_bundle(&mut tree, store, &image, c, &ids, &dir, section)?;
             let pinned_ref = pinned(&image);
             match section {
                 "onboot" => resolved.onboot[i].image = pinned_ref,
@@ -173,6 +173,7 @@ fn add_bundle(
     c: &Image,
     ids: &BTreeMap<String, u32>,
     dir: &str,
+    section: &str,
 ) -> Result<(), AssembleError> {
     let config = image.config.config().as_ref();
     let effective = match config.and_then(|cfg| cfg.labels().as_ref()).and_then(|l| l.get(label::LABEL)) {
@@ -183,6 +184,9 @@ fn add_bundle(
         }
         None => c.clone(),
     };
+    let mut effective = effective;
+    // A readable cgroup path per container instead of the runtime's generated one.
+    effective.cgroups_path.get_or_insert_with(|| format!("/slipway/{section}/{}", c.name));
     let spec = runtime_config(&effective, config, ids);
     let mut json = serde_json::to_vec_pretty(&spec).expect("a JSON value serialises");
     json.push(b'\n');

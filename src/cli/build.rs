@@ -47,7 +47,12 @@ const FORMATS: &[&str] = &["kernel+initrd", "tar-kernel-initrd", "tar"];
 pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     let formats = formats(&args)?;
     let sources = read_sources(&args.files)?;
-    let tagger = |dir: &Path| crate::pkg::show_tag(dir).map_err(|e| e.to_string());
+    // Several containers usually share a package: ask for each folder's tag once.
+    let tags = std::cell::RefCell::new(std::collections::HashMap::<PathBuf, Result<String, String>>::new());
+    let tagger = |dir: &Path| {
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        tags.borrow_mut().entry(key).or_insert_with(|| crate::pkg::show_tag(dir).map_err(|e| e.to_string())).clone()
+    };
     let merged = manifest::load(sources, &tagger)?;
     for doc in &merged.documents {
         if doc.manifest.trust.is_some() {
@@ -67,6 +72,16 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     }
 
     let store = global.store()?;
+    // `@pkg:` images are this checkout's own packages: build the ones the store lacks (an
+    // unchanged package is never rebuilt: its tag is the hash of its inputs).
+    let package_dirs: Vec<PathBuf> = tags.borrow().iter().filter(|(_, tag)| tag.is_ok()).map(|(dir, _)| dir.clone()).collect();
+    for dir in package_dirs {
+        let built = crate::pkg::build(&store, &dir, &crate::pkg::BuildOptions::default())
+            .with_context(|| format!("building package {}", dir.display()))?;
+        if !built.cached {
+            eprintln!("built {} {}", built.reference, built.digest);
+        }
+    }
     let assembled = assemble::assemble(&merged, &store, &args.pull.options())?;
     let mut tree = assembled.tree;
     let boot = if tree.get(format::KERNEL_PATH).is_some() { Some(BootSpec::split_from(&mut tree)?) } else { None };

@@ -1,10 +1,190 @@
 //! `slipway run`: boot what `slipway build` produced.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
 use super::Global;
+use crate::run::hyperkit::{self, HyperkitConfig};
+use crate::run::hyperv::{self, HypervConfig};
+use crate::run::qemu::{self, DiskSpec, Networking, Publish, QemuConfig};
 
 #[derive(clap::Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Boot in QEMU (TCG unless --accel says otherwise), serial console on stdout. Exits 0 when
+    /// the guest powers off, non-zero on a timeout or a qemu error.
+    Qemu(QemuArgs),
+    /// Print the HyperKit command line that boots a kernel+initrd build (run it on macOS).
+    Hyperkit(HyperkitArgs),
+    /// Print the PowerShell commands that create and start a Hyper-V VM for an ISO or disk
+    /// image build (run them on Windows).
+    Hyperv(HypervArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HyperkitArgs {
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub mem: u64,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// An existing raw disk image to attach (virtio-blk). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub disk: Vec<PathBuf>,
+    /// Guest networking: user (vmnet) or none.
+    #[arg(long, default_value = "user", value_parser = parse_networking)]
+    pub networking: Networking,
+    /// State folder (pid file). Default: NAME-state.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// The build output: a NAME or PATH prefix (NAME-kernel, NAME-initrd.img, NAME-cmdline).
+    pub target: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HypervArgs {
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub mem: u64,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// The VM's name. Default: the image's file name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The virtual switch to connect the VM to; without it the VM has no network.
+    #[arg(long, value_name = "SWITCH")]
+    pub switch: Option<String>,
+    /// The build output: an .iso or disk image, or a NAME that has one.
+    pub target: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QemuArgs {
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub mem: u64,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Extra disk: [file=]PATH[,size=S][,format=F]; created with qemu-img if it has a size and
+    /// does not exist. Repeatable.
+    #[arg(long, value_name = "DISK", value_parser = parse_disk)]
+    pub disk: Vec<DiskSpec>,
+    /// Forward a host port to the guest: [HOSTIP:]HOST:GUEST[/tcp|/udp]. Repeatable.
+    #[arg(long, value_name = "PORTS", value_parser = parse_publish)]
+    pub publish: Vec<Publish>,
+    /// Guest networking: user (NAT, virtio-net) or none.
+    #[arg(long, default_value = "user", value_parser = parse_networking)]
+    pub networking: Networking,
+    /// State folder (pid file, created disks, UEFI variables). Default: NAME-state.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Kill the VM and fail if it has not powered off after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Interactive console: the terminal's input goes to the guest (Ctrl-A X quits).
+    #[arg(long)]
+    pub console: bool,
+    /// Boot with UEFI firmware (OVMF) instead of BIOS.
+    #[arg(long)]
+    pub uefi: bool,
+    /// QEMU accelerator: tcg (default), kvm, or kvm:tcg. KVM is never probed: on some hosts it
+    /// exists but hangs.
+    #[arg(long, env = "SLIPWAY_QEMU_ACCEL", default_value = "tcg", value_parser = parse_accel)]
+    pub accel: String,
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
+    pub qemu: PathBuf,
+    /// The build output: a NAME or PATH prefix (NAME-kernel, NAME-initrd.img, NAME-cmdline), or
+    /// the path of an .iso or disk image.
+    pub target: PathBuf,
+}
+
+fn parse_disk(s: &str) -> Result<DiskSpec, String> {
+    s.parse().map_err(|e: crate::run::RunError| e.to_string())
+}
+
+fn parse_publish(s: &str) -> Result<Publish, String> {
+    s.parse().map_err(|e: crate::run::RunError| e.to_string())
+}
+
+fn parse_networking(s: &str) -> Result<Networking, String> {
+    s.parse().map_err(|e: crate::run::RunError| e.to_string())
+}
+
+fn parse_accel(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.split(':').all(|a| matches!(a, "tcg" | "kvm")) {
+        Ok(s.to_string())
+    } else {
+        Err("expected tcg, kvm, kvm:tcg or tcg:kvm".into())
+    }
+}
 
 pub fn run(cmd: Command, _global: &Global) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        Command::Qemu(args) => run_qemu(args),
+        Command::Hyperkit(args) => print_hyperkit(args),
+        Command::Hyperv(args) => print_hyperv(args),
+    }
+}
+
+fn run_qemu(args: QemuArgs) -> anyhow::Result<()> {
+    let source = crate::run::find_boot_source(&args.target)?;
+    let config = QemuConfig {
+        qemu: args.qemu,
+        mem_mib: args.mem,
+        cpus: args.cpus,
+        accel: args.accel,
+        disks: args.disk,
+        publish: args.publish,
+        networking: args.networking,
+        state_dir: args
+            .state
+            .unwrap_or_else(|| qemu::default_state_dir(&args.target)),
+        timeout: args.timeout.map(Duration::from_secs),
+        console: args.console,
+        uefi: args.uefi,
+        ..QemuConfig::default()
+    };
+    qemu::run(&config, &source)
+        .with_context(|| format!("running {} in qemu", args.target.display()))
+}
+
+fn print_hyperkit(args: HyperkitArgs) -> anyhow::Result<()> {
+    let source = crate::run::find_boot_source(&args.target)?;
+    let config = HyperkitConfig {
+        hyperkit: "hyperkit".into(),
+        cpus: args.cpus,
+        mem_mib: args.mem,
+        state_dir: args
+            .state
+            .unwrap_or_else(|| qemu::default_state_dir(&args.target)),
+        disks: args.disk,
+        networking: args.networking,
+    };
+    let argv = hyperkit::command_line(&config, &source)?;
+    println!("{}", crate::run::shell_words(&config.hyperkit, &argv));
+    Ok(())
+}
+
+fn print_hyperv(args: HypervArgs) -> anyhow::Result<()> {
+    let source = crate::run::find_boot_source(&args.target)?;
+    let name = args.name.unwrap_or_else(|| {
+        let stem = args
+            .target
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned());
+        stem.unwrap_or_else(|| "slipway".into())
+    });
+    let config = HypervConfig {
+        name,
+        cpus: args.cpus,
+        mem_mib: args.mem,
+        switch: args.switch,
+    };
+    print!("{}", hyperv::script(&config, &source)?);
+    Ok(())
 }

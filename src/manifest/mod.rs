@@ -3,6 +3,10 @@
 //! `load` is the whole stage: parse each file (syntax and type errors located), expand `@pkg:`
 //! templates, merge in order, and check every rule. The result feeds image resolution.
 
+// A ManifestError carries the file's text for its snippet. It is created once per failed build
+// and never on a hot path, so boxing it everywhere would buy nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod capabilities;
 mod error;
 pub mod label;

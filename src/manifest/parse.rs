@@ -6,9 +6,12 @@ use super::error::ManifestError;
 use super::path::{FieldPath, Seg};
 use super::source::Source;
 
+/// Where deserialisation stopped: the field path, the message, and the parser's own position.
+type Failure = (FieldPath, String, Option<(usize, usize)>);
+
 /// Deserialises `source` as `T`, reporting the field path and position of the first error.
 pub fn parse<T: DeserializeOwned>(source: &Source) -> Result<T, ManifestError> {
-    let mut failed_at: Option<(FieldPath, String, Option<(usize, usize)>)> = None;
+    let mut failed_at: Option<Failure> = None;
     let result = serde_saphyr::with_deserializer_from_str(&source.text, |de| {
         serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
             let path = FieldPath::from_serde(e.path());

@@ -1,1 +1,71 @@
-//! placeholder
+//! Images: the local OCI store, registries, reference resolution and layer flattening.
+//!
+//! Everything that needs an image goes through here: [`resolve`] finds it (cache first, then the
+//! registry), its blobs land verified in the [`Store`], and [`flatten`] turns its layers into one
+//! filesystem, either the in-memory tree of the image builder or a directory for the engine.
+
+pub mod archive;
+pub mod digest;
+pub mod flatten;
+pub mod registry;
+pub mod resolve;
+pub mod store;
+
+use std::path::PathBuf;
+
+pub use digest::Digest;
+pub use flatten::{FlattenError, flatten_into_tree, unpack_to_dir};
+pub use resolve::{PullOptions, ResolvedImage, push, resolve};
+pub use store::{Store, StoreError};
+
+/// Errors of resolving, pulling and pushing images. Each names the image reference involved.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("{reference}: not in the local store and --offline forbids the registry")]
+    NotInCache { reference: String },
+    #[error("{reference}: no manifest for linux/{arch} (available: {available})")]
+    NoPlatform {
+        reference: String,
+        arch: String,
+        available: String,
+    },
+    #[error("{reference}: manifest digest mismatch: expected {expected}, got {actual}")]
+    ManifestDigestMismatch {
+        reference: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error(
+        "{reference}: blob digest mismatch: expected {expected}, got {actual}; the blob was discarded"
+    )]
+    BlobDigestMismatch {
+        reference: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error(
+        "{reference}: authentication to {registry} failed (credentials: {credentials}): {detail}"
+    )]
+    Auth {
+        reference: String,
+        registry: String,
+        credentials: String,
+        detail: String,
+    },
+    #[error("{reference}: registry error: {source}")]
+    Registry {
+        reference: String,
+        source: Box<oci_client::errors::OciDistributionError>,
+    },
+    #[error("{reference}: {reason}")]
+    Invalid { reference: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -137,6 +137,13 @@ fn boot(test: bool) {
     }
 }
 
+/// Modules Slipway itself needs whatever the hardware: writable containers are overlays.
+const REQUIRED_MODULES: &[&str] = &["overlay"];
+
+/// How many coldplug passes: loading a bus driver (virtio_pci) makes new devices appear
+/// (virtio-net, virtio-blk) whose drivers the next pass loads.
+const COLDPLUG_PASSES: usize = 4;
+
 fn load_modules() {
     let release = rustix::system::uname()
         .release()
@@ -150,42 +157,65 @@ fn load_modules() {
             return;
         }
     };
-    let mut wanted: Vec<String> = Vec::new();
-    for alias in modules::device_modaliases(Path::new("/sys/devices")) {
-        wanted.extend(index.matching(&alias));
-    }
+    let before = modules::loaded(Path::new("/sys/module"));
+    // Modules asked for by name: a failure is worth a line on the console.
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let extra = modules::parse_etc_modules(&fs::read_to_string("/etc/modules").unwrap_or_default())
-        .into_iter()
-        .chain(cmdline::modules(&cmdline::parse(&cmdline)));
-    for name in extra {
+    let named: Vec<String> = REQUIRED_MODULES
+        .iter()
+        .map(|m| m.to_string())
+        .chain(modules::parse_etc_modules(
+            &fs::read_to_string("/etc/modules").unwrap_or_default(),
+        ))
+        .chain(cmdline::modules(&cmdline::parse(&cmdline)))
+        .collect();
+    let mut tried: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for name in named {
         match index.resolve(&name) {
-            Ok(found) => wanted.extend(found),
-            Err(e) => say(e),
-        }
-    }
-    let loaded = modules::loaded(Path::new("/sys/module"));
-    // One module at a time, so that a module that cannot load only loses itself; those that
-    // depend on it then fail and are reported too.
-    for name in wanted {
-        match index.load_order(
-            std::slice::from_ref(&name),
-            &modules::loaded(Path::new("/sys/module")),
-        ) {
-            Ok(order) => {
-                for (module, path) in order {
-                    match modules::insert(&module, &dir.join(path)) {
-                        Ok(()) if !loaded.contains(&module) => {
-                            say(format_args!("module {module} loaded"))
+            Ok(found) => {
+                for module in found {
+                    if tried.insert(module.clone()) {
+                        if let Err(e) = load_one(&index, &dir, &module) {
+                            say(e);
                         }
-                        Ok(()) => {}
-                        Err(e) => say(e),
                     }
                 }
             }
             Err(e) => say(e),
         }
     }
+    // Coldplug: drivers for the devices present. A driver for absent hardware refuses to load
+    // (ENODEV); like `modprobe -q` that is not reported.
+    for _ in 0..COLDPLUG_PASSES {
+        let wanted: Vec<String> = modules::device_modaliases(Path::new("/sys/devices"))
+            .iter()
+            .flat_map(|alias| index.matching(alias))
+            .filter(|m| tried.insert(m.clone()))
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        for module in wanted {
+            let _ = load_one(&index, &dir, &module);
+        }
+    }
+    let mut new: Vec<String> = modules::loaded(Path::new("/sys/module"))
+        .difference(&before)
+        .cloned()
+        .collect();
+    new.sort();
+    say(format_args!("loaded {} modules: {}", new.len(), new.join(" ")));
+}
+
+/// Loads `module` and what it depends on, skipping what is loaded already.
+fn load_one(index: &modules::Index, dir: &Path, module: &str) -> Result<(), modules::Error> {
+    let order = index.load_order(
+        &[module.to_string()],
+        &modules::loaded(Path::new("/sys/module")),
+    )?;
+    for (name, path) in order {
+        modules::insert(&name, &dir.join(path))?;
+    }
+    Ok(())
 }
 
 fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containers::Bundle) {

@@ -1,0 +1,249 @@
+//! `slipway-engine`: the daemon (`daemon`, the default) and its client subcommands.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use hyper::{Method, StatusCode};
+use slipway_engine::client::{Client, container_path};
+use slipway_engine::{ContainerInfo, DEFAULT_SOCKET, Engine, EngineConfig};
+
+#[derive(Parser)]
+#[command(name = "slipway-engine", version, about = "Slipway's container engine")]
+struct Cli {
+    /// The API's unix socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: start the services and serve the API (the default).
+    Daemon(DaemonArgs),
+    /// List the containers.
+    Ps,
+    /// Show one container as JSON.
+    Inspect { name: String },
+    /// Print a container's log.
+    Logs {
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        name: String,
+    },
+    /// Start a stopped container.
+    Start { name: String },
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        name: String,
+    },
+    /// Stop and start a container.
+    Restart {
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        name: String,
+    },
+    /// Send a signal to a container's main process.
+    Kill {
+        #[arg(short = 's', long = "signal", default_value = "SIGKILL")]
+        signal: String,
+        name: String,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct DaemonArgs {
+    /// The service bundles, one directory per service.
+    #[arg(long, default_value = "/containers/services")]
+    bundles: PathBuf,
+    /// Each service's log goes to DIR/NAME.log.
+    #[arg(long, default_value = "/var/log")]
+    log_dir: PathBuf,
+    /// The runtime's state (one directory per container).
+    #[arg(long, default_value = "/run/slipway/engine")]
+    state_dir: PathBuf,
+    /// Seconds each service gets between SIGTERM and SIGKILL when the engine stops.
+    #[arg(long, default_value_t = 10)]
+    grace: u64,
+}
+
+impl Default for DaemonArgs {
+    /// The defaults above: `slipway-engine` with no subcommand runs the daemon as the image's
+    /// service.
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: DaemonArgs,
+        }
+        Only::parse_from(["slipway-engine"]).args
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One thread: see the supervisor module on libcontainer's clone3.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("slipway-engine: starting tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => daemon(&cli.socket, DaemonArgs::default()).await,
+            Some(Command::Daemon(args)) => daemon(&cli.socket, args).await,
+            Some(command) => client(Client::new(&cli.socket), command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slipway-engine: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds the socket under a temporary name and renames it into place, so a client never
+/// connects to a half-set-up socket (and tests can wait for the path to appear).
+fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = socket.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("binding {}", tmp.display()))?;
+    // Only root may drive the engine: the API starts and kills containers.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+    std::fs::rename(&tmp, socket)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), socket.display()))?;
+    Ok(listener)
+}
+
+async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let engine = Engine::load(&EngineConfig {
+        bundles: args.bundles.clone(),
+        log_dir: args.log_dir.clone(),
+        state_dir: args.state_dir.clone(),
+    })?;
+    let listener = bind(socket)?;
+    tracing::info!(
+        "listening on {}, services from {}",
+        socket.display(),
+        args.bundles.display()
+    );
+    engine.spawn_supervisors();
+    let server = tokio::spawn(slipway_engine::api::serve(listener, engine.clone()));
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping the services"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping the services"),
+    }
+    engine.shutdown(Duration::from_secs(args.grace)).await;
+    server.abort();
+    let _ = std::fs::remove_file(socket);
+    tracing::info!("every service stopped; exiting");
+    Ok(())
+}
+
+async fn client(client: Client, command: Command) -> anyhow::Result<()> {
+    let (method, path, body) = match &command {
+        Command::Daemon(_) => unreachable!("handled by main"),
+        Command::Ps => (Method::GET, "/v1/containers".to_owned(), None),
+        Command::Inspect { name } => (Method::GET, container_path(name, ""), None),
+        Command::Logs { follow, name } => {
+            let mut path = container_path(name, "logs");
+            if *follow {
+                path.push_str("?follow=1");
+            }
+            let mut stdout = std::io::stdout();
+            let reply = client
+                .stream(&path, |data| {
+                    let _ = stdout.write_all(data);
+                    let _ = stdout.flush();
+                })
+                .await?;
+            if !reply.status.is_success() {
+                bail!("{}", reply.error_message());
+            }
+            return Ok(());
+        }
+        Command::Start { name } => (Method::POST, container_path(name, "start"), None),
+        Command::Stop { time, name } => (
+            Method::POST,
+            container_path(name, "stop"),
+            Some(serde_json::json!({ "timeout": time })),
+        ),
+        Command::Restart { time, name } => (
+            Method::POST,
+            container_path(name, "restart"),
+            Some(serde_json::json!({ "timeout": time })),
+        ),
+        Command::Kill { signal, name } => (
+            Method::POST,
+            container_path(name, "kill"),
+            Some(serde_json::json!({ "signal": signal })),
+        ),
+    };
+    let body = body.map(|b| serde_json::to_vec(&b).expect("JSON values serialize"));
+    let reply = client.request(method, &path, body).await?;
+    if reply.status != StatusCode::OK {
+        bail!("{} ({})", reply.error_message(), reply.status);
+    }
+    match command {
+        Command::Ps => {
+            let list: Vec<serde_json::Value> = serde_json::from_slice(&reply.body)
+                .context("the engine's container list is not JSON")?;
+            println!(
+                "{:<20} {:<11} {:>7} {:>5} {:>8} {:<14} LAST EXIT",
+                "NAME", "STATE", "PID", "RUNS", "RESTARTS", "RESTART"
+            );
+            for c in list {
+                let c: ContainerInfo = serde_json::from_value(c.clone())
+                    .map_err(|e| anyhow::anyhow!("unexpected container entry {c}: {e}"))?;
+                println!(
+                    "{:<20} {:<11} {:>7} {:>5} {:>8} {:<14} {}",
+                    c.name,
+                    serde_json::to_value(c.state)?.as_str().unwrap_or("?"),
+                    c.pid.map_or("-".to_owned(), |p| p.to_string()),
+                    c.runs,
+                    c.restarts,
+                    c.restart,
+                    c.error.or(c.last_exit).unwrap_or_default()
+                );
+            }
+        }
+        Command::Inspect { .. } => {
+            println!("{}", serde_json::to_string_pretty(&reply.json())?);
+        }
+        Command::Start { name }
+        | Command::Stop { name, .. }
+        | Command::Restart { name, .. }
+        | Command::Kill { name, .. } => println!("{name}"),
+        Command::Daemon(_) | Command::Logs { .. } => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! What the engine reads from a service bundle before running it: the service's name (its
+//! directory under `/containers/services`), its restart policy and its dependencies, both from
+//! annotations the builder writes into `config.json` (from the manifest's `x-slipway` key), and
+//! the order in which services start and stop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// `no`, `always`, `on-failure` or `on-failure:N`.
+pub const RESTART_ANNOTATION: &str = "org.slipway.restart";
+/// Comma-separated names of services that must be running before this one starts.
+pub const DEPENDS_ANNOTATION: &str = "org.slipway.dependsOn";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: annotation {key}: {message}")]
+    Annotation {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+    #[error("bundle {path}: {name:?} is not a valid service name")]
+    Name { path: PathBuf, name: String },
+}
+
+/// When a container that ended is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    Always,
+    /// After a non-zero exit (or a failed start), at most `max` times when given.
+    OnFailure {
+        max: Option<u32>,
+    },
+}
+
+impl RestartPolicy {
+    /// Whether a run that ended (`success`: exit status 0) is followed by another, when
+    /// `restarts` restarts have already happened.
+    pub fn should_restart(self, success: bool, restarts: u32) -> bool {
+        match self {
+            Self::No => false,
+            Self::Always => true,
+            Self::OnFailure { max } => !success && max.is_none_or(|max| restarts < max),
+        }
+    }
+}
+
+impl FromStr for RestartPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "no" => Ok(Self::No),
+            "always" => Ok(Self::Always),
+            "on-failure" => Ok(Self::OnFailure { max: None }),
+            _ => match s.strip_prefix("on-failure:") {
+                Some(n) => n
+                    .parse()
+                    .map(|max| Self::OnFailure { max: Some(max) })
+                    .map_err(|_| format!("{n:?} is not a restart count")),
+                None => Err(format!(
+                    "{s:?} is not a restart policy (no, always, on-failure, on-failure:N)"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::No => f.write_str("no"),
+            Self::Always => f.write_str("always"),
+            Self::OnFailure { max: None } => f.write_str("on-failure"),
+            Self::OnFailure { max: Some(n) } => write!(f, "on-failure:{n}"),
+        }
+    }
+}
+
+/// A service bundle, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub bundle: PathBuf,
+    pub restart: RestartPolicy,
+    pub depends_on: Vec<String>,
+}
+
+/// Service names are directory names and appear in URLs, log file names and container ids:
+/// letters, digits and `_.-`, not starting with a dot or dash (so never `.` or `..`).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !name.starts_with(['.', '-'])
+}
+
+impl ServiceSpec {
+    /// Reads `bundle/config.json`; the service is named `name`.
+    pub fn load(name: &str, bundle: &Path) -> Result<Self, SpecError> {
+        if !valid_name(name) {
+            return Err(SpecError::Name {
+                path: bundle.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        let path = bundle.join("config.json");
+        let text = fs::read(&path).map_err(|source| SpecError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|source| SpecError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        let annotation = |key: &'static str| -> Result<Option<&str>, SpecError> {
+            match config.get("annotations").and_then(|a| a.get(key)) {
+                None => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
+                Some(other) => Err(SpecError::Annotation {
+                    path: path.clone(),
+                    key,
+                    message: format!("expected a string, found {other}"),
+                }),
+            }
+        };
+        let restart = match annotation(RESTART_ANNOTATION)? {
+            None => RestartPolicy::No,
+            Some(s) => s.trim().parse().map_err(|message| SpecError::Annotation {
+                path: path.clone(),
+                key: RESTART_ANNOTATION,
+                message,
+            })?,
+        };
+        let mut depends_on = Vec::new();
+        for dep in annotation(DEPENDS_ANNOTATION)?
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
+            if !valid_name(dep) || dep == name {
+                return Err(SpecError::Annotation {
+                    path: path.clone(),
+                    key: DEPENDS_ANNOTATION,
+                    message: format!("{dep:?} is not a service this one can depend on"),
+                });
+            }
+            if !depends_on.iter().any(|d| d == dep) {
+                depends_on.push(dep.to_owned());
+            }
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            bundle: bundle.to_owned(),
+            restart,
+            depends_on,
+        })
+    }
+}
+
+/// The bundles of `dir` (subdirectories holding `config.json`), by name. A missing directory
+/// holds none: an image without services is valid.
+pub fn list_bundles(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut bundles = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.join("config.json").is_file() {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            bundles.push((name, path));
+        }
+    }
+    bundles.sort();
+    Ok(bundles)
+}
+
+/// A start order in which every service comes after its dependencies (Kahn's algorithm, ties
+/// broken by name so the order is stable). Services that depend on an unknown service or sit
+/// in (or behind) a dependency cycle are returned apart, each with the reason, and never start.
+pub fn start_order(specs: &[ServiceSpec]) -> (Vec<String>, Vec<(String, String)>) {
+    let known: BTreeMap<&str, &ServiceSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut problems: BTreeMap<String, String> = BTreeMap::new();
+    for spec in specs {
+        if let Some(dep) = spec
+            .depends_on
+            .iter()
+            .find(|d| !known.contains_key(d.as_str()))
+        {
+            problems.insert(
+                spec.name.clone(),
+                format!("depends on {dep}, which is not a service of this image"),
+            );
+        }
+    }
+    let mut order = Vec::new();
+    let mut placed: BTreeSet<&str> = BTreeSet::new();
+    loop {
+        let ready: Vec<&str> = known
+            .values()
+            .filter(|s| !placed.contains(s.name.as_str()) && !problems.contains_key(&s.name))
+            .filter(|s| s.depends_on.iter().all(|d| placed.contains(d.as_str())))
+            .map(|s| s.name.as_str())
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for name in ready {
+            placed.insert(name);
+            order.push(name.to_owned());
+        }
+    }
+    for spec in specs {
+        if !placed.contains(spec.name.as_str()) && !problems.contains_key(&spec.name) {
+            problems.insert(
+                spec.name.clone(),
+                format!(
+                    "depends on {}, which cannot start (a dependency cycle or a broken dependency)",
+                    spec.depends_on.join(",")
+                ),
+            );
+        }
+    }
+    (order, problems.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, deps: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            bundle: PathBuf::from(name),
+            restart: RestartPolicy::No,
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn restart_policies_parse_and_decide() {
+        let p: RestartPolicy = "on-failure:3".parse().unwrap();
+        assert_eq!(p, RestartPolicy::OnFailure { max: Some(3) });
+        assert!(p.should_restart(false, 2));
+        assert!(!p.should_restart(false, 3));
+        assert!(!p.should_restart(true, 0));
+        assert!(RestartPolicy::Always.should_restart(true, 1000));
+        assert!(!RestartPolicy::No.should_restart(false, 0));
+        assert_eq!(
+            "on-failure".parse(),
+            Ok(RestartPolicy::OnFailure { max: None })
+        );
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
+        assert!("on-failure:x".parse::<RestartPolicy>().is_err());
+        assert_eq!(p.to_string(), "on-failure:3");
+    }
+
+    #[test]
+    fn names_that_could_escape_a_directory_are_invalid() {
+        for bad in ["", ".", "..", "../x", "a/b", ".hidden", "-flag", "a b", "é"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        for good in ["web", "db-1", "a.b_c"] {
+            assert!(valid_name(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn dependencies_come_first_and_cycles_and_unknowns_are_set_apart() {
+        let specs = [
+            spec("web", &["db", "cache"]),
+            spec("db", &[]),
+            spec("cache", &["db"]),
+            spec("a", &["b"]),
+            spec("b", &["a"]),
+            spec("lost", &["nowhere"]),
+            spec("behind", &["lost"]),
+        ];
+        let (order, problems) = start_order(&specs);
+        assert_eq!(order, ["db", "cache", "web"]);
+        let names: Vec<&str> = problems.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "behind", "lost"]);
+        assert!(problems[3].1.contains("nowhere"), "{problems:?}");
+    }
+
+    #[test]
+    fn annotations_are_read_and_bad_ones_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |annotations: serde_json::Value| {
+            fs::write(
+                dir.path().join("config.json"),
+                serde_json::json!({ "annotations": annotations }).to_string(),
+            )
+            .unwrap();
+        };
+        write(
+            serde_json::json!({RESTART_ANNOTATION: "on-failure:2", DEPENDS_ANNOTATION: "db, cache,db"}),
+        );
+        let s = ServiceSpec::load("web", dir.path()).unwrap();
+        assert_eq!(s.restart, RestartPolicy::OnFailure { max: Some(2) });
+        assert_eq!(s.depends_on, ["db", "cache"]);
+
+        write(serde_json::json!({RESTART_ANNOTATION: "maybe"}));
+        let err = ServiceSpec::load("web", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains("maybe"),
+            "{err}"
+        );
+
+        write(serde_json::json!({DEPENDS_ANNOTATION: "../etc"}));
+        assert!(ServiceSpec::load("web", dir.path()).is_err());
+        write(serde_json::json!({}));
+        assert_eq!(
+            ServiceSpec::load("web", dir.path()).unwrap().restart,
+            RestartPolicy::No
+        );
+    }
+}

@@ -1,0 +1,781 @@
+//! The engine proper: one supervising task per service container. A task starts its container
+//! once the dependencies run, watches its process (a pidfd, readable when it ends), logs its
+//! output, restarts it by its policy with exponential backoff, and obeys start, stop and
+//! restart commands from the API. [`Engine::shutdown`] stops every service in reverse
+//! dependency order.
+//!
+//! Everything runs on one thread (a current-thread tokio runtime): libcontainer starts a
+//! container with a raw clone3, which runs no fork handlers, so the child could deadlock on a
+//! libc lock held by another thread of the engine at that moment.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use slipway_runtime::{Container, ExitStatus, Runtime, Stdio};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::logs::{self, Logs};
+use crate::spec::{self, RestartPolicy, ServiceSpec};
+
+/// The first restart waits this long; each following one twice as long, up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A run this long counts as stable: the next restart waits [`MIN_BACKOFF`] again.
+pub const STABLE_RUN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no container named {0}")]
+    NotFound(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("container {name} cannot run: {reason}")]
+    Broken { name: String, reason: String },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("sending {signal} to container {name}: {source}")]
+    Signal {
+        name: String,
+        signal: Signal,
+        source: std::io::Error,
+    },
+    #[error("reading the service bundles in {dir}: {source}")]
+    Bundles {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening the log of {name}: {source}")]
+    Log {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Waiting for its dependencies to run.
+    Waiting,
+    Running,
+    /// Ended; restarting after the backoff delay.
+    Restarting,
+    /// Ended and, by its policy, not restarted.
+    Exited,
+    /// Stopped by a request (or the engine's shutdown).
+    Stopped,
+    /// Its bundle or dependencies are broken: it never runs.
+    Failed,
+}
+
+/// What `ps` and `inspect` show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub state: State,
+    pub pid: Option<i32>,
+    pub restart: String,
+    pub depends_on: Vec<String>,
+    /// How many times its process was started (or a start was attempted).
+    pub runs: u32,
+    /// Restarts by the policy since the last start by a request.
+    pub restarts: u32,
+    pub exit_code: Option<i32>,
+    pub last_exit: Option<String>,
+    pub started_at: Option<String>,
+    pub error: Option<String>,
+    pub bundle: PathBuf,
+    pub log_file: PathBuf,
+}
+
+/// Where the engine finds and puts things.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub bundles: PathBuf,
+    pub log_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+enum Command {
+    Start(oneshot::Sender<()>),
+    Stop {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
+    Restart {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
+}
+
+struct Entry {
+    info: ContainerInfo,
+    logs: Arc<Logs>,
+    /// The running process, for `kill`: a pidfd never names a recycled pid.
+    pidfd: Option<Arc<OwnedFd>>,
+    commands: Option<mpsc::UnboundedSender<Command>>,
+}
+
+struct Shared {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// Bumped on every state change; tasks waiting for dependencies watch it.
+    changed: watch::Sender<u64>,
+    shutting_down: std::sync::atomic::AtomicBool,
+    runtime: Runtime,
+}
+
+impl Shared {
+    fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = entries.get_mut(name) {
+                f(entry);
+            }
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn state(&self, name: &str) -> Option<State> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(name).map(|e| e.info.state)
+    }
+}
+
+/// The engine: the services of one bundle directory. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    specs: Arc<Vec<ServiceSpec>>,
+    order: Arc<Vec<String>>,
+}
+
+impl Engine {
+    /// Reads every bundle. Bundles that cannot run (bad annotations, unknown dependency,
+    /// dependency cycle) are listed as `failed`, with the reason.
+    pub fn load(config: &EngineConfig) -> Result<Self, EngineError> {
+        let runtime = Runtime::new(&config.state_dir).map_err(|e| EngineError::Bundles {
+            dir: config.state_dir.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let bundles =
+            spec::list_bundles(&config.bundles).map_err(|source| EngineError::Bundles {
+                dir: config.bundles.clone(),
+                source,
+            })?;
+        let mut specs = Vec::new();
+        let mut broken = Vec::new();
+        for (name, path) in bundles {
+            match ServiceSpec::load(&name, &path) {
+                Ok(spec) => specs.push(spec),
+                Err(e) if spec::valid_name(&name) => broken.push((name, path, e.to_string())),
+                // A directory whose name is not a service name cannot be addressed at all.
+                Err(e) => tracing::error!("skipping bundle: {e}"),
+            }
+        }
+        let (order, problems) = spec::start_order(&specs);
+        let mut entries = BTreeMap::new();
+        let mut add =
+            |name: &str, bundle: &Path, spec: Option<&ServiceSpec>, error: Option<String>| {
+                let log_file = config.log_dir.join(format!("{name}.log"));
+                let logs = Logs::open(&log_file).map_err(|source| EngineError::Log {
+                    name: name.to_owned(),
+                    source,
+                })?;
+                let info = ContainerInfo {
+                    name: name.to_owned(),
+                    state: if error.is_some() {
+                        State::Failed
+                    } else {
+                        State::Waiting
+                    },
+                    pid: None,
+                    restart: spec.map(|s| s.restart.to_string()).unwrap_or_default(),
+                    depends_on: spec.map(|s| s.depends_on.clone()).unwrap_or_default(),
+                    runs: 0,
+                    restarts: 0,
+                    exit_code: None,
+                    last_exit: None,
+                    started_at: None,
+                    error,
+                    bundle: bundle.to_owned(),
+                    log_file,
+                };
+                entries.insert(
+                    name.to_owned(),
+                    Entry {
+                        info,
+                        logs: Arc::new(logs),
+                        pidfd: None,
+                        commands: None,
+                    },
+                );
+                Ok::<_, EngineError>(())
+            };
+        for spec in &specs {
+            let problem = problems.iter().find(|(n, _)| *n == spec.name);
+            add(
+                &spec.name,
+                &spec.bundle,
+                Some(spec),
+                problem.map(|p| p.1.clone()),
+            )?;
+        }
+        for (name, path, error) in broken {
+            add(&name, &path, None, Some(error))?;
+        }
+        for (name, entry) in &entries {
+            if let Some(error) = &entry.info.error {
+                tracing::error!("service {name}: {error}");
+                entry.logs.push("engine", error);
+            }
+        }
+        let specs = specs
+            .into_iter()
+            .filter(|s| order.contains(&s.name))
+            .collect();
+        Ok(Self {
+            shared: Arc::new(Shared {
+                entries: Mutex::new(entries),
+                changed: watch::channel(0).0,
+                shutting_down: false.into(),
+                runtime,
+            }),
+            specs: Arc::new(specs),
+            order: Arc::new(order),
+        })
+    }
+
+    /// Starts one supervising task per runnable service. Call it inside the tokio runtime.
+    pub fn spawn_supervisors(&self) {
+        for spec in self.specs.iter() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.shared.update(&spec.name, |e| e.commands = Some(tx));
+            let shared = self.shared.clone();
+            let spec = spec.clone();
+            tokio::spawn(async move { Supervisor::new(shared, spec, rx).run().await });
+        }
+    }
+
+    pub fn list(&self) -> Vec<ContainerInfo> {
+        let entries = self
+            .shared
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        entries.values().map(|e| e.info.clone()).collect()
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<ContainerInfo, EngineError> {
+        let entries = self
+            .shared
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(name)
+            .map(|e| e.info.clone())
+            .ok_or_else(|| EngineError::NotFound(name.to_owned()))
+    }
+
+    pub fn logs(&self, name: &str) -> Result<Arc<Logs>, EngineError> {
+        let entries = self
+            .shared
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(name)
+            .map(|e| e.logs.clone())
+            .ok_or_else(|| EngineError::NotFound(name.to_owned()))
+    }
+
+    fn commands(&self, name: &str) -> Result<mpsc::UnboundedSender<Command>, EngineError> {
+        if self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(EngineError::ShuttingDown);
+        }
+        let entries = self
+            .shared
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
+        entry.commands.clone().ok_or_else(|| EngineError::Broken {
+            name: name.to_owned(),
+            reason: entry.info.error.clone().unwrap_or_default(),
+        })
+    }
+
+    async fn send(
+        &self,
+        name: &str,
+        make: impl FnOnce(oneshot::Sender<()>) -> Command,
+    ) -> Result<ContainerInfo, EngineError> {
+        let commands = self.commands(name)?;
+        let (done, wait) = oneshot::channel();
+        if commands.send(make(done)).is_ok() {
+            let _ = wait.await;
+        }
+        self.inspect(name)
+    }
+
+    /// Starts a stopped or exited container (after its dependencies), resetting its restart
+    /// count. A running container is left alone.
+    pub async fn start(&self, name: &str) -> Result<ContainerInfo, EngineError> {
+        self.send(name, Command::Start).await
+    }
+
+    /// SIGTERM to the container's processes, SIGKILL after `grace`; returns once it is gone.
+    /// It stays stopped until started again.
+    pub async fn stop(&self, name: &str, grace: Duration) -> Result<ContainerInfo, EngineError> {
+        self.send(name, |done| Command::Stop { grace, done }).await
+    }
+
+    /// Stops (as [`Engine::stop`]) and starts the container again at once.
+    pub async fn restart(&self, name: &str, grace: Duration) -> Result<ContainerInfo, EngineError> {
+        self.send(name, |done| Command::Restart { grace, done })
+            .await
+    }
+
+    /// Sends `signal` to the container's main process. What follows its end is up to the
+    /// restart policy, as for any other exit.
+    pub fn kill(&self, name: &str, signal: Signal) -> Result<(), EngineError> {
+        let pidfd = {
+            let entries = self
+                .shared
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let entry = entries
+                .get(name)
+                .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
+            entry
+                .pidfd
+                .clone()
+                .ok_or_else(|| EngineError::NotRunning(name.to_owned()))?
+        };
+        let sig = rustix::process::Signal::from_named_raw(signal as i32)
+            .expect("every nix Signal is a named signal");
+        rustix::process::pidfd_send_signal(&*pidfd, sig).map_err(|e| match e {
+            rustix::io::Errno::SRCH => EngineError::NotRunning(name.to_owned()),
+            e => EngineError::Signal {
+                name: name.to_owned(),
+                signal,
+                source: e.into(),
+            },
+        })
+    }
+
+    /// Stops every service, dependents before their dependencies, each with `grace` between
+    /// SIGTERM and SIGKILL. Requests that would start something are refused from now on.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for name in self.order.iter().rev() {
+            let commands = {
+                let entries = self
+                    .shared
+                    .entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                entries.get(name).and_then(|e| e.commands.clone())
+            };
+            if let Some(commands) = commands {
+                let (done, wait) = oneshot::channel();
+                if commands.send(Command::Stop { grace, done }).is_ok() {
+                    let _ = wait.await;
+                }
+                tracing::info!("service {name} stopped");
+            }
+        }
+    }
+}
+
+/// How a run ended, as the supervisor needs it.
+enum Ended {
+    /// By itself (or a `kill`): the restart policy decides.
+    Exit(Option<ExitStatus>),
+    /// By a stop request: stays stopped.
+    Stopped(Vec<oneshot::Sender<()>>),
+    /// By a restart request: starts again at once.
+    Restarted(Vec<oneshot::Sender<()>>),
+    /// The command channel closed (the engine is going away).
+    Gone,
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    spec: ServiceSpec,
+    commands: mpsc::UnboundedReceiver<Command>,
+    logs: Arc<Logs>,
+    /// Replies owed once the container runs (or fails to start).
+    started_replies: Vec<oneshot::Sender<()>>,
+}
+
+impl Supervisor {
+    fn new(
+        shared: Arc<Shared>,
+        spec: ServiceSpec,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let logs = {
+            let entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries[&spec.name].logs.clone()
+        };
+        Self {
+            shared,
+            spec,
+            commands,
+            logs,
+            started_replies: Vec::new(),
+        }
+    }
+
+    fn note(&self, message: &str) {
+        tracing::info!("service {}: {message}", self.spec.name);
+        self.logs.push("engine", message);
+    }
+
+    fn set_state(&self, state: State) {
+        self.shared
+            .update(&self.spec.name, |e| e.info.state = state);
+    }
+
+    async fn run(mut self) {
+        let mut want_running = true;
+        let mut restarts = 0u32;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if !want_running {
+                match self.commands.recv().await {
+                    None => return,
+                    Some(Command::Stop { done, .. }) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                    Some(Command::Start(done)) | Some(Command::Restart { done, .. }) => {
+                        self.started_replies.push(done);
+                        want_running = true;
+                        restarts = 0;
+                        backoff = MIN_BACKOFF;
+                        self.shared.update(&self.spec.name, |e| e.info.restarts = 0);
+                    }
+                }
+            }
+            match self.wait_for_dependencies().await {
+                Some(true) => {}
+                Some(false) => {
+                    want_running = false;
+                    continue;
+                }
+                None => return,
+            }
+            let started = Instant::now();
+            let ended = self.run_once().await;
+            let success = match ended {
+                Ended::Gone => return,
+                Ended::Stopped(replies) => {
+                    self.set_state(State::Stopped);
+                    self.note("stopped");
+                    for reply in replies {
+                        let _ = reply.send(());
+                    }
+                    want_running = false;
+                    continue;
+                }
+                Ended::Restarted(replies) => {
+                    self.started_replies.extend(replies);
+                    restarts = 0;
+                    backoff = MIN_BACKOFF;
+                    self.shared.update(&self.spec.name, |e| e.info.restarts = 0);
+                    continue;
+                }
+                Ended::Exit(status) => status.is_some_and(ExitStatus::success),
+            };
+            if !self.spec.restart.should_restart(success, restarts) {
+                self.set_state(State::Exited);
+                if self.spec.restart != RestartPolicy::No {
+                    self.note(&format!(
+                        "not restarted (policy {}, {restarts} restarts)",
+                        self.spec.restart
+                    ));
+                }
+                want_running = false;
+                continue;
+            }
+            if started.elapsed() >= STABLE_RUN {
+                backoff = MIN_BACKOFF;
+            }
+            restarts += 1;
+            self.shared.update(&self.spec.name, |e| {
+                e.info.state = State::Restarting;
+                e.info.restarts = restarts;
+            });
+            self.note(&format!(
+                "restarting in {}",
+                humantime::format_duration(backoff)
+            ));
+            // The delay gives way to requests: stop cancels the restart, start and restart
+            // skip the wait.
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                command = self.commands.recv() => match command {
+                    None => return,
+                    Some(Command::Stop { done, .. }) => {
+                        self.set_state(State::Stopped);
+                        self.note("stopped");
+                        let _ = done.send(());
+                        want_running = false;
+                    }
+                    Some(Command::Start(done)) | Some(Command::Restart { done, .. }) => {
+                        self.started_replies.push(done);
+                    }
+                },
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Waits until every dependency is running. `Some(false)` when a stop request came first,
+    /// `None` when the engine went away.
+    async fn wait_for_dependencies(&mut self) -> Option<bool> {
+        let mut changed = self.shared.changed.subscribe();
+        let mut noted = false;
+        loop {
+            let missing: Vec<&String> = self
+                .spec
+                .depends_on
+                .iter()
+                .filter(|d| self.shared.state(d) != Some(State::Running))
+                .collect();
+            if missing.is_empty() {
+                return Some(true);
+            }
+            if !noted {
+                let message = format!(
+                    "waiting for {}",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                self.shared
+                    .update(&self.spec.name, |e| e.info.state = State::Waiting);
+                self.note(&message);
+                noted = true;
+            }
+            tokio::select! {
+                result = changed.changed() => result.ok()?,
+                command = self.commands.recv() => match command? {
+                    Command::Stop { done, .. } => {
+                        self.set_state(State::Stopped);
+                        let _ = done.send(());
+                        return Some(false);
+                    }
+                    Command::Start(done) | Command::Restart { done, .. } => {
+                        self.started_replies.push(done)
+                    }
+                },
+            }
+        }
+    }
+
+    /// Starts the container, logs its output and waits for it to end or for a request.
+    async fn run_once(&mut self) -> Ended {
+        let name = self.spec.name.clone();
+        self.shared.update(&name, |e| e.info.runs += 1);
+        let running = match self.start() {
+            Ok(running) => running,
+            Err(error) => {
+                self.note(&format!("failed to start: {error}"));
+                self.shared.update(&name, |e| {
+                    e.info.error = Some(error.clone());
+                    e.info.pid = None;
+                });
+                self.reply_started();
+                return Ended::Exit(None);
+            }
+        };
+        let (mut container, pidfd) = running;
+        self.reply_started();
+        let mut stop_replies = Vec::new();
+        let mut restart = false;
+        let status = loop {
+            tokio::select! {
+                status = exited(&pidfd, &mut container) => break status,
+                command = self.commands.recv() => match command {
+                    Some(Command::Start(done)) => {
+                        let _ = done.send(());
+                    }
+                    Some(Command::Stop { grace, done }) => {
+                        stop_replies.push(done);
+                        break self.terminate(&mut container, &pidfd, grace).await;
+                    }
+                    Some(Command::Restart { grace, done }) => {
+                        stop_replies.push(done);
+                        restart = true;
+                        break self.terminate(&mut container, &pidfd, grace).await;
+                    }
+                    None => {
+                        let status = self.terminate(&mut container, &pidfd, Duration::from_secs(1)).await;
+                        self.finish(container, status);
+                        return Ended::Gone;
+                    }
+                },
+            }
+        };
+        self.finish(container, status);
+        match (stop_replies.is_empty(), restart) {
+            (true, _) => Ended::Exit(status),
+            (false, false) => Ended::Stopped(stop_replies),
+            (false, true) => Ended::Restarted(stop_replies),
+        }
+    }
+
+    fn reply_started(&mut self) {
+        for reply in self.started_replies.drain(..) {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Creates the container with its stdout and stderr on pipes the engine reads, and opens
+    /// a pidfd on its process.
+    fn start(&self) -> Result<(Container, AsyncFd<OwnedFd>), String> {
+        let (out_r, out_w) = std::io::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
+        let (err_r, err_w) = std::io::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
+        let stdin = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+        let id = format!("service-{}", self.spec.name);
+        let container = self
+            .shared
+            .runtime
+            .create_and_start(
+                &id,
+                &self.spec.bundle,
+                Stdio {
+                    stdin,
+                    stdout: Some(out_w.into()),
+                    stderr: Some(err_w.into()),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        let pid = container.pid().map_err(|e| e.to_string())?;
+        let pidfd = rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| format!("process id {pid} is not valid"))
+            .and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                    .map_err(|e| format!("opening a pidfd on process {pid}: {e}"))
+            })
+            .and_then(|fd| {
+                // SAFETY: an OwnedFd keeps its descriptor open, unchanged, for as long as it
+                // lives, and the AsyncFd owns it.
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                    .map_err(|e| format!("watching process {pid}: {e}"))
+            });
+        let pidfd = match pidfd {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                let _ = container.delete();
+                return Err(e);
+            }
+        };
+        for (reader, stream) in [(out_r, "stdout"), (err_r, "stderr")] {
+            let logs = self.logs.clone();
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
+                Ok(reader) => {
+                    tokio::spawn(async move { logs::pump(reader, stream, &logs).await });
+                }
+                Err(e) => self.note(&format!("cannot read its {stream}: {e}")),
+            }
+        }
+        let shared_fd = Arc::new(
+            pidfd
+                .get_ref()
+                .try_clone()
+                .map_err(|e| format!("duplicating the pidfd of {pid}: {e}"))?,
+        );
+        let started_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        self.shared.update(&self.spec.name, |e| {
+            e.info.state = State::Running;
+            e.info.pid = Some(pid);
+            e.info.started_at = Some(started_at);
+            e.info.error = None;
+            e.pidfd = Some(shared_fd);
+        });
+        self.note(&format!("started (pid {pid})"));
+        Ok((container, pidfd))
+    }
+
+    /// SIGTERM to every process of the container, then SIGKILL after `grace`.
+    async fn terminate(
+        &self,
+        container: &mut Container,
+        pidfd: &AsyncFd<OwnedFd>,
+        grace: Duration,
+    ) -> Option<ExitStatus> {
+        if let Err(e) = container.kill(Signal::SIGTERM, true) {
+            self.note(&format!("{e}"));
+        }
+        match tokio::time::timeout(grace, exited(pidfd, container)).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.note(&format!(
+                    "still running {} after SIGTERM: SIGKILL",
+                    humantime::format_duration(grace)
+                ));
+                if let Err(e) = container.kill(Signal::SIGKILL, true) {
+                    self.note(&format!("{e}"));
+                }
+                exited(pidfd, container).await
+            }
+        }
+    }
+
+    /// Records how the run ended and removes the container.
+    fn finish(&self, container: Container, status: Option<ExitStatus>) {
+        let described = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+        self.note(&format!("ended ({described})"));
+        self.shared.update(&self.spec.name, |e| {
+            e.info.pid = None;
+            e.info.exit_code = status.map(ExitStatus::code);
+            e.info.last_exit = Some(described.clone());
+            e.pidfd = None;
+        });
+        if let Err(e) = container.delete() {
+            self.note(&format!("{e}"));
+        }
+    }
+}
+
+/// Waits for the container's process to end: its pidfd becomes readable, then it is reaped.
+/// `None` when it cannot be waited for (someone else reaped it).
+async fn exited(pidfd: &AsyncFd<OwnedFd>, container: &mut Container) -> Option<ExitStatus> {
+    loop {
+        match container.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("{e}");
+                return None;
+            }
+        }
+        match pidfd.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(e) => {
+                tracing::error!("polling the pidfd of {}: {e}", container.id());
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! Drives the built `slipway-engine` daemon over its socket with real containers (busybox-static
+//! rootfs). Needs root and Debian's busybox-static. Each test runs its own daemon with its own
+//! socket, bundle directory, log directory and state directory.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use slipway_engine::client::{Client, container_path};
+
+const BUSYBOX: &str = "/bin/busybox";
+const BIN: &str = env!("CARGO_BIN_EXE_slipway-engine");
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    client: Client,
+    runtime: tokio::runtime::Runtime,
+    test: String,
+}
+
+impl Daemon {
+    fn new(test: &str) -> Self {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "these tests run real containers and must run as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("services")).unwrap();
+        let client = Client::new(dir.path().join("engine.sock"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Self {
+            dir,
+            child: None,
+            client,
+            runtime,
+            test: format!("{test}-{}", std::process::id()),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A service bundle running `script` under busybox sh, with the given annotations.
+    fn service(&self, name: &str, script: &str, annotations: Value) {
+        let bundle = self.path("services").join(name);
+        let rootfs = bundle.join("rootfs");
+        for dir in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+            fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("busybox-static is installed");
+        for applet in ["sh", "sleep", "echo", "cat", "trap"] {
+            let _ = symlink("busybox", rootfs.join("bin").join(applet));
+        }
+        let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "annotations": annotations,
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": ["/bin/sh", "-c", script],
+                "env": ["PATH=/bin"],
+                "cwd": "/",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": name,
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "nodev", "mode=1777"]}
+            ],
+            "linux": {
+                "cgroupsPath": format!("/slipway-engine-test/{}-{name}", self.test),
+                "namespaces": [
+                    {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                    {"type": "uts"}, {"type": "mount"}
+                ]
+            }
+        });
+        fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(BIN)
+            .arg("--socket")
+            .arg(self.client.socket())
+            .arg("daemon")
+            .arg("--bundles")
+            .arg(self.path("services"))
+            .arg("--log-dir")
+            .arg(self.path("log"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .args(["--grace", "2"])
+            .stderr(fs::File::create(self.path("daemon.err")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.client.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no socket; daemon: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(self.path("daemon.err")).unwrap_or_default()
+    }
+
+    fn request(&self, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let reply = self
+            .runtime
+            .block_on(
+                self.client
+                    .request(method, path, body.map(|b| b.as_bytes().to_vec())),
+            )
+            .unwrap_or_else(|e| panic!("{e}; daemon: {}", self.stderr()));
+        let value = reply.json();
+        (reply.status, value)
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        let (status, info) = self.request(Method::GET, &container_path(name, ""), None);
+        assert_eq!(status, StatusCode::OK, "{info}");
+        info
+    }
+
+    fn logs(&self, name: &str) -> String {
+        let reply = self
+            .runtime
+            .block_on(
+                self.client
+                    .request(Method::GET, &container_path(name, "logs"), None),
+            )
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        String::from_utf8(reply.body.to_vec()).unwrap()
+    }
+
+    /// Polls `inspect` until `check` holds, for at most `secs` seconds.
+    fn wait_for(&self, name: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let info = self.inspect(name);
+            if check(&info) {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached the expected state: {info}\nlog:\n{}\ndaemon:\n{}",
+                self.logs(name),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Polls the log until `needle` appears `count` times.
+    fn wait_for_log(&self, name: &str, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.logs(name).matches(needle).count() < count {
+            assert!(Instant::now() < deadline, "{}", self.logs(name));
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGTERM to the daemon; returns its exit code.
+    fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("a running daemon");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+fn state(info: &Value) -> &str {
+    info["state"].as_str().unwrap_or("")
+}
+
+fn process_exists(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn start_stop_and_logs_through_the_api_and_the_cli() {
+    let mut d = Daemon::new("basic");
+    d.service(
+        "web",
+        "echo hello from $(hostname); echo oops >&2; exec sleep 600",
+        json!({}),
+    );
+    d.start();
+    let info = d.wait_for("web", 10, |i| state(i) == "running");
+    let pid = info["pid"].as_i64().unwrap();
+    assert!(process_exists(pid));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.logs("web").contains("stderr oops") {
+        assert!(Instant::now() < deadline, "{}", d.logs("web"));
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let text = d.logs("web");
+    assert!(text.contains(" stdout hello from web\n"), "{text}");
+    let file = fs::read_to_string(d.path("log/web.log")).unwrap();
+    assert!(file.contains(" stdout hello from web\n"), "{file}");
+
+    // The CLI lists it.
+    let ps = Command::new(BIN)
+        .arg("--socket")
+        .arg(d.client.socket())
+        .arg("ps")
+        .output()
+        .unwrap();
+    assert!(ps.status.success());
+    let ps = String::from_utf8(ps.stdout).unwrap();
+    assert!(
+        ps.lines().any(|l| l.starts_with("web ")
+            && l.contains("running")
+            && l.contains(&pid.to_string())),
+        "{ps}"
+    );
+
+    // sleep as the namespace's PID 1 ignores SIGTERM: stop falls back to SIGKILL after 1 s.
+    let started = Instant::now();
+    let (status, info) = d.request(
+        Method::POST,
+        &container_path("web", "stop"),
+        Some(r#"{"timeout": 1}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(state(&info), "stopped");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(!process_exists(pid));
+    assert!(info["pid"].is_null());
+
+    let (status, info) = d.request(Method::POST, &container_path("web", "start"), None);
+    assert_eq!(status, StatusCode::OK, "{info}");
+    let info = d.wait_for("web", 10, |i| state(i) == "running");
+    assert_ne!(info["pid"].as_i64().unwrap(), pid);
+    assert_eq!(info["runs"], 2);
+
+    // logs -f prints the past lines, then new ones as they come.
+    let mut follow = Command::new(BIN)
+        .arg("--socket")
+        .arg(d.client.socket())
+        .args(["logs", "-f", "web"])
+        .stdout(fs::File::create(d.path("follow.out")).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _) = d.request(
+        Method::POST,
+        &container_path("web", "restart"),
+        Some(r#"{"timeout": 1}"#),
+    );
+    assert_eq!(status, StatusCode::OK);
+    d.wait_for("web", 10, |i| i["runs"] == 3 && state(i) == "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = fs::read_to_string(d.path("follow.out")).unwrap();
+        if out.matches("stdout hello from web").count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "follow output:\n{out}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}
+
+#[test]
+fn a_container_killed_with_sigkill_comes_back_with_growing_backoff() {
+    let mut d = Daemon::new("always");
+    d.service(
+        "svc",
+        "echo up; exec sleep 600",
+        json!({"org.slipway.restart": "always"}),
+    );
+    d.start();
+    let first = d.wait_for("svc", 10, |i| state(i) == "running");
+    let pid1 = first["pid"].as_i64().unwrap();
+    // Each run is killed only after it has written its line, so the log shows every run.
+    d.wait_for_log("svc", " stdout up", 1);
+
+    let (status, info) = d.request(
+        Method::POST,
+        &container_path("svc", "kill"),
+        Some(r#"{"signal": "SIGKILL"}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{info}");
+    let killed = Instant::now();
+    let second = d.wait_for("svc", 10, |i| {
+        state(i) == "running" && i["pid"].as_i64() != Some(pid1)
+    });
+    let first_delay = killed.elapsed();
+    assert_eq!(second["restarts"], 1);
+    assert_eq!(second["last_exit"], "killed by SIGKILL");
+    let pid2 = second["pid"].as_i64().unwrap();
+    assert!(!process_exists(pid1));
+    d.wait_for_log("svc", " stdout up", 2);
+
+    // Killed again before 10 s of stable running: the delay doubles.
+    let (status, _) = d.request(
+        Method::POST,
+        &container_path("svc", "kill"),
+        Some(r#"{"signal": 9}"#),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let killed = Instant::now();
+    let third = d.wait_for("svc", 10, |i| {
+        state(i) == "running" && i["pid"].as_i64() != Some(pid2)
+    });
+    let second_delay = killed.elapsed();
+    assert_eq!(third["restarts"], 2);
+    assert!(first_delay >= Duration::from_millis(100), "{first_delay:?}");
+    assert!(
+        second_delay >= Duration::from_millis(200),
+        "{second_delay:?}"
+    );
+    let logs = d.logs("svc");
+    let delays: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.split(" engine restarting in ").nth(1))
+        .collect();
+    assert_eq!(delays, ["100ms", "200ms"], "{logs}");
+    d.wait_for_log("svc", " stdout up", 3);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn on_failure_3_gives_up_after_four_runs() {
+    let mut d = Daemon::new("onfailure");
+    d.service(
+        "flaky",
+        "echo run; exit 3",
+        json!({"org.slipway.restart": "on-failure:3"}),
+    );
+    // A service that succeeds is not restarted by on-failure.
+    d.service(
+        "fine",
+        "echo done",
+        json!({"org.slipway.restart": "on-failure"}),
+    );
+    d.start();
+    let info = d.wait_for("flaky", 20, |i| state(i) == "exited");
+    assert_eq!(info["runs"], 4, "{info}");
+    assert_eq!(info["restarts"], 3);
+    assert_eq!(info["exit_code"], 3);
+    // It stays given up.
+    std::thread::sleep(Duration::from_secs(2));
+    let info = d.inspect("flaky");
+    assert_eq!(state(&info), "exited");
+    assert_eq!(info["runs"], 4);
+    let logs = d.logs("flaky");
+    assert_eq!(logs.matches(" stdout run").count(), 4, "{logs}");
+    let delays: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.split(" engine restarting in ").nth(1))
+        .collect();
+    assert_eq!(delays, ["100ms", "200ms", "400ms"], "{logs}");
+
+    let fine = d.wait_for("fine", 10, |i| state(i) == "exited");
+    assert_eq!(fine["runs"], 1);
+    assert_eq!(fine["exit_code"], 0);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_dependent_starts_only_after_its_dependency_and_stops_before_it() {
+    let mut d = Daemon::new("deps");
+    // Names chosen so that name order would start the dependent first.
+    d.service(
+        "a-app",
+        "exec sleep 600",
+        json!({"org.slipway.dependsOn": "b-db"}),
+    );
+    // A dependency whose bundle is broken never runs, so its dependent never starts either.
+    d.service("b-db", "exec sleep 600", json!({}));
+    d.service(
+        "c-orphan",
+        "echo must-not-run",
+        json!({"org.slipway.dependsOn": "d-broken"}),
+    );
+    d.service(
+        "d-broken",
+        "echo bad",
+        json!({"org.slipway.restart": "sometimes"}),
+    );
+    d.start();
+    let app = d.wait_for("a-app", 10, |i| state(i) == "running");
+    let db = d.inspect("b-db");
+    assert_eq!(state(&db), "running");
+    let app_started = humantime::parse_rfc3339(app["started_at"].as_str().unwrap()).unwrap();
+    let db_started = humantime::parse_rfc3339(db["started_at"].as_str().unwrap()).unwrap();
+    assert!(app_started >= db_started, "{app} {db}");
+    let app_log = d.logs("a-app");
+    let waited = app_log.find("engine waiting for b-db");
+    let started = app_log.find("engine started").unwrap();
+    assert!(waited.is_none_or(|w| w < started), "{app_log}");
+
+    let broken = d.inspect("d-broken");
+    assert_eq!(state(&broken), "failed");
+    assert!(
+        broken["error"].as_str().unwrap().contains("sometimes"),
+        "{broken}"
+    );
+    let orphan = d.inspect("c-orphan");
+    assert_eq!(state(&orphan), "failed", "{orphan}");
+    assert_eq!(orphan["runs"], 0);
+    assert!(!d.logs("c-orphan").contains("must-not-run"));
+    let (status, _) = d.request(Method::POST, &container_path("c-orphan", "start"), None);
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // SIGTERM: the dependent stops first, then its dependency; the daemon exits 0.
+    let pids = [app["pid"].as_i64().unwrap(), db["pid"].as_i64().unwrap()];
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+    for pid in pids {
+        assert!(!process_exists(pid));
+    }
+    let err = d.stderr();
+    let app_stop = err.find("service a-app stopped").expect(&err);
+    let db_stop = err.find("service b-db stopped").expect(&err);
+    assert!(app_stop < db_stop, "{err}");
+    assert!(!d.client.socket().exists());
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let mut d = Daemon::new("bad");
+    d.service(
+        "svc",
+        "exec sleep 600",
+        json!({"org.slipway.restart": "always"}),
+    );
+    d.start();
+    let before = d.wait_for("svc", 10, |i| state(i) == "running");
+
+    let (status, body) = d.request(Method::GET, "/v1/containers/nope", None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("nope"), "{body}");
+    let (status, body) = d.request(Method::POST, &container_path("nope", "stop"), None);
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    for (path, body) in [
+        (container_path("svc", "kill"), Some("{\"signal\": ")),
+        (
+            container_path("svc", "kill"),
+            Some("{\"signal\": \"SIGNOPE\"}"),
+        ),
+        (container_path("svc", "kill"), Some("{\"sig\": \"KILL\"}")),
+        (container_path("svc", "kill"), None),
+        (container_path("svc", "stop"), Some("[1, 2")),
+        (container_path("svc", "stop"), Some("{\"timeout\": -1}")),
+        (container_path("../x", "stop"), None),
+        ("/v1/containers/../x/stop".to_owned(), None),
+        ("/v1/containers/..".to_owned(), None),
+    ] {
+        let method = if path.ends_with("/..") {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let (status, reply) = d.request(method, &path, body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body:?}: {reply}");
+        assert!(reply["error"].is_string(), "{reply}");
+    }
+    let (status, _) = d.request(Method::DELETE, &container_path("svc", ""), None);
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = d.request(Method::GET, "/v2/containers", None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let after = d.inspect("svc");
+    assert_eq!(state(&after), "running");
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(after["runs"], 1);
+    assert_eq!(after["restarts"], 0);
+    assert!(process_exists(after["pid"].as_i64().unwrap()));
+    let (_, list) = d.request(Method::GET, "/v1/containers", None);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(d.terminate(), 0);
+}

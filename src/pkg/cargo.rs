@@ -1,0 +1,261 @@
+//! Workspace crates as a source of image files: finding a crate's sources (for the package tag)
+//! and building it as a static binary (for the image).
+//!
+//! The binary is built with glibc and `crt-static` for the host triple, with the `image` profile
+//! of the root Cargo.toml. Because `--target` is explicit, RUSTFLAGS reach only the target crates,
+//! not build scripts; `--remap-path-prefix` keeps the checkout path out of the binary so that two
+//! checkouts in different folders build the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+use super::PkgError;
+
+/// The triple image binaries are built for (glibc, static).
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+#[derive(Deserialize)]
+struct Metadata {
+    packages: Vec<MetaPackage>,
+    workspace_root: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct MetaPackage {
+    name: String,
+    manifest_path: PathBuf,
+    dependencies: Vec<MetaDep>,
+    targets: Vec<MetaTarget>,
+}
+
+#[derive(Deserialize)]
+struct MetaDep {
+    name: String,
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct MetaTarget {
+    name: String,
+    kind: Vec<String>,
+}
+
+/// A workspace crate and what its binary depends on.
+#[derive(Debug, Clone)]
+pub struct CrateInputs {
+    pub name: String,
+    pub workspace_root: PathBuf,
+    /// The crate's folder and those of its path dependencies, sorted.
+    pub dirs: Vec<PathBuf>,
+    /// The binary target's name.
+    pub bin: String,
+    /// `rustc -vV`: a different compiler makes a different binary.
+    pub rustc: String,
+}
+
+fn cargo_err(krate: &str, message: String) -> PkgError {
+    PkgError::Cargo {
+        krate: krate.to_string(),
+        message,
+    }
+}
+
+/// Locates `name` in the workspace that contains `dir` (no network: `--no-deps --offline`).
+pub fn inputs(dir: &Path, name: &str) -> Result<CrateInputs, PkgError> {
+    let out = Command::new("cargo")
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(dir)
+        .output()
+        .map_err(|e| cargo_err(name, format!("running cargo metadata: {e}")))?;
+    if !out.status.success() {
+        return Err(cargo_err(
+            name,
+            format!(
+                "cargo metadata: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let meta: Metadata = serde_json::from_slice(&out.stdout)
+        .map_err(|e| cargo_err(name, format!("parsing cargo metadata: {e}")))?;
+    let find = |n: &str| meta.packages.iter().find(|p| p.name == n);
+    let root =
+        find(name).ok_or_else(|| cargo_err(name, "no such crate in the workspace".into()))?;
+    let bin = root
+        .targets
+        .iter()
+        .find(|t| t.kind.iter().any(|k| k == "bin"))
+        .map(|t| t.name.clone())
+        .ok_or_else(|| cargo_err(name, "the crate has no binary target".into()))?;
+    let mut dirs = BTreeSet::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        let dir = p
+            .manifest_path
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        if !dirs.insert(dir) {
+            continue;
+        }
+        for dep in p.dependencies.iter().filter(|d| d.path.is_some()) {
+            match find(&dep.name) {
+                Some(pkg) => todo.push(pkg),
+                // A path dependency outside the workspace: hash its folder all the same.
+                None => {
+                    dirs.insert(dep.path.clone().unwrap_or_default());
+                }
+            }
+        }
+    }
+    let rustc = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .map_err(|e| cargo_err(name, format!("running rustc -vV: {e}")))?;
+    Ok(CrateInputs {
+        name: name.to_string(),
+        workspace_root: meta.workspace_root,
+        dirs: dirs.into_iter().collect(),
+        bin,
+        rustc: String::from_utf8_lossy(&rustc.stdout).into_owned(),
+    })
+}
+
+/// Builds the crate static and returns the binary's bytes, after checking it has no interpreter
+/// and no shared-library dependencies.
+pub fn build(inputs: &CrateInputs, env: &BTreeMap<String, String>) -> Result<Vec<u8>, PkgError> {
+    let name = &inputs.name;
+    // Remap the checkout and cargo's home (crate sources are compiled from there): panic
+    // locations would otherwise make the binary depend on where things sit on this machine.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let rustflags = format!(
+        "-C target-feature=+crt-static --remap-path-prefix={}=/slipway --remap-path-prefix={}=/cargo",
+        inputs.workspace_root.display(),
+        cargo_home.display()
+    );
+    let out = Command::new("cargo")
+        .args([
+            "build",
+            "--locked",
+            "--profile",
+            "image",
+            "-p",
+            name,
+            "--bin",
+            &inputs.bin,
+            "--target",
+            TARGET,
+        ])
+        .args(["--message-format", "json-render-diagnostics"])
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .envs(env)
+        .current_dir(&inputs.workspace_root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| cargo_err(name, format!("running cargo build: {e}")))?;
+    if !out.status.success() {
+        return Err(cargo_err(
+            name,
+            "cargo build failed (its output is above)".into(),
+        ));
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["reason"] == "compiler-artifact" && v["target"]["name"] == inputs.bin.as_str()
+        })
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| cargo_err(name, "cargo build reported no executable".into()))?;
+    let data = std::fs::read(&exe).map_err(|source| PkgError::Io {
+        path: exe.clone(),
+        source,
+    })?;
+    check_static(&data).map_err(|message| PkgError::NotStatic {
+        krate: name.clone(),
+        binary: exe,
+        message,
+    })?;
+    Ok(data)
+}
+
+/// A static executable has no `PT_INTERP` (no dynamic loader) and no `DT_NEEDED` libraries.
+pub fn check_static(data: &[u8]) -> Result<(), String> {
+    use object::read::elf::{Dyn, FileHeader, ProgramHeader};
+    let elf = object::read::elf::ElfFile64::<object::Endianness>::parse(data)
+        .map_err(|e| format!("not a 64-bit ELF file: {e}"))?;
+    let endian = elf.endian();
+    for ph in elf.elf_program_headers() {
+        if ph.p_type(endian) == object::elf::PT_INTERP {
+            let interp = ph.data(endian, data).unwrap_or(&[]);
+            return Err(format!(
+                "it asks for the dynamic loader {}",
+                String::from_utf8_lossy(interp).trim_end_matches('\0')
+            ));
+        }
+    }
+    let sections = elf
+        .elf_header()
+        .sections(endian, data)
+        .map_err(|e| format!("reading sections: {e}"))?;
+    let dynamic = sections
+        .dynamic(endian, data)
+        .map_err(|e| format!("reading .dynamic: {e}"))?;
+    if let Some((entries, _)) = dynamic
+        && entries
+            .iter()
+            .any(|d| d.tag(endian) == object::elf::DT_NEEDED)
+    {
+        return Err("it needs shared libraries (DT_NEEDED)".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_is_not_static() {
+        // Any dynamically linked program of the host will do; /bin/sh always exists on Debian.
+        let sh = std::fs::read(std::fs::canonicalize("/bin/sh").unwrap()).unwrap();
+        let err = check_static(&sh).unwrap_err();
+        assert!(err.contains("dynamic loader"), "{err}");
+    }
+
+    #[test]
+    fn busybox_static_is_static() {
+        let Ok(bb) = std::fs::read("/bin/busybox") else {
+            panic!("busybox-static is in scripts/debian-packages.txt; /bin/busybox must exist")
+        };
+        check_static(&bb).unwrap();
+    }
+
+    #[test]
+    fn workspace_crate_inputs_include_the_crate_folder() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let i = inputs(here, "slipway").unwrap();
+        assert!(i.dirs.contains(&here.to_path_buf()));
+        assert_eq!(i.bin, "slipway");
+        assert!(i.rustc.contains("rustc"));
+        assert!(
+            inputs(here, "no-such-crate")
+                .unwrap_err()
+                .to_string()
+                .contains("no-such-crate")
+        );
+    }
+}

@@ -1,0 +1,616 @@
+//! `slipway run qemu`: boots a [`BootSource`] in `qemu-system-x86_64` with its serial console on
+//! stdout, and turns the guest's end into an exit status.
+//!
+//! - Machine `q35`, `-no-reboot` (a guest reboot ends the run, as a power-off does), the serial
+//!   console on stdio, no graphical display.
+//! - Acceleration is TCG unless `--accel`/`SLIPWAY_QEMU_ACCEL` says otherwise: probing KVM by
+//!   trying it costs a boot attempt, and on hosts where `/dev/kvm` exists but cannot run normal
+//!   guests (nested or PVM hosts, see research/machine-probe.md) it hangs instead of failing.
+//!   The value goes to `-machine accel=`, so `kvm:tcg` asks for KVM with a TCG fallback.
+//! - Network: virtio-net-pci on user-mode networking (`--publish` becomes `hostfwd`), or none.
+//!   Disks: `if=virtio` (Debian's cloud kernel has no AHCI driver). A `--disk` with a size that
+//!   does not exist yet is created with `qemu-img create`.
+//! - `--uefi`: OVMF's 4M code image read-only plus a private copy of its variable store in the
+//!   state folder, so that boot entries the guest writes survive across runs of the same image.
+//! - qemu dies with slipway: it gets `PR_SET_PDEATHSIG(SIGKILL)`, so killing slipway (any
+//!   signal, even SIGKILL) kills the VM; a `--timeout` kills it too and fails the run.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use super::{BootSource, RunError};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How to run the VM. [`QemuConfig::default`] gives LinuxKit's defaults (1 CPU, 1024 MiB, user
+/// networking, TCG).
+#[derive(Clone, Debug)]
+pub struct QemuConfig {
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    pub mem_mib: u64,
+    pub cpus: u32,
+    /// The `-machine accel=` value: `tcg`, `kvm`, or a fallback list such as `kvm:tcg`.
+    pub accel: String,
+    pub disks: Vec<DiskSpec>,
+    pub publish: Vec<Publish>,
+    pub networking: Networking,
+    /// Holds `qemu.pid`, created disks and the UEFI variable store. Default: `<target>-state`.
+    pub state_dir: PathBuf,
+    pub timeout: Option<Duration>,
+    /// Interactive console: stdin goes to the guest (and Ctrl-A X quits qemu). Without it, stdin
+    /// is not read and the console is output only, which is what scripts and CI want.
+    pub console: bool,
+    pub uefi: bool,
+    pub ovmf_code: PathBuf,
+    pub ovmf_vars: PathBuf,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            qemu: "qemu-system-x86_64".into(),
+            qemu_img: "qemu-img".into(),
+            mem_mib: 1024,
+            cpus: 1,
+            accel: "tcg".into(),
+            disks: Vec::new(),
+            publish: Vec::new(),
+            networking: Networking::User,
+            state_dir: PathBuf::from("slipway-state"),
+            timeout: None,
+            console: false,
+            uefi: false,
+            ovmf_code: OVMF_CODE.into(),
+            ovmf_vars: OVMF_VARS.into(),
+        }
+    }
+}
+
+/// The state folder LinuxKit uses for a target: `out/minimal` -> `out/minimal-state`.
+pub fn default_state_dir(target: &Path) -> PathBuf {
+    let mut s = target.as_os_str().to_os_string();
+    s.push("-state");
+    PathBuf::from(s)
+}
+
+/// `--disk [file=]PATH[,size=S][,format=F]`; a size without a path means `<state>/diskN`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: Option<PathBuf>,
+    /// Bytes.
+    pub size: Option<u64>,
+    pub format: Option<String>,
+}
+
+impl FromStr for DiskSpec {
+    type Err = RunError;
+    fn from_str(s: &str) -> Result<Self, RunError> {
+        let bad = |why: &str| RunError::BadOption {
+            option: "--disk",
+            value: s.to_string(),
+            why: why.to_string(),
+        };
+        let mut disk = DiskSpec::default();
+        for (i, part) in s.split(',').enumerate() {
+            match part.split_once('=') {
+                Some(("file", v)) => disk.path = Some(v.into()),
+                Some(("size", v)) => {
+                    disk.size =
+                        Some(parse_size(v).ok_or_else(|| bad("size is N[K|M|G|T], G if no unit"))?)
+                }
+                Some(("format", v)) if is_word(v) => disk.format = Some(v.to_string()),
+                Some(("format", _)) => {
+                    return Err(bad("format must be a qemu format name (raw, qcow2, ...)"));
+                }
+                None if i == 0 && !part.is_empty() => disk.path = Some(part.into()),
+                _ => return Err(bad("expected [file=]PATH[,size=S][,format=F]")),
+            }
+        }
+        if disk.path.is_none() && disk.size.is_none() {
+            return Err(bad("give a path, a size, or both"));
+        }
+        Ok(disk)
+    }
+}
+
+/// `4G`, `512M`, `10` (GiB, as in LinuxKit) -> bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit {
+        "" | "G" | "g" => 30,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "T" | "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift).filter(|n| *n > 0)
+}
+
+fn is_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// `--publish [HOSTIP:]HOST:GUEST[/tcp|/udp]`, forwarded by user-mode networking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub host_addr: Option<String>,
+    pub host: u16,
+    pub guest: u16,
+    pub udp: bool,
+}
+
+impl FromStr for Publish {
+    type Err = RunError;
+    fn from_str(s: &str) -> Result<Self, RunError> {
+        let bad = || RunError::BadOption {
+            option: "--publish",
+            value: s.to_string(),
+            why: "expected [HOSTIP:]HOST:GUEST[/tcp|/udp]".into(),
+        };
+        let (ports, udp) = match s.rsplit_once('/') {
+            Some((p, "tcp")) => (p, false),
+            Some((p, "udp")) => (p, true),
+            Some(_) => return Err(bad()),
+            None => (s, false),
+        };
+        let parts: Vec<&str> = ports.split(':').collect();
+        let (host_addr, host, guest) = match parts[..] {
+            [h, g] => (None, h, g),
+            [a, h, g] if a.parse::<std::net::Ipv4Addr>().is_ok() => (Some(a.to_string()), h, g),
+            _ => return Err(bad()),
+        };
+        Ok(Publish {
+            host_addr,
+            host: host.parse().map_err(|_| bad())?,
+            guest: guest.parse().map_err(|_| bad())?,
+            udp,
+        })
+    }
+}
+
+/// `--networking user|none`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Networking {
+    #[default]
+    User,
+    None,
+}
+
+impl FromStr for Networking {
+    type Err = RunError;
+    fn from_str(s: &str) -> Result<Self, RunError> {
+        match s {
+            "user" => Ok(Networking::User),
+            "none" => Ok(Networking::None),
+            _ => Err(RunError::BadOption {
+                option: "--networking",
+                value: s.into(),
+                why: "expected user or none".into(),
+            }),
+        }
+    }
+}
+
+/// A disk as qemu gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedDisk {
+    pub path: PathBuf,
+    pub format: String,
+}
+
+/// The disk format a file name suggests when none is given.
+fn format_for(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => "qcow2",
+        Some("vhd") => "vpc",
+        Some("vhdx") => "vhdx",
+        Some("vmdk") => "vmdk",
+        _ => "raw",
+    }
+}
+
+/// Creates the state folder, the disks that must be created and the UEFI variable store, and
+/// returns the disks as qemu will see them (the boot disk, if any, first).
+pub fn prepare(config: &QemuConfig, source: &BootSource) -> Result<Vec<ResolvedDisk>, RunError> {
+    let state_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RunError::State { path, source }
+    };
+    std::fs::create_dir_all(&config.state_dir).map_err(state_err(&config.state_dir))?;
+    let mut disks = Vec::new();
+    if let BootSource::Disk(path) = source {
+        disks.push(ResolvedDisk {
+            path: path.clone(),
+            format: format_for(path).to_string(),
+        });
+    }
+    for (i, spec) in config.disks.iter().enumerate() {
+        let path = spec
+            .path
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join(format!("disk{i}.qcow2")));
+        let format = spec
+            .format
+            .clone()
+            .unwrap_or_else(|| format_for(&path).to_string());
+        if !path.exists() {
+            let size = spec
+                .size
+                .ok_or_else(|| RunError::DiskWithoutSize { path: path.clone() })?;
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(state_err(parent))?;
+            }
+            run_tool(
+                Command::new(&config.qemu_img)
+                    .args(["create", "-q", "-f", &format])
+                    .arg(&path)
+                    .arg(size.to_string()),
+            )?;
+        }
+        disks.push(ResolvedDisk { path, format });
+    }
+    if config.uefi {
+        if !config.ovmf_code.is_file() {
+            return Err(RunError::NoFirmware {
+                path: config.ovmf_code.clone(),
+            });
+        }
+        let vars = uefi_vars_path(config);
+        if !vars.exists() {
+            if !config.ovmf_vars.is_file() {
+                return Err(RunError::NoFirmware {
+                    path: config.ovmf_vars.clone(),
+                });
+            }
+            std::fs::copy(&config.ovmf_vars, &vars).map_err(state_err(&vars))?;
+        }
+    }
+    Ok(disks)
+}
+
+fn uefi_vars_path(config: &QemuConfig) -> PathBuf {
+    config.state_dir.join("OVMF_VARS_4M.fd")
+}
+
+fn run_tool(cmd: &mut Command) -> Result<(), RunError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|source| RunError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        let detail = format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return Err(RunError::Tool { program, detail });
+    }
+    Ok(())
+}
+
+/// The qemu arguments for `source` with `disks` from [`prepare`]. Pure, so it is tested as text.
+pub fn command_line(
+    config: &QemuConfig,
+    source: &BootSource,
+    disks: &[ResolvedDisk],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+    push(&["-machine", &format!("q35,accel={}", config.accel)]);
+    if config.accel.starts_with("kvm") {
+        push(&["-cpu", "host"]);
+    }
+    push(&[
+        "-smp",
+        &config.cpus.to_string(),
+        "-m",
+        &config.mem_mib.to_string(),
+    ]);
+    push(&["-no-reboot", "-display", "none"]);
+    if config.console {
+        // mon:stdio multiplexes the monitor onto the console: Ctrl-A C switches, Ctrl-A X quits.
+        push(&["-serial", "mon:stdio"]);
+    } else {
+        push(&["-serial", "stdio", "-monitor", "none"]);
+    }
+    push(&["-device", "virtio-rng-pci"]);
+    let pidfile = config.state_dir.join("qemu.pid");
+    args.extend(["-pidfile".into(), pidfile.into_os_string()]);
+    if config.uefi {
+        let mut code = OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+        code.push(qemu_escape(&config.ovmf_code));
+        let mut vars = OsString::from("if=pflash,format=raw,unit=1,file=");
+        vars.push(qemu_escape(&uefi_vars_path(config)));
+        args.extend(["-drive".into(), code, "-drive".into(), vars]);
+    }
+    match source {
+        BootSource::KernelInitrd {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            args.extend(["-kernel".into(), kernel.clone().into_os_string()]);
+            args.extend(["-initrd".into(), initrd.clone().into_os_string()]);
+            args.extend(["-append".into(), cmdline.into()]);
+        }
+        BootSource::Iso(iso) => {
+            args.extend([
+                "-cdrom".into(),
+                iso.clone().into_os_string(),
+                "-boot".into(),
+                "d".into(),
+            ]);
+        }
+        BootSource::Disk(_) => {}
+    }
+    for (index, disk) in disks.iter().enumerate() {
+        let mut d = OsString::from("file=");
+        d.push(qemu_escape(&disk.path));
+        d.push(format!(
+            ",format={},if=virtio,index={index},media=disk",
+            disk.format
+        ));
+        args.extend(["-drive".into(), d]);
+    }
+    match config.networking {
+        Networking::User => {
+            let mut netdev = String::from("user,id=net0");
+            for p in &config.publish {
+                let proto = if p.udp { "udp" } else { "tcp" };
+                let addr = p.host_addr.as_deref().unwrap_or("");
+                netdev.push_str(&format!(",hostfwd={proto}:{addr}:{}-:{}", p.host, p.guest));
+            }
+            args.extend([
+                "-netdev".into(),
+                netdev.into(),
+                "-device".into(),
+                "virtio-net-pci,netdev=net0".into(),
+            ]);
+        }
+        Networking::None => args.extend(["-nic".into(), "none".into()]),
+    }
+    args
+}
+
+/// qemu option values are comma-separated; a literal comma in a file name is written twice.
+fn qemu_escape(path: &Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// Boots `source` and waits: `Ok` when qemu exits 0 (the guest powered off, or rebooted, which
+/// `-no-reboot` turns into an exit), an error when qemu fails or the timeout passes.
+pub fn run(config: &QemuConfig, source: &BootSource) -> Result<(), RunError> {
+    if !config.publish.is_empty() && config.networking == Networking::None {
+        return Err(RunError::BadOption {
+            option: "--publish",
+            value: format!("{:?}", config.publish),
+            why: "needs --networking user".into(),
+        });
+    }
+    let disks = prepare(config, source)?;
+    let args = command_line(config, source, &disks);
+    let program = config.qemu.to_string_lossy().into_owned();
+    tracing::info!(
+        "{program} {}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut cmd = Command::new(&config.qemu);
+    cmd.args(&args).stdin(if config.console {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    });
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec; it only makes raw syscalls
+    // (prctl, getppid) and allocates nothing, which is what async-signal safety requires.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // slipway may have died between fork and prctl; then nobody would ever kill qemu.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other("slipway exited while starting qemu"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let started = Instant::now();
+    let wait_err = |source| RunError::Wait {
+        program: program.clone(),
+        source,
+    };
+    loop {
+        if let Some(status) = child.try_wait().map_err(wait_err)? {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(RunError::QemuFailed { status })
+            };
+        }
+        if let Some(timeout) = config.timeout
+            && started.elapsed() >= timeout
+        {
+            // Already exited in between is fine: kill then only reports an error we ignore.
+            let _ = child.kill();
+            child.wait().map_err(wait_err)?;
+            return Err(RunError::Timeout {
+                seconds: timeout.as_secs(),
+            });
+        }
+        // Polling keeps this free of threads and signal handlers; 50 ms is far below boot times.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn kernel_initrd_command_line() {
+        let config = QemuConfig {
+            state_dir: "/s".into(),
+            publish: vec![
+                "8080:80".parse().unwrap(),
+                "127.0.0.1:5353:53/udp".parse().unwrap(),
+            ],
+            ..QemuConfig::default()
+        };
+        let source = BootSource::KernelInitrd {
+            kernel: "/o/m-kernel".into(),
+            initrd: "/o/m-initrd.img".into(),
+            cmdline: "console=ttyS0 quiet".into(),
+        };
+        let disks = [ResolvedDisk {
+            path: "/d/a,b.qcow2".into(),
+            format: "qcow2".into(),
+        }];
+        assert_eq!(
+            text(&command_line(&config, &source, &disks)),
+            "-machine q35,accel=tcg -smp 1 -m 1024 -no-reboot -display none -serial stdio -monitor none \
+             -device virtio-rng-pci -pidfile /s/qemu.pid -kernel /o/m-kernel -initrd /o/m-initrd.img \
+             -append console=ttyS0 quiet -drive file=/d/a,,b.qcow2,format=qcow2,if=virtio,index=0,media=disk \
+             -netdev user,id=net0,hostfwd=tcp::8080-:80,hostfwd=udp:127.0.0.1:5353-:53 \
+             -device virtio-net-pci,netdev=net0"
+        );
+    }
+
+    #[test]
+    fn uefi_kvm_console_iso_command_line() {
+        let config = QemuConfig {
+            state_dir: "/s".into(),
+            accel: "kvm:tcg".into(),
+            console: true,
+            uefi: true,
+            networking: Networking::None,
+            cpus: 2,
+            mem_mib: 512,
+            ..QemuConfig::default()
+        };
+        let args = text(&command_line(
+            &config,
+            &BootSource::Iso("/o/x-efi.iso".into()),
+            &[],
+        ));
+        assert_eq!(
+            args,
+            "-machine q35,accel=kvm:tcg -cpu host -smp 2 -m 512 -no-reboot -display none -serial mon:stdio \
+             -device virtio-rng-pci -pidfile /s/qemu.pid \
+             -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+             -drive if=pflash,format=raw,unit=1,file=/s/OVMF_VARS_4M.fd -cdrom /o/x-efi.iso -boot d -nic none"
+        );
+    }
+
+    #[test]
+    fn disk_specs_parse_like_linuxkit() {
+        assert_eq!(
+            "data.img,size=2G,format=raw".parse::<DiskSpec>().unwrap(),
+            DiskSpec {
+                path: Some("data.img".into()),
+                size: Some(2 << 30),
+                format: Some("raw".into())
+            }
+        );
+        assert_eq!(
+            "size=512M".parse::<DiskSpec>().unwrap(),
+            DiskSpec {
+                path: None,
+                size: Some(512 << 20),
+                format: None
+            }
+        );
+        assert_eq!(
+            "file=a.qcow2,size=1".parse::<DiskSpec>().unwrap().size,
+            Some(1 << 30)
+        );
+        for bad in ["", "a,size=12Q", "a,colour=red", "a,format=qcow2;rm"] {
+            assert!(bad.parse::<DiskSpec>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn publish_specs_parse() {
+        assert_eq!(
+            "2222:22".parse::<Publish>().unwrap(),
+            Publish {
+                host_addr: None,
+                host: 2222,
+                guest: 22,
+                udp: false
+            }
+        );
+        assert!("2222".parse::<Publish>().is_err());
+        assert!("a:22".parse::<Publish>().is_err());
+        assert!("1:2/sctp".parse::<Publish>().is_err());
+    }
+
+    #[test]
+    fn a_sized_disk_that_does_not_exist_is_created_with_qemu_img() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QemuConfig {
+            state_dir: dir.path().join("state"),
+            disks: vec![
+                "size=16M".parse().unwrap(),
+                format!("{}/raw.img,size=8M", dir.path().display())
+                    .parse()
+                    .unwrap(),
+            ],
+            ..QemuConfig::default()
+        };
+        let disks = prepare(&config, &BootSource::Iso("x.iso".into())).unwrap();
+        assert_eq!(
+            disks[0],
+            ResolvedDisk {
+                path: dir.path().join("state/disk0.qcow2"),
+                format: "qcow2".into()
+            }
+        );
+        assert_eq!(
+            &std::fs::read(&disks[0].path).unwrap()[..4],
+            b"QFI\xfb",
+            "not a qcow2 image"
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("raw.img")).unwrap().len(),
+            8 << 20
+        );
+        let missing = QemuConfig {
+            disks: vec!["nope.img".parse().unwrap()],
+            ..config
+        };
+        assert!(matches!(
+            prepare(&missing, &BootSource::Iso("x.iso".into())),
+            Err(RunError::DiskWithoutSize { .. })
+        ));
+    }
+}

@@ -1,0 +1,258 @@
+//! Hostile layers against both flatten sinks: every escape attempt is rejected with the image,
+//! layer and entry named, and nothing outside the destination changes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use oci_spec::image::{Descriptor, MediaType};
+use slipway::oci::{self, PullOptions, ResolvedImage, Store};
+
+/// One raw tar entry; names are written byte for byte (the tar crate's safe setters would refuse
+/// the hostile ones, which is the point of this test).
+struct Raw<'a> {
+    path: &'a str,
+    kind: tar::EntryType,
+    link: &'a str,
+    data: &'a [u8],
+}
+
+fn file<'a>(path: &'a str, data: &'a [u8]) -> Raw<'a> {
+    Raw {
+        path,
+        kind: tar::EntryType::Regular,
+        link: "",
+        data,
+    }
+}
+
+fn raw_tar(entries: &[Raw]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..e.path.len()].copy_from_slice(e.path.as_bytes());
+            gnu.linkname[..e.link.len()].copy_from_slice(e.link.as_bytes());
+        }
+        h.set_entry_type(e.kind);
+        h.set_size(e.data.len() as u64);
+        h.set_mode(if e.kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append(&h, e.data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// An image made of `layers` (plain tar), resolved from the store.
+fn image(store: &Store, name: &str, layers: &[Vec<u8>]) -> ResolvedImage {
+    let descs: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            let d = store.put_blob(l).unwrap();
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": l.len()})
+        })
+        .collect();
+    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})).unwrap();
+    let c = store.put_blob(&config).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c.to_string(), "size": config.len()},
+        "layers": descs
+    }))
+    .unwrap();
+    let m = store.put_blob(&manifest).unwrap();
+    store
+        .tag(
+            name,
+            Descriptor::new(MediaType::ImageManifest, manifest.len() as u64, m.to_oci()),
+        )
+        .unwrap();
+    oci::resolve(
+        store,
+        name,
+        &PullOptions {
+            offline: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Every path below `dir` with its contents (or link target), to compare before and after.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let key = p.strip_prefix(dir).unwrap().display().to_string();
+            if meta.file_type().is_symlink() {
+                out.insert(key, format!("-> {}", fs::read_link(&p).unwrap().display()));
+            } else if meta.is_dir() {
+                out.insert(key, "dir".into());
+                stack.push(p);
+            } else {
+                out.insert(
+                    key,
+                    String::from_utf8_lossy(&fs::read(&p).unwrap()).into_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_layers_are_rejected_by_both_sinks_and_nothing_outside_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    // The sentinel sits beside the destinations: `../sentinel` from any of them.
+    let sentinel = tmp.path().join("work/sentinel");
+    fs::create_dir_all(&sentinel).unwrap();
+    fs::write(sentinel.join("keep"), b"unchanged").unwrap();
+    let passwd_before = fs::read("/etc/passwd").unwrap();
+    let before = snapshot(&tmp.path().join("work"));
+
+    let symlink = |path, link| Raw {
+        path,
+        kind: tar::EntryType::Symlink,
+        link,
+        data: b"",
+    };
+    let hardlink = |path, link| Raw {
+        path,
+        kind: tar::EntryType::Link,
+        link,
+        data: b"",
+    };
+    let cases: Vec<(&str, Vec<Raw>, &str, &str)> = vec![
+        (
+            "dotdot",
+            vec![file("../sentinel/evil", b"x")],
+            "../sentinel/evil",
+            "..",
+        ),
+        (
+            "nested-dotdot",
+            vec![file("a/../../sentinel/evil", b"x")],
+            "a/../../sentinel/evil",
+            "..",
+        ),
+        (
+            "absolute",
+            vec![file("/tmp/slipway-evil", b"x")],
+            "/tmp/slipway-evil",
+            "absolute",
+        ),
+        (
+            "symlink-out",
+            vec![symlink("out", "../sentinel"), file("out/evil", b"x")],
+            "out/evil",
+            "outside the root",
+        ),
+        (
+            "symlink-chain-out",
+            vec![
+                symlink("a", "b/../.."),
+                Raw {
+                    path: "b",
+                    kind: tar::EntryType::Directory,
+                    link: "",
+                    data: b"",
+                },
+                file("a/sentinel/evil", b"x"),
+            ],
+            "a/sentinel/evil",
+            "outside the root",
+        ),
+        (
+            "hardlink-passwd",
+            vec![hardlink("pw", "/etc/passwd")],
+            "pw",
+            "absolute",
+        ),
+        (
+            "hardlink-dotdot",
+            vec![hardlink("keep", "../sentinel/keep")],
+            "keep",
+            "..",
+        ),
+        (
+            "hardlink-through-symlink",
+            vec![symlink("up", ".."), hardlink("keep", "up/sentinel/keep")],
+            "keep",
+            "outside the root",
+        ),
+    ];
+    for (name, entries, entry, why) in cases {
+        let img = image(&store, &format!("hostile/{name}:1"), &[raw_tar(&entries)]);
+        let layer = img.layers().unwrap()[0].clone();
+        let check = |err: oci::FlattenError, sink: &str| {
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&img.reference),
+                "{name} ({sink}): names the image: {msg}"
+            );
+            assert!(
+                msg.contains(&layer.to_string()),
+                "{name} ({sink}): names the layer: {msg}"
+            );
+            assert!(
+                msg.contains(entry),
+                "{name} ({sink}): names the entry: {msg}"
+            );
+            assert!(msg.contains(why), "{name} ({sink}): says why: {msg}");
+        };
+        check(oci::flatten_into_tree(&store, &img).unwrap_err(), "tree");
+        let dest = tmp.path().join("work").join(format!("dest-{name}"));
+        check(oci::unpack_to_dir(&store, &img, &dest).unwrap_err(), "dir");
+        fs::remove_dir_all(&dest).unwrap();
+        assert_eq!(
+            snapshot(&tmp.path().join("work")),
+            before,
+            "{name}: nothing outside the destination changed"
+        );
+    }
+    assert!(!Path::new("/tmp/slipway-evil").exists());
+    assert_eq!(fs::read("/etc/passwd").unwrap(), passwd_before);
+}
+
+#[test]
+fn absolute_symlinks_resolve_inside_the_image_root() {
+    // `etc -> /private/etc` then `etc/hostname`: in the container that is /private/etc/hostname,
+    // so that is where it goes, never to the host's /private or /etc.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let entries = [
+        Raw {
+            path: "etc",
+            kind: tar::EntryType::Symlink,
+            link: "/private/etc",
+            data: b"",
+        },
+        file("etc/hostname", b"slipway\n"),
+    ];
+    let img = image(&store, "absolute/symlink:1", &[raw_tar(&entries)]);
+    let tree = oci::flatten_into_tree(&store, &img).unwrap();
+    assert!(tree.get("private/etc/hostname").is_some());
+    let dest = tmp.path().join("dest");
+    oci::unpack_to_dir(&store, &img, &dest).unwrap();
+    assert_eq!(
+        fs::read(dest.join("private/etc/hostname")).unwrap(),
+        b"slipway\n"
+    );
+    assert_eq!(
+        fs::read_link(dest.join("etc")).unwrap(),
+        Path::new("/private/etc")
+    );
+    assert!(!Path::new("/private/etc/hostname").exists());
+}
