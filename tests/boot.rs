@@ -17,7 +17,10 @@ fn cache() -> &'static Path {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
     CACHE.get_or_init(|| {
         let cache = root().join("target/slipway-test-cache");
-        slipway(&cache).args(["pkg", "build", "kernel", "pkg/init", "pkg/busybox"]).assert().success();
+        slipway(&cache)
+            .args(["pkg", "build", "kernel", "pkg/init", "pkg/busybox"])
+            .assert()
+            .success();
         cache
     })
 }
@@ -32,7 +35,10 @@ fn slipway(cache: &Path) -> Command {
 fn build_and_boot(out: &Path, name: &str, manifests: &[&str]) -> Output {
     let cache = cache();
     let mut build = slipway(cache);
-    build.args(["build", "--name", name, "--dir"]).arg(out).args(manifests);
+    build
+        .args(["build", "--name", name, "--dir"])
+        .arg(out)
+        .args(manifests);
     build.assert().success();
     slipway(cache)
         .args(["run", "qemu", "--mem", "1024", "--timeout", "240"])
@@ -47,19 +53,31 @@ fn console(out: &Output) -> String {
 }
 
 fn position(text: &str, marker: &str) -> usize {
-    text.find(marker).unwrap_or_else(|| panic!("console lacks {marker:?}:\n{text}"))
+    text.find(marker)
+        .unwrap_or_else(|| panic!("console lacks {marker:?}:\n{text}"))
 }
 
 #[test]
 fn minimal_example_boots_runs_its_containers_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
-    let out = build_and_boot(dir.path(), "minimal", &["examples/minimal.yml", "examples/poweroff.yml"]);
+    let out = build_and_boot(
+        dir.path(),
+        "minimal",
+        &["examples/minimal.yml", "examples/poweroff.yml"],
+    );
     let text = console(&out);
     let onboot = position(&text, "slipway-onboot: hello from an onboot container");
     let service = position(&text, "slipway-service: shell ready on the console");
     let shutdown = position(&text, "slipway-onshutdown: goodbye");
-    assert!(onboot < service && service < shutdown, "markers out of order:\n{text}");
-    assert!(out.status.success(), "the guest did not power off cleanly: {:?}\n{text}", out.status);
+    assert!(
+        onboot < service && service < shutdown,
+        "markers out of order:\n{text}"
+    );
+    assert!(
+        out.status.success(),
+        "the guest did not power off cleanly: {:?}\n{text}",
+        out.status
+    );
 }
 
 #[test]
@@ -77,12 +95,19 @@ fn a_failing_onboot_container_is_reported_and_boot_goes_on() {
         ),
     )
     .unwrap();
-    let out = build_and_boot(dir.path(), "failing", &[manifest.to_str().unwrap(), "examples/poweroff.yml"]);
+    let out = build_and_boot(
+        dir.path(),
+        "failing",
+        &[manifest.to_str().unwrap(), "examples/poweroff.yml"],
+    );
     let text = console(&out);
     let failed = position(&text, "about to fail");
     let reported = position(&text, "000-broken");
     let after = position(&text, "slipway-test: boot went on");
     assert!(failed < after && reported < after, "{text}");
-    assert!(text.contains("status 1"), "the exit status is reported:\n{text}");
+    assert!(
+        text.contains("status 1"),
+        "the exit status is reported:\n{text}"
+    );
     assert!(out.status.success(), "{text}");
 }

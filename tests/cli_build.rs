@@ -11,7 +11,11 @@ fn slipway() -> Command {
 #[test]
 fn dry_run_prints_the_merged_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.yml"), "init: [busybox:1]\nservices:\n  - name: a\n    image: a:1\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.yml"),
+        "init: [busybox:1]\nservices:\n  - name: a\n    image: a:1\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("b.yml"), "init: [busybox:2]\n").unwrap();
     let out = slipway()
         .current_dir(dir.path())
@@ -22,7 +26,10 @@ fn dry_run_prints_the_merged_manifest() {
         .stdout
         .clone();
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("- busybox:1\n") && text.contains("- busybox:2\n"), "{text}");
+    assert!(
+        text.contains("- busybox:1\n") && text.contains("- busybox:2\n"),
+        "{text}"
+    );
     assert!(text.contains("name: a"), "{text}");
 }
 
@@ -33,20 +40,28 @@ fn dry_run_reads_standard_input_and_json_names_the_output() {
         .write_stdin("services:\n  - name: a\n    image: a:1\n")
         .assert()
         .success()
-        .stdout(predicate::str::contains("\"name\": \"moby\"").and(predicate::str::contains("\"services\"")));
+        .stdout(
+            predicate::str::contains("\"name\": \"moby\"")
+                .and(predicate::str::contains("\"services\"")),
+        );
 }
 
 #[test]
 fn a_bad_manifest_fails_with_location_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.yml"), "services:\n  - name: a\n    image: a:1\n    capabilities: [CAP_NOPE]\n")
-        .unwrap();
+    std::fs::write(
+        dir.path().join("bad.yml"),
+        "services:\n  - name: a\n    image: a:1\n    capabilities: [CAP_NOPE]\n",
+    )
+    .unwrap();
     slipway()
         .current_dir(dir.path())
         .args(["build", "--dir", "out", "bad.yml"])
         .assert()
         .failure()
-        .stderr(predicate::str::contains("bad.yml:4:20: services[0].capabilities[0]: unknown capability CAP_NOPE"));
+        .stderr(predicate::str::contains(
+            "bad.yml:4:20: services[0].capabilities[0]: unknown capability CAP_NOPE",
+        ));
     assert!(!dir.path().join("out").exists());
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 1, "only the manifest is there");
@@ -59,13 +74,23 @@ fn trust_is_accepted_with_a_warning() {
         .write_stdin("trust:\n  org: [linuxkit]\n")
         .assert()
         .success()
-        .stderr(predicate::str::contains("`trust` is accepted for compatibility and ignored"));
+        .stderr(predicate::str::contains(
+            "`trust` is accepted for compatibility and ignored",
+        ));
 }
 
 #[test]
 fn every_subcommand_explains_itself() {
     for sub in ["build", "run", "pkg", "cache"] {
-        slipway().args([sub, "--help"]).assert().success().stdout(predicate::str::contains("Usage"));
+        slipway()
+            .args([sub, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage"));
     }
-    slipway().arg("--version").assert().success().stdout(predicate::str::contains("slipway "));
+    slipway()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("slipway "));
 }

@@ -1,6 +1,8 @@
 //! The manifest stage as a user meets it: every field accepted, every rule enforced, and every
 //! rejection naming the file, line, column and field path.
 
+#![allow(clippy::result_large_err)] // ManifestError carries the source text; see src/manifest/mod.rs
+
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -11,12 +13,19 @@ fn no_pkg(dir: &Path) -> Result<String, String> {
 }
 
 fn load(docs: &[(&str, &str)]) -> Result<manifest::Merged, manifest::ManifestError> {
-    let sources = docs.iter().map(|(name, text)| Source::new(*name, *text, Some(".".into()))).collect();
+    let sources = docs
+        .iter()
+        .map(|(name, text)| Source::new(*name, *text, Some(".".into())))
+        .collect();
     manifest::load(sources, &no_pkg)
 }
 
 fn full() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/manifests/full.yml")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/manifests/full.yml"
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -27,14 +36,40 @@ fn every_field_of_the_schema_is_accepted() {
     assert_eq!(k.cmdline.as_deref(), Some("console=ttyS0 console=tty0"));
     assert_eq!(k.ucode.as_deref(), Some("intel-ucode.cpio"));
     assert_eq!(m.init.len(), 2);
-    assert_eq!(m.onboot[1].devices.as_ref().unwrap()[1].mode.as_deref(), Some("0666"));
+    assert_eq!(
+        m.onboot[1].devices.as_ref().unwrap()[1].mode.as_deref(),
+        Some("0666")
+    );
     let getty = &m.services[0];
-    assert_eq!(getty.capabilities_add, Some(vec!["CAP_SYS_ADMIN".to_string()]));
+    assert_eq!(
+        getty.capabilities_add,
+        Some(vec!["CAP_SYS_ADMIN".to_string()])
+    );
     assert_eq!(getty.uid, Some(IdRef::Name("shutdown".into())));
     let res = getty.resources.as_ref().unwrap();
     assert_eq!(res.memory.as_ref().unwrap().limit, Some(134_217_728));
-    assert_eq!(res.block_io.as_ref().unwrap().throttle_write_iops_device.as_ref().unwrap()[0].rate, 100);
-    assert_eq!(getty.runtime.as_ref().unwrap().bind_ns.as_ref().unwrap().net.as_deref(), Some("/run/netns/getty"));
+    assert_eq!(
+        res.block_io
+            .as_ref()
+            .unwrap()
+            .throttle_write_iops_device
+            .as_ref()
+            .unwrap()[0]
+            .rate,
+        100
+    );
+    assert_eq!(
+        getty
+            .runtime
+            .as_ref()
+            .unwrap()
+            .bind_ns
+            .as_ref()
+            .unwrap()
+            .net
+            .as_deref(),
+        Some("/run/netns/getty")
+    );
     let ext = m.services[1].slipway.as_ref().unwrap();
     assert_eq!(ext.healthcheck.as_ref().unwrap().retries, Some(3));
     assert_eq!(m.files.len(), 5);
@@ -60,9 +95,17 @@ fn container_names_become_ids_from_100_in_onboot_onshutdown_services_order() {
     assert_eq!(ids["getty"], 103);
     assert_eq!(ids["web"], 104);
     let getty = &merged.manifest.services[0];
-    assert_eq!(manifest::resolve_id(&ids, getty.uid.as_ref().unwrap()), Some(102));
-    let gids: Vec<_> =
-        getty.additional_gids.as_ref().unwrap().iter().map(|g| manifest::resolve_id(&ids, g).unwrap()).collect();
+    assert_eq!(
+        manifest::resolve_id(&ids, getty.uid.as_ref().unwrap()),
+        Some(102)
+    );
+    let gids: Vec<_> = getty
+        .additional_gids
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|g| manifest::resolve_id(&ids, g).unwrap())
+        .collect();
     assert_eq!(gids, [100, 100, 0]);
 }
 
@@ -79,24 +122,42 @@ fn image_references_expand_docker_hub_short_names() {
 // ---- merging ----
 
 const A: &str = "kernel:\n  image: k:1\n  cmdline: console=ttyS0\n  ucode: u.cpio\ninit: [i:1]\nservices:\n  - name: a\n    image: a:1\n";
-const B: &str = "kernel:\n  image: k:2\n  ucode: \"\"\ninit: [i:2]\nservices:\n  - name: b\n    image: b:1\n";
+const B: &str =
+    "kernel:\n  image: k:2\n  ucode: \"\"\ninit: [i:2]\nservices:\n  - name: b\n    image: b:1\n";
 
 #[test]
 fn later_files_win_for_kernel_fields_and_lists_concatenate() {
     let m = load(&[("a.yml", A), ("b.yml", B)]).unwrap().manifest;
     let k = m.kernel.unwrap();
     assert_eq!(k.image.as_deref(), Some("k:2"));
-    assert_eq!(k.cmdline.as_deref(), Some("console=ttyS0"), "an absent field keeps the earlier value");
-    assert_eq!(k.ucode.as_deref(), Some(""), "a present empty ucode clears it, as in LinuxKit");
+    assert_eq!(
+        k.cmdline.as_deref(),
+        Some("console=ttyS0"),
+        "an absent field keeps the earlier value"
+    );
+    assert_eq!(
+        k.ucode.as_deref(),
+        Some(""),
+        "a present empty ucode clears it, as in LinuxKit"
+    );
     assert_eq!(m.init, ["i:1", "i:2"]);
-    assert_eq!(m.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        m.services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
 }
 
 #[test]
 fn a_service_name_repeated_in_a_later_file_is_reported_there() {
     let b = "services:\n  - name: c\n    image: c:1\n  - name: a\n    image: a:2\n";
     let err = load(&[("a.yml", A), ("b.yml", b)]).unwrap_err();
-    assert_eq!(err.to_string(), "b.yml:4:11: services[1].name: duplicate service name `a`");
+    assert_eq!(
+        err.to_string(),
+        "b.yml:4:11: services[1].name: duplicate service name `a`"
+    );
 }
 
 #[test]
@@ -107,9 +168,15 @@ fn names_from_another_file_resolve() {
 
 #[test]
 fn pkg_templates_name_the_package_image_relative_to_the_manifest() {
-    let text = "init:\n  - \"@pkg:../pkg/init\"\nservices:\n  - name: s\n    image: \"@pkg:../pkg/s\"\n";
+    let text =
+        "init:\n  - \"@pkg:../pkg/init\"\nservices:\n  - name: s\n    image: \"@pkg:../pkg/s\"\n";
     let source = Source::new("dir/m.yml", text, Some("dir".into()));
-    let tagger = |p: &Path| Ok(format!("slipway/{}:abc", p.display().to_string().replace("../", "").replace('/', "-")));
+    let tagger = |p: &Path| {
+        Ok(format!(
+            "slipway/{}:abc",
+            p.display().to_string().replace("../", "").replace('/', "-")
+        ))
+    };
     let m = manifest::load(vec![source], &tagger).unwrap().manifest;
     assert_eq!(m.init[0], "slipway/dir-pkg-init:abc");
     assert_eq!(m.services[0].image, "slipway/dir-pkg-s:abc");
@@ -117,7 +184,10 @@ fn pkg_templates_name_the_package_image_relative_to_the_manifest() {
     let failing = |_: &Path| Err("no build.yml".to_string());
     let source = Source::new("m.yml", text, Some(".".into()));
     let err = manifest::load(vec![source], &failing).unwrap_err();
-    assert_eq!(err.to_string(), "m.yml:2:5: init[0]: cannot resolve `@pkg:../pkg/init`: no build.yml");
+    assert_eq!(
+        err.to_string(),
+        "m.yml:2:5: init[0]: cannot resolve `@pkg:../pkg/init`: no build.yml"
+    );
 }
 
 // ---- bad inputs: each names file:line:column and the field path ----
@@ -131,35 +201,56 @@ const SVC: &str = "services:\n  - name: s\n    image: busybox\n";
 
 #[test]
 fn bad_unknown_top_level_key() {
-    rejects("kernal:\n  image: k\n", "bad.yml:1:1: kernal: unknown field `kernal`, expected one of kernel, init, onboot, onshutdown, services, files, volumes, trust");
+    rejects(
+        "kernal:\n  image: k\n",
+        "bad.yml:1:1: kernal: unknown field `kernal`, expected one of kernel, init, onboot, onshutdown, services, files, volumes, trust",
+    );
 }
 
 #[test]
 fn bad_unknown_container_key() {
     let err = load(&[("bad.yml", &format!("{SVC}    colour: red\n"))]).unwrap_err();
-    assert!(err.to_string().starts_with("bad.yml:4:5: services[0].colour: unknown field `colour`"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("bad.yml:4:5: services[0].colour: unknown field `colour`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_missing_image() {
-    rejects("onboot:\n  - name: s\n", "bad.yml:2:5: onboot[0]: required field `image` is missing");
+    rejects(
+        "onboot:\n  - name: s\n",
+        "bad.yml:2:5: onboot[0]: required field `image` is missing",
+    );
 }
 
 #[test]
 fn bad_missing_name() {
-    rejects("onboot:\n  - image: busybox\n", "bad.yml:2:5: onboot[0]: required field `name` is missing");
+    rejects(
+        "onboot:\n  - image: busybox\n",
+        "bad.yml:2:5: onboot[0]: required field `name` is missing",
+    );
 }
 
 #[test]
 fn bad_type_list_expected() {
     let err = load(&[("bad.yml", &format!("{SVC}    capabilities: 5\n"))]).unwrap_err();
-    assert!(err.to_string().starts_with("bad.yml:4:19: services[0].capabilities: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("bad.yml:4:19: services[0].capabilities: "),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_type_bool_expected() {
     let err = load(&[("bad.yml", &format!("{SVC}    readonly: maybe\n"))]).unwrap_err();
-    assert!(err.to_string().starts_with("bad.yml:4:15: services[0].readonly: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("bad.yml:4:15: services[0].readonly: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -202,7 +293,10 @@ fn bad_volume_name() {
 
 #[test]
 fn bad_duplicate_volume() {
-    rejects("volumes:\n  - name: v\n  - name: v\n", "bad.yml:3:11: volumes[1].name: duplicate volume name `v`");
+    rejects(
+        "volumes:\n  - name: v\n  - name: v\n",
+        "bad.yml:3:11: volumes[1].name: duplicate volume name `v`",
+    );
 }
 
 #[test]
@@ -280,7 +374,9 @@ fn bad_read_only_volume_bound_read_write() {
 #[test]
 fn bad_device_without_mode() {
     rejects(
-        &format!("{SVC}    devices:\n      - path: /dev/console\n        type: c\n        major: 5\n        minor: 1\n"),
+        &format!(
+            "{SVC}    devices:\n      - path: /dev/console\n        type: c\n        major: 5\n        minor: 1\n"
+        ),
         "bad.yml:5:9: services[0].devices[0]: device /dev/console needs a `mode` (octal, e.g. \"0666\")",
     );
 }
@@ -320,7 +416,9 @@ fn bad_dependency() {
 #[test]
 fn bad_healthcheck_duration() {
     rejects(
-        &format!("{SVC}    x-slipway:\n      healthcheck:\n        test: [\"true\"]\n        interval: soon\n"),
+        &format!(
+            "{SVC}    x-slipway:\n      healthcheck:\n        test: [\"true\"]\n        interval: soon\n"
+        ),
         "bad.yml:7:19: services[0].x-slipway.healthcheck.interval: invalid duration \"soon\": expected number at 0 (write it like 1s or 500ms)",
     );
 }
@@ -328,13 +426,25 @@ fn bad_healthcheck_duration() {
 #[test]
 fn bad_kernel_key() {
     let err = load(&[("bad.yml", "kernel:\n  image: k\n  cmdlin: x\n")]).unwrap_err();
-    assert!(err.to_string().starts_with("bad.yml:3:3: kernel.cmdlin: unknown field `cmdlin`"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("bad.yml:3:3: kernel.cmdlin: unknown field `cmdlin`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_resources_key() {
-    let err = load(&[("bad.yml", &format!("{SVC}    resources:\n      memory:\n        limt: 5\n"))]).unwrap_err();
-    assert!(err.to_string().starts_with("bad.yml:6:9: services[0].resources.memory.limt: unknown field `limt`"), "{err}");
+    let err = load(&[(
+        "bad.yml",
+        &format!("{SVC}    resources:\n      memory:\n        limt: 5\n"),
+    )])
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("bad.yml:6:9: services[0].resources.memory.limt: unknown field `limt`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -353,29 +463,37 @@ fn bad_input_shows_the_offending_line() {
 fn arb_image(prefix: &'static str) -> impl Strategy<Value = manifest::Image> {
     (
         "[a-z]{1,8}",
-        prop::option::of(prop::collection::vec("CAP_(CHOWN|KILL|NET_ADMIN|SYS_ADMIN)", 0..3)),
+        prop::option::of(prop::collection::vec(
+            "CAP_(CHOWN|KILL|NET_ADMIN|SYS_ADMIN)",
+            0..3,
+        )),
         prop::option::of(prop::collection::vec("[A-Z]{1,5}=[a-z0-9 :]{0,8}", 0..3)),
         prop::option::of(any::<bool>()),
         prop::option::of(prop::collection::vec("/[a-z]{1,6}:/[a-z]{1,6}(:ro)?", 0..2)),
         prop::option::of("(host|new)"),
         prop::option::of(-1000i32..1000),
     )
-        .prop_map(move |(name, caps, env, ro, binds, pid, oom)| manifest::Image {
-            name: format!("{prefix}{name}"),
-            image: format!("docker.io/library/{name}:1"),
-            capabilities: caps,
-            env,
-            readonly: ro,
-            binds,
-            pid,
-            oom_score_adj: oom,
-            ..Default::default()
-        })
+        .prop_map(
+            move |(name, caps, env, ro, binds, pid, oom)| manifest::Image {
+                name: format!("{prefix}{name}"),
+                image: format!("docker.io/library/{name}:1"),
+                capabilities: caps,
+                env,
+                readonly: ro,
+                binds,
+                pid,
+                oom_score_adj: oom,
+                ..Default::default()
+            },
+        )
 }
 
 fn arb_manifest(prefix: &'static str) -> impl Strategy<Value = Manifest> {
     (
-        prop::option::of(("[a-z]{1,6}:[0-9]", prop::option::of("console=ttyS0( quiet)?"))),
+        prop::option::of((
+            "[a-z]{1,6}:[0-9]",
+            prop::option::of("console=ttyS0( quiet)?"),
+        )),
         prop::collection::vec("[a-z]{1,6}/[a-z]{1,6}:v[0-9]", 0..3),
         prop::collection::vec(arb_image(prefix), 0..3),
         prop::collection::vec(arb_image(prefix), 0..3),
@@ -387,13 +505,21 @@ fn arb_manifest(prefix: &'static str) -> impl Strategy<Value = Manifest> {
                 s.name = format!("{}{i}", s.name);
             }
             Manifest {
-                kernel: kernel.map(|(image, cmdline)| manifest::Kernel { image: Some(image), cmdline, ..Default::default() }),
+                kernel: kernel.map(|(image, cmdline)| manifest::Kernel {
+                    image: Some(image),
+                    cmdline,
+                    ..Default::default()
+                }),
                 init,
                 onboot,
                 services,
                 files: files
                     .into_iter()
-                    .map(|(p, c)| manifest::File { path: format!("etc/{p}"), contents: Some(c), ..Default::default() })
+                    .map(|(p, c)| manifest::File {
+                        path: format!("etc/{p}"),
+                        contents: Some(c),
+                        ..Default::default()
+                    })
                     .collect(),
                 ..Default::default()
             }

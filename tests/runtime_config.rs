@@ -16,35 +16,78 @@ fn image_config(json: Value) -> oci_spec::image::Config {
 }
 
 fn mount<'a>(spec: &'a Value, dest: &str) -> &'a Value {
-    spec["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == dest).unwrap_or_else(|| panic!("no mount at {dest}"))
+    spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == dest)
+        .unwrap_or_else(|| panic!("no mount at {dest}"))
 }
 
 fn ns_types(spec: &Value) -> Vec<&str> {
-    spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect()
+    spec["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect()
 }
 
 #[test]
 fn a_bare_container_gets_linuxkit_defaults() {
-    let cfg = image_config(json!({"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "true"], "Env": ["A=1"], "WorkingDir": "/work"}));
+    let cfg = image_config(
+        json!({"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "true"], "Env": ["A=1"], "WorkingDir": "/work"}),
+    );
     let spec = runtime_config(&image("name: a\nimage: x\n"), Some(&cfg), &BTreeMap::new());
     assert_eq!(spec["ociVersion"], "1.0.2");
-    assert_eq!(spec["process"]["args"], json!(["/bin/sh", "-c", "true"]), "entrypoint + cmd");
+    assert_eq!(
+        spec["process"]["args"],
+        json!(["/bin/sh", "-c", "true"]),
+        "entrypoint + cmd"
+    );
     assert_eq!(spec["process"]["env"][1], "A=1");
-    assert!(spec["process"]["env"][0].as_str().unwrap().starts_with("PATH="), "a PATH is always there");
+    assert!(
+        spec["process"]["env"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("PATH="),
+        "a PATH is always there"
+    );
     assert_eq!(spec["process"]["cwd"], "/work");
     assert_eq!(spec["process"]["terminal"], false);
     assert_eq!(spec["process"]["user"], json!({"uid": 0, "gid": 0}));
     assert_eq!(spec["process"]["capabilities"]["effective"], json!([]));
     assert_eq!(spec["process"]["noNewPrivileges"], false);
     assert_eq!(spec["root"], json!({"path": "rootfs", "readonly": false}));
-    assert_eq!(ns_types(&spec), ["mount", "pid"], "new mount and pid namespaces; host net, ipc, uts");
-    assert_eq!(mount(&spec, "/proc")["options"], json!(["nosuid", "nodev", "noexec", "relatime"]));
+    assert_eq!(
+        ns_types(&spec),
+        ["mount", "pid"],
+        "new mount and pid namespaces; host net, ipc, uts"
+    );
+    assert_eq!(
+        mount(&spec, "/proc")["options"],
+        json!(["nosuid", "nodev", "noexec", "relatime"])
+    );
     assert_eq!(mount(&spec, "/dev")["type"], "tmpfs");
-    assert_eq!(mount(&spec, "/dev")["options"], json!(["nosuid", "strictatime", "mode=755", "size=65536k"]));
+    assert_eq!(
+        mount(&spec, "/dev")["options"],
+        json!(["nosuid", "strictatime", "mode=755", "size=65536k"])
+    );
     assert_eq!(mount(&spec, "/dev/pts")["type"], "devpts");
-    assert_eq!(mount(&spec, "/sys")["options"], json!(["nosuid", "noexec", "nodev"]));
-    assert_eq!(mount(&spec, "/sys/fs/cgroup")["options"], json!(["nosuid", "noexec", "nodev", "relatime", "ro"]));
-    let dests: Vec<_> = spec["mounts"].as_array().unwrap().iter().map(|m| m["destination"].as_str().unwrap()).collect();
+    assert_eq!(
+        mount(&spec, "/sys")["options"],
+        json!(["nosuid", "noexec", "nodev"])
+    );
+    assert_eq!(
+        mount(&spec, "/sys/fs/cgroup")["options"],
+        json!(["nosuid", "noexec", "nodev", "relatime", "ro"])
+    );
+    let dests: Vec<_> = spec["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["destination"].as_str().unwrap())
+        .collect();
     let mut sorted = dests.clone();
     sorted.sort();
     assert_eq!(dests, sorted, "mounts are sorted by destination");
@@ -70,30 +113,62 @@ fn manifest_fields_override_image_config_and_defaults() {
     assert_eq!(p["args"], json!(["/sbin/getty", "ttyS0"]));
     assert_eq!(p["env"], json!(["PATH=/bin", "B=2"]));
     assert_eq!(p["cwd"], "/root");
-    assert_eq!(p["user"], json!({"uid": 100, "gid": 101, "additionalGids": [5, 0]}));
-    assert_eq!(p["capabilities"]["effective"], json!(["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]));
-    assert_eq!(p["capabilities"]["bounding"], json!(["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"]));
+    assert_eq!(
+        p["user"],
+        json!({"uid": 100, "gid": 101, "additionalGids": [5, 0]})
+    );
+    assert_eq!(
+        p["capabilities"]["effective"],
+        json!(["CAP_NET_ADMIN", "CAP_SYS_ADMIN"])
+    );
+    assert_eq!(
+        p["capabilities"]["bounding"],
+        json!(["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"])
+    );
     assert_eq!(p["capabilities"]["ambient"], json!(["CAP_NET_RAW"]));
-    assert_eq!(p["rlimits"], json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": u64::MAX}]));
+    assert_eq!(
+        p["rlimits"],
+        json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": u64::MAX}])
+    );
     assert_eq!(p["noNewPrivileges"], true);
     assert_eq!(p["oomScoreAdj"], -100);
     assert_eq!(spec["root"]["readonly"], true);
     assert_eq!(spec["hostname"], "box");
     assert_eq!(ns_types(&spec), ["mount", "network", "ipc", "uts"]);
     assert_eq!(spec["linux"]["namespaces"][3]["path"], "/run/ns/uts");
-    assert_eq!(mount(&spec, "/dev")["type"], "bind", "a bind replaces the default /dev mount");
-    assert_eq!(mount(&spec, "/dev")["options"], json!(["rw", "rbind", "rshared"]));
-    assert_eq!(mount(&spec, "/data")["source"], "/containers/volumes/data/merged");
+    assert_eq!(
+        mount(&spec, "/dev")["type"],
+        "bind",
+        "a bind replaces the default /dev mount"
+    );
+    assert_eq!(
+        mount(&spec, "/dev")["options"],
+        json!(["rw", "rbind", "rshared"])
+    );
+    assert_eq!(
+        mount(&spec, "/data")["source"],
+        "/containers/volumes/data/merged"
+    );
     assert_eq!(mount(&spec, "/data")["options"], json!(["ro", "rbind"]));
     assert_eq!(mount(&spec, "/run")["options"], json!(["size=1m"]));
-    assert_eq!(mount(&spec, "/sys")["options"], json!(["nosuid", "noexec", "nodev", "ro"]), "readonly makes /sys ro");
+    assert_eq!(
+        mount(&spec, "/sys")["options"],
+        json!(["nosuid", "noexec", "nodev", "ro"]),
+        "readonly makes /sys ro"
+    );
     let linux = &spec["linux"];
     assert_eq!(linux["sysctl"]["net.ipv4.ip_forward"], "1");
     assert_eq!(linux["maskedPaths"], json!(["/proc/kcore"]));
     assert_eq!(linux["devices"][0]["fileMode"], 0o620);
     assert_eq!(linux["resources"]["memory"]["limit"], 1_048_576);
-    assert_eq!(linux["resources"]["devices"][0], json!({"allow": true, "type": "c", "major": 5, "minor": 1, "access": "rwm"}));
-    assert_eq!(linux["resources"]["devices"][1], json!({"allow": true, "type": "b", "access": "rwm"}));
+    assert_eq!(
+        linux["resources"]["devices"][0],
+        json!({"allow": true, "type": "c", "major": 5, "minor": 1, "access": "rwm"})
+    );
+    assert_eq!(
+        linux["resources"]["devices"][1],
+        json!({"allow": true, "type": "b", "access": "rwm"})
+    );
     assert_eq!(linux["rootfsPropagation"], "shared");
     assert_eq!(linux["cgroupsPath"], "/svc/getty");
     assert_eq!(spec["annotations"]["a"], "b");
@@ -102,18 +177,30 @@ fn manifest_fields_override_image_config_and_defaults() {
 
 #[test]
 fn label_defaults_apply_unless_the_manifest_says_otherwise() {
-    let l = label::parse_label("x", r#"{"pid":"host","capabilities":["CAP_SYS_ADMIN"],"binds":["/dev:/dev"]}"#).unwrap();
-    let c = label::apply_label(&image("name: a\nimage: x\ncapabilities.add: [CAP_KILL]\nbinds.add: [/var:/var]\n"), &l);
+    let l = label::parse_label(
+        "x",
+        r#"{"pid":"host","capabilities":["CAP_SYS_ADMIN"],"binds":["/dev:/dev"]}"#,
+    )
+    .unwrap();
+    let c = label::apply_label(
+        &image("name: a\nimage: x\ncapabilities.add: [CAP_KILL]\nbinds.add: [/var:/var]\n"),
+        &l,
+    );
     let spec = runtime_config(&c, None, &BTreeMap::new());
     assert_eq!(ns_types(&spec), ["mount"], "pid: host from the label");
-    assert_eq!(spec["process"]["capabilities"]["effective"], json!(["CAP_KILL", "CAP_SYS_ADMIN"]));
+    assert_eq!(
+        spec["process"]["capabilities"]["effective"],
+        json!(["CAP_KILL", "CAP_SYS_ADMIN"])
+    );
     assert_eq!(mount(&spec, "/dev")["type"], "bind");
     assert_eq!(mount(&spec, "/var")["type"], "bind");
 }
 
 #[test]
 fn mounts_infer_missing_types_and_destinations() {
-    let c = image("name: a\nimage: x\nmounts:\n  - {type: cgroup, options: [rw]}\n  - {source: mqueue}\n  - {destination: /dev}\n");
+    let c = image(
+        "name: a\nimage: x\nmounts:\n  - {type: cgroup, options: [rw]}\n  - {source: mqueue}\n  - {destination: /dev}\n",
+    );
     let spec = runtime_config(&c, None, &BTreeMap::new());
     assert_eq!(mount(&spec, "/sys/fs/cgroup")["options"], json!(["rw"]));
     assert_eq!(mount(&spec, "/dev/mqueue")["type"], "mqueue");

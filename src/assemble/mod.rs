@@ -6,4 +6,4 @@ pub mod root;
 pub mod runtime_config;
 pub mod tree;
 
-pub use root::{Assembled, AssembleError, MANIFEST_PATH, assemble};
+pub use root::{AssembleError, Assembled, MANIFEST_PATH, assemble};

@@ -36,7 +36,10 @@ pub enum AssembleError {
     #[error("kernel image {image}: {reason}")]
     Kernel { image: String, reason: String },
     #[error("{container}: {source}")]
-    Label { container: String, source: label::LabelError },
+    Label {
+        container: String,
+        source: label::LabelError,
+    },
 }
 
 impl From<ManifestError> for AssembleError {
@@ -52,7 +55,11 @@ pub struct Assembled {
 }
 
 /// Resolves the images of `merged` (cache first, then registries) and lays out the root tree.
-pub fn assemble(merged: &Merged, store: &Store, pull: &PullOptions) -> Result<Assembled, AssembleError> {
+pub fn assemble(
+    merged: &Merged,
+    store: &Store,
+    pull: &PullOptions,
+) -> Result<Assembled, AssembleError> {
     let m = &merged.manifest;
     let mut images: BTreeMap<String, ResolvedImage> = BTreeMap::new();
     let mut resolve = |reference: &str| -> Result<ResolvedImage, AssembleError> {
@@ -66,12 +73,12 @@ pub fn assemble(merged: &Merged, store: &Store, pull: &PullOptions) -> Result<As
     let mut resolved = m.clone();
     let mut tree = Tree::new();
 
-    if let Some(kernel) = &m.kernel {
-        if let Some(reference) = &kernel.image {
-            let image = resolve(reference)?;
-            add_kernel(&mut tree, store, &image, kernel)?;
-            resolved.kernel.as_mut().expect("cloned").image = Some(pinned(&image));
-        }
+    if let Some(kernel) = &m.kernel
+        && let Some(reference) = &kernel.image
+    {
+        let image = resolve(reference)?;
+        add_kernel(&mut tree, store, &image, kernel)?;
+        resolved.kernel.as_mut().expect("cloned").image = Some(pinned(&image));
     }
     for (i, reference) in m.init.iter().enumerate() {
         let image = resolve(reference)?;
@@ -82,7 +89,11 @@ pub fn assemble(merged: &Merged, store: &Store, pull: &PullOptions) -> Result<As
     base_layout(&mut tree);
 
     let ids = manifest::id_map(m);
-    for (section, list) in [("onboot", &m.onboot), ("onshutdown", &m.onshutdown), ("services", &m.services)] {
+    for (section, list) in [
+        ("onboot", &m.onboot),
+        ("onshutdown", &m.onshutdown),
+        ("services", &m.services),
+    ] {
         for (i, c) in list.iter().enumerate() {
             let image = resolve(&c.image)?;
             let dir = match section {
@@ -120,15 +131,29 @@ pub fn assemble(merged: &Merged, store: &Store, pull: &PullOptions) -> Result<As
 fn pinned(image: &ResolvedImage) -> String {
     match oci_client::Reference::from_str(&image.reference) {
         Ok(r) if r.digest().is_some() => image.reference.clone(),
-        Ok(r) => format!("{}/{}:{}@{}", r.registry(), r.repository(), r.tag().unwrap_or("latest"), image.top_digest()),
+        Ok(r) => format!(
+            "{}/{}:{}@{}",
+            r.registry(),
+            r.repository(),
+            r.tag().unwrap_or("latest"),
+            image.top_digest()
+        ),
         Err(_) => image.reference.clone(),
     }
 }
 
 /// The kernel binary and command line go to `boot/` (phase 2 takes them out); the modules tarball
 /// is unpacked into the root.
-fn add_kernel(tree: &mut Tree, store: &Store, image: &ResolvedImage, k: &manifest::Kernel) -> Result<(), AssembleError> {
-    let fail = |reason: String| AssembleError::Kernel { image: image.reference.clone(), reason };
+fn add_kernel(
+    tree: &mut Tree,
+    store: &Store,
+    image: &ResolvedImage,
+    k: &manifest::Kernel,
+) -> Result<(), AssembleError> {
+    let fail = |reason: String| AssembleError::Kernel {
+        image: image.reference.clone(),
+        reason,
+    };
     let content = oci::flatten_into_tree(store, image)?;
     let file = |name: &str| -> Option<Arc<Vec<u8>>> {
         match content.get(name).map(|e| &e.kind) {
@@ -136,29 +161,61 @@ fn add_kernel(tree: &mut Tree, store: &Store, image: &ResolvedImage, k: &manifes
             _ => None,
         }
     };
-    let binary = k.binary.as_deref().filter(|b| !b.is_empty()).unwrap_or("kernel");
-    let kernel = file(binary).ok_or_else(|| fail(format!("has no file `{binary}` (kernel.binary)")))?;
-    tree.insert(crate::format::KERNEL_PATH, Entry::file(kernel.as_ref().clone(), 0o644));
-    tree.insert(crate::format::CMDLINE_PATH, Entry::file(k.cmdline.clone().unwrap_or_default().into_bytes(), 0o644));
+    let binary = k
+        .binary
+        .as_deref()
+        .filter(|b| !b.is_empty())
+        .unwrap_or("kernel");
+    let kernel =
+        file(binary).ok_or_else(|| fail(format!("has no file `{binary}` (kernel.binary)")))?;
+    tree.insert(
+        crate::format::KERNEL_PATH,
+        Entry::file(kernel.as_ref().clone(), 0o644),
+    );
+    tree.insert(
+        crate::format::CMDLINE_PATH,
+        Entry::file(k.cmdline.clone().unwrap_or_default().into_bytes(), 0o644),
+    );
     match k.tar.as_deref() {
         Some("none") | Some("") => {}
         name => {
             let name = name.unwrap_or("kernel.tar");
-            let tar = file(name).ok_or_else(|| fail(format!("did not find kernel tar `{name}` in the kernel image")))?;
-            let modules = oci::flatten::apply_tar_to_tree(Tree::new(), &format!("{}:{name}", image.reference), tar.as_ref().clone())?;
+            let tar = file(name).ok_or_else(|| {
+                fail(format!(
+                    "did not find kernel tar `{name}` in the kernel image"
+                ))
+            })?;
+            let modules = oci::flatten::apply_tar_to_tree(
+                Tree::new(),
+                &format!("{}:{name}", image.reference),
+                tar.as_ref().clone(),
+            )?;
             tree.graft("", &modules);
         }
     }
     if let Some(ucode) = k.ucode.as_deref().filter(|u| !u.is_empty()) {
-        let data = file(ucode).ok_or_else(|| fail(format!("has no microcode file `{ucode}` (kernel.ucode)")))?;
-        tree.insert(crate::format::UCODE_PATH, Entry::file(data.as_ref().clone(), 0o644));
+        let data = file(ucode)
+            .ok_or_else(|| fail(format!("has no microcode file `{ucode}` (kernel.ucode)")))?;
+        tree.insert(
+            crate::format::UCODE_PATH,
+            Entry::file(data.as_ref().clone(), 0o644),
+        );
     }
     Ok(())
 }
 
 /// The directories every Slipway root has, whatever the init images bring.
 fn base_layout(tree: &mut Tree) {
-    for dir in ["dev", "proc", "sys", "run", "tmp", "var", "etc", "containers"] {
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "var",
+        "etc",
+        "containers",
+    ] {
         if tree.get(dir).is_none() {
             tree.insert(dir, Entry::dir(if dir == "tmp" { 0o1777 } else { 0o755 }));
         }
@@ -176,17 +233,26 @@ fn add_bundle(
     section: &str,
 ) -> Result<(), AssembleError> {
     let config = image.config.config().as_ref();
-    let effective = match config.and_then(|cfg| cfg.labels().as_ref()).and_then(|l| l.get(label::LABEL)) {
+    let effective = match config
+        .and_then(|cfg| cfg.labels().as_ref())
+        .and_then(|l| l.get(label::LABEL))
+    {
         Some(text) => {
-            let l = label::parse_label(&image.reference, text)
-                .map_err(|source| AssembleError::Label { container: c.name.clone(), source })?;
+            let l = label::parse_label(&image.reference, text).map_err(|source| {
+                AssembleError::Label {
+                    container: c.name.clone(),
+                    source,
+                }
+            })?;
             label::apply_label(c, &l)
         }
         None => c.clone(),
     };
     let mut effective = effective;
     // A readable cgroup path per container instead of the runtime's generated one.
-    effective.cgroups_path.get_or_insert_with(|| format!("/slipway/{section}/{}", c.name));
+    effective
+        .cgroups_path
+        .get_or_insert_with(|| format!("/slipway/{section}/{}", c.name));
     let spec = runtime_config(&effective, config, ids);
     let mut json = serde_json::to_vec_pretty(&spec).expect("a JSON value serialises");
     json.push(b'\n');
@@ -209,7 +275,14 @@ fn add_bundle(
 /// LinuxKit's container filters: drop what a runtime provides or that leaks the build host, and
 /// make sure the mount points and the files a runtime binds over exist.
 fn container_filesystem(rootfs: &mut Tree) {
-    for path in [".dockerenv", "Dockerfile", "dev/console", "dev/pts", "dev/shm", "etc/hostname"] {
+    for path in [
+        ".dockerenv",
+        "Dockerfile",
+        "dev/console",
+        "dev/pts",
+        "dev/shm",
+        "etc/hostname",
+    ] {
         rootfs.remove(path);
     }
     for dir in ["dev", "dev/pts", "dev/shm", "etc", "proc", "sys", "tmp"] {
@@ -217,8 +290,17 @@ fn container_filesystem(rootfs: &mut Tree) {
             rootfs.insert(dir, Entry::dir(if dir == "tmp" { 0o1777 } else { 0o755 }));
         }
     }
-    rootfs.insert("etc/hosts", Entry::file(b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n".to_vec(), 0o644));
-    rootfs.insert("etc/resolv.conf", Entry::file(b"# no resolv.conf configured\n".to_vec(), 0o644));
+    rootfs.insert(
+        "etc/hosts",
+        Entry::file(
+            b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n".to_vec(),
+            0o644,
+        ),
+    );
+    rootfs.insert(
+        "etc/resolv.conf",
+        Entry::file(b"# no resolv.conf configured\n".to_vec(), 0o644),
+    );
     if rootfs.get("etc/mtab").is_none() {
         rootfs.insert("etc/mtab", Entry::symlink("/proc/mounts"));
     }

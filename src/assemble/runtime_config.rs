@@ -24,14 +24,29 @@ pub fn volume_path(name: &str) -> String {
 }
 
 /// Generates the runtime config. `image` is the image's own config (entrypoint, cmd, env, cwd).
-pub fn runtime_config(c: &Image, image: Option<&oci_spec::image::Config>, ids: &BTreeMap<String, u32>) -> Value {
-    let id = |r: &Option<IdRef>| r.as_ref().and_then(|r| manifest::resolve_id(ids, r)).unwrap_or(0);
+pub fn runtime_config(
+    c: &Image,
+    image: Option<&oci_spec::image::Config>,
+    ids: &BTreeMap<String, u32>,
+) -> Value {
+    let id = |r: &Option<IdRef>| {
+        r.as_ref()
+            .and_then(|r| manifest::resolve_id(ids, r))
+            .unwrap_or(0)
+    };
     let readonly = c.readonly.unwrap_or(false);
 
     let args: Vec<String> = match &c.command {
         Some(cmd) => cmd.clone(),
         None => image
-            .map(|i| i.entrypoint().iter().flatten().chain(i.cmd().iter().flatten()).cloned().collect())
+            .map(|i| {
+                i.entrypoint()
+                    .iter()
+                    .flatten()
+                    .chain(i.cmd().iter().flatten())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     let mut env: Vec<String> = match &c.env {
@@ -44,7 +59,11 @@ pub fn runtime_config(c: &Image, image: Option<&oci_spec::image::Config>, ids: &
     let cwd = c
         .cwd
         .clone()
-        .or_else(|| image.and_then(|i| i.working_dir().clone()).filter(|w| !w.is_empty()))
+        .or_else(|| {
+            image
+                .and_then(|i| i.working_dir().clone())
+                .filter(|w| !w.is_empty())
+        })
         .unwrap_or_else(|| "/".to_string());
 
     let caps = capabilities::expand(c.capabilities.as_deref().unwrap_or(&[]));
@@ -53,7 +72,10 @@ pub fn runtime_config(c: &Image, image: Option<&oci_spec::image::Config>, ids: &
 
     let mut user = json!({ "uid": id(&c.uid), "gid": id(&c.gid) });
     if let Some(gids) = &c.additional_gids {
-        let gids: Vec<u32> = gids.iter().filter_map(|g| manifest::resolve_id(ids, g)).collect();
+        let gids: Vec<u32> = gids
+            .iter()
+            .filter_map(|g| manifest::resolve_id(ids, g))
+            .collect();
         user["additionalGids"] = json!(gids);
     }
 
@@ -82,10 +104,18 @@ pub fn runtime_config(c: &Image, image: Option<&oci_spec::image::Config>, ids: &
         "maskedPaths": c.masked_paths.clone().unwrap_or_default(),
         "readonlyPaths": c.readonly_paths.clone().unwrap_or_default(),
     });
-    let mut resources = c.resources.as_ref().map(|r| serde_json::to_value(r).expect("resources serialise")).unwrap_or(json!({}));
+    let mut resources = c
+        .resources
+        .as_ref()
+        .map(|r| serde_json::to_value(r).expect("resources serialise"))
+        .unwrap_or(json!({}));
     let (devices, rules) = devices(c);
     if !rules.is_empty() {
-        let mut all_rules = resources.get("devices").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut all_rules = resources
+            .get("devices")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         all_rules.extend(rules);
         resources["devices"] = Value::Array(all_rules);
     }
@@ -171,28 +201,87 @@ fn mounts(c: &Image, readonly: bool) -> Vec<Value> {
             by_dest.insert(d, m);
         }
     };
-    put(mount("/proc", "proc", "proc", &["nosuid", "nodev", "noexec", "relatime"]));
-    put(mount("/dev", "tmpfs", "tmpfs", &ro(vec!["nosuid", "strictatime", "mode=755", "size=65536k"])));
-    put(mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]));
-    put(mount("/sys", "sysfs", "sysfs", &ro(vec!["nosuid", "noexec", "nodev"])));
-    put(mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]));
+    put(mount(
+        "/proc",
+        "proc",
+        "proc",
+        &["nosuid", "nodev", "noexec", "relatime"],
+    ));
+    put(mount(
+        "/dev",
+        "tmpfs",
+        "tmpfs",
+        &ro(vec!["nosuid", "strictatime", "mode=755", "size=65536k"]),
+    ));
+    put(mount(
+        "/dev/pts",
+        "devpts",
+        "devpts",
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ],
+    ));
+    put(mount(
+        "/sys",
+        "sysfs",
+        "sysfs",
+        &ro(vec!["nosuid", "noexec", "nodev"]),
+    ));
+    put(mount(
+        "/sys/fs/cgroup",
+        "cgroup",
+        "cgroup",
+        &["nosuid", "noexec", "nodev", "relatime", "ro"],
+    ));
     for m in c.mounts.iter().flatten() {
         put(infer_mount(m));
     }
     for b in c.binds.iter().flatten() {
         let mut parts = b.splitn(3, ':');
-        let (src, dst, opts) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next());
-        let source = if src.starts_with('/') { src.to_string() } else { volume_path(src) };
+        let (src, dst, opts) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next(),
+        );
+        let source = if src.starts_with('/') {
+            src.to_string()
+        } else {
+            volume_path(src)
+        };
         let options: Vec<String> = match opts {
             None => vec!["rw".into(), "rbind".into(), "rshared".into()],
-            Some(o) => o.split(',').map(String::from).chain(std::iter::once("rbind".into())).collect(),
+            Some(o) => o
+                .split(',')
+                .map(String::from)
+                .chain(std::iter::once("rbind".into()))
+                .collect(),
         };
-        put(Mount { destination: Some(dst.into()), kind: Some("bind".into()), source: Some(source), options: Some(options), ..Default::default() });
+        put(Mount {
+            destination: Some(dst.into()),
+            kind: Some("bind".into()),
+            source: Some(source),
+            options: Some(options),
+            ..Default::default()
+        });
     }
     for t in c.tmpfs.iter().flatten() {
         let (dst, opts) = t.split_once(':').unwrap_or((t, ""));
-        let options: Vec<String> = opts.split(',').filter(|o| !o.is_empty()).map(String::from).collect();
-        put(Mount { destination: Some(dst.into()), kind: Some("tmpfs".into()), source: Some("tmpfs".into()), options: Some(options), ..Default::default() });
+        let options: Vec<String> = opts
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect();
+        put(Mount {
+            destination: Some(dst.into()),
+            kind: Some("tmpfs".into()),
+            source: Some("tmpfs".into()),
+            options: Some(options),
+            ..Default::default()
+        });
     }
     by_dest
         .into_values()
@@ -219,22 +308,37 @@ fn mounts(c: &Image, readonly: bool) -> Vec<Value> {
 /// volume name as a bind source becomes the volume's path.
 fn infer_mount(m: &Mount) -> Mount {
     let mut m = m.clone();
-    const SPECIAL: [(&str, &str); 5] =
-        [("proc", "/proc"), ("sysfs", "/sys"), ("devpts", "/dev/pts"), ("mqueue", "/dev/mqueue"), ("cgroup", "/sys/fs/cgroup")];
+    const SPECIAL: [(&str, &str); 5] = [
+        ("proc", "/proc"),
+        ("sysfs", "/sys"),
+        ("devpts", "/dev/pts"),
+        ("mqueue", "/dev/mqueue"),
+        ("cgroup", "/sys/fs/cgroup"),
+    ];
     if m.kind.is_none() {
-        let from_source = m.source.as_deref().and_then(|s| SPECIAL.iter().find(|(k, _)| *k == s)).map(|(k, _)| k.to_string());
-        m.kind = from_source.or_else(|| (m.destination.as_deref() == Some("/dev")).then(|| "tmpfs".to_string()));
+        let from_source = m
+            .source
+            .as_deref()
+            .and_then(|s| SPECIAL.iter().find(|(k, _)| *k == s))
+            .map(|(k, _)| k.to_string());
+        m.kind = from_source
+            .or_else(|| (m.destination.as_deref() == Some("/dev")).then(|| "tmpfs".to_string()));
     }
     if m.destination.is_none() {
-        m.destination = m.kind.as_deref().and_then(|k| SPECIAL.iter().find(|(t, _)| *t == k)).map(|(_, d)| d.to_string());
+        m.destination = m
+            .kind
+            .as_deref()
+            .and_then(|k| SPECIAL.iter().find(|(t, _)| *t == k))
+            .map(|(_, d)| d.to_string());
     }
     if m.source.is_none() {
         m.source = m.kind.clone();
     }
-    if let Some(src) = &m.source {
-        if m.kind.as_deref().is_none_or(|k| k == "bind") && !src.starts_with('/') {
-            m.source = Some(volume_path(src));
-        }
+    if let Some(src) = &m.source
+        && m.kind.as_deref().is_none_or(|k| k == "bind")
+        && !src.starts_with('/')
+    {
+        m.source = Some(volume_path(src));
     }
     m
 }
@@ -248,7 +352,11 @@ fn devices(c: &Image) -> (Vec<Value>, Vec<Value>) {
             rules.push(json!({ "allow": true, "type": d.kind, "access": "rwm" }));
             continue;
         }
-        let mode = d.mode.as_deref().and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o600);
+        let mode = d
+            .mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or(0o600);
         nodes.push(json!({
             "path": d.path, "type": d.kind, "major": d.major.unwrap_or(0), "minor": d.minor.unwrap_or(0),
             "fileMode": mode, "uid": 0, "gid": 0,
@@ -262,7 +370,11 @@ fn devices(c: &Image) -> (Vec<Value>, Vec<Value>) {
 fn rlimit(text: &str) -> Value {
     let parts: Vec<&str> = text.split(',').map(str::trim).collect();
     let name = parts[0].to_ascii_uppercase();
-    let name = if name.starts_with("RLIMIT_") { name } else { format!("RLIMIT_{name}") };
+    let name = if name.starts_with("RLIMIT_") {
+        name
+    } else {
+        format!("RLIMIT_{name}")
+    };
     let value = |i: usize| match parts.get(i) {
         Some(&"unlimited") => u64::MAX,
         Some(s) => s.parse().unwrap_or(0),

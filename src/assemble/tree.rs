@@ -21,8 +21,14 @@ pub enum Kind {
     Symlink(String),
     /// A hard link to another path of the tree (relative, no leading `/`).
     Hardlink(String),
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 
@@ -38,13 +44,31 @@ pub struct Entry {
 
 impl Entry {
     pub fn dir(mode: u32) -> Self {
-        Entry { kind: Kind::Dir, mode, uid: 0, gid: 0, mtime: DEFAULT_MTIME }
+        Entry {
+            kind: Kind::Dir,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: DEFAULT_MTIME,
+        }
     }
     pub fn file(contents: impl Into<Vec<u8>>, mode: u32) -> Self {
-        Entry { kind: Kind::File(Arc::new(contents.into())), mode, uid: 0, gid: 0, mtime: DEFAULT_MTIME }
+        Entry {
+            kind: Kind::File(Arc::new(contents.into())),
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: DEFAULT_MTIME,
+        }
     }
     pub fn symlink(target: impl Into<String>) -> Self {
-        Entry { kind: Kind::Symlink(target.into()), mode: 0o777, uid: 0, gid: 0, mtime: DEFAULT_MTIME }
+        Entry {
+            kind: Kind::Symlink(target.into()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime: DEFAULT_MTIME,
+        }
     }
 }
 
@@ -65,7 +89,14 @@ impl Tree {
     pub fn insert(&mut self, path: &str, entry: Entry) {
         let path = normalise(path);
         let mut parent = String::new();
-        for part in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+        for part in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
@@ -74,10 +105,10 @@ impl Tree {
                 self.entries.insert(parent.clone(), Entry::dir(0o755));
             }
         }
-        if let Some(Kind::Dir) = self.entries.get(&path).map(|e| &e.kind) {
-            if entry.kind != Kind::Dir {
-                self.remove(&path);
-            }
+        if let Some(Kind::Dir) = self.entries.get(&path).map(|e| &e.kind)
+            && entry.kind != Kind::Dir
+        {
+            self.remove(&path);
         }
         self.entries.insert(path, entry);
     }
@@ -86,7 +117,8 @@ impl Tree {
     pub fn remove(&mut self, path: &str) {
         let path = normalise(path);
         let prefix = format!("{path}/");
-        self.entries.retain(|p, _| p != &path && !p.starts_with(&prefix));
+        self.entries
+            .retain(|p, _| p != &path && !p.starts_with(&prefix));
     }
 
     pub fn get(&self, path: &str) -> Option<&Entry> {
@@ -104,7 +136,11 @@ impl Tree {
 
     /// Entries below `dir` (exclusive), in path order.
     pub fn children<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{}/", normalise(dir)) };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", normalise(dir))
+        };
         self.entries
             .range(prefix.clone()..)
             .take_while(move |(p, _)| p.starts_with(&prefix))
@@ -125,10 +161,10 @@ impl Tree {
                 continue;
             }
             let mut e = e.clone();
-            if let Kind::Hardlink(t) = &e.kind {
-                if !prefix.is_empty() {
-                    e.kind = Kind::Hardlink(format!("{prefix}/{t}"));
-                }
+            if let Kind::Hardlink(t) = &e.kind
+                && !prefix.is_empty()
+            {
+                e.kind = Kind::Hardlink(format!("{prefix}/{t}"));
             }
             self.insert(&target, e);
         }
@@ -157,7 +193,10 @@ impl Tree {
 /// `/a//b/./c/` -> `a/b/c`. Callers that take paths from untrusted input (layers) must reject
 /// `..` themselves before calling: here it is kept literally, never resolved.
 pub fn normalise(path: &str) -> String {
-    path.split('/').filter(|p| !p.is_empty() && *p != ".").collect::<Vec<_>>().join("/")
+    path.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[cfg(test)]
@@ -186,12 +225,20 @@ mod tests {
     fn graft_places_a_tree_under_a_prefix() {
         let mut inner = Tree::new();
         inner.insert("bin/sh", Entry::file(b"x".to_vec(), 0o755));
-        inner.insert("bin/ash", Entry { kind: Kind::Hardlink("bin/sh".into()), ..Entry::file(b"".to_vec(), 0o755) });
+        inner.insert(
+            "bin/ash",
+            Entry {
+                kind: Kind::Hardlink("bin/sh".into()),
+                ..Entry::file(b"".to_vec(), 0o755)
+            },
+        );
         let mut t = Tree::new();
         t.graft("containers/onboot/000-a/rootfs", &inner);
         assert!(t.get("containers/onboot/000-a/rootfs/bin/sh").is_some());
         assert_eq!(
-            t.get("containers/onboot/000-a/rootfs/bin/ash").unwrap().kind,
+            t.get("containers/onboot/000-a/rootfs/bin/ash")
+                .unwrap()
+                .kind,
             Kind::Hardlink("containers/onboot/000-a/rootfs/bin/sh".into())
         );
     }

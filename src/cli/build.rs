@@ -48,15 +48,23 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     let formats = formats(&args)?;
     let sources = read_sources(&args.files)?;
     // Several containers usually share a package: ask for each folder's tag once.
-    let tags = std::cell::RefCell::new(std::collections::HashMap::<PathBuf, Result<String, String>>::new());
+    let tags = std::cell::RefCell::new(
+        std::collections::HashMap::<PathBuf, Result<String, String>>::new(),
+    );
     let tagger = |dir: &Path| {
         let key = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        tags.borrow_mut().entry(key).or_insert_with(|| crate::pkg::show_tag(dir).map_err(|e| e.to_string())).clone()
+        tags.borrow_mut()
+            .entry(key)
+            .or_insert_with(|| crate::pkg::show_tag(dir).map_err(|e| e.to_string()))
+            .clone()
     };
     let merged = manifest::load(sources, &tagger)?;
     for doc in &merged.documents {
         if doc.manifest.trust.is_some() {
-            tracing::warn!("{}: `trust` is accepted for compatibility and ignored", doc.source.name);
+            tracing::warn!(
+                "{}: `trust` is accepted for compatibility and ignored",
+                doc.source.name
+            );
         }
     }
     let name = output_name(&args);
@@ -74,7 +82,12 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     let store = global.store()?;
     // `@pkg:` images are this checkout's own packages: build the ones the store lacks (an
     // unchanged package is never rebuilt: its tag is the hash of its inputs).
-    let package_dirs: Vec<PathBuf> = tags.borrow().iter().filter(|(_, tag)| tag.is_ok()).map(|(dir, _)| dir.clone()).collect();
+    let package_dirs: Vec<PathBuf> = tags
+        .borrow()
+        .iter()
+        .filter(|(_, tag)| tag.is_ok())
+        .map(|(dir, _)| dir.clone())
+        .collect();
     for dir in package_dirs {
         let built = crate::pkg::build(&store, &dir, &crate::pkg::BuildOptions::default())
             .with_context(|| format!("building package {}", dir.display()))?;
@@ -84,9 +97,14 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     }
     let assembled = assemble::assemble(&merged, &store, &args.pull.options())?;
     let mut tree = assembled.tree;
-    let boot = if tree.get(format::KERNEL_PATH).is_some() { Some(BootSpec::split_from(&mut tree)?) } else { None };
+    let boot = if tree.get(format::KERNEL_PATH).is_some() {
+        Some(BootSpec::split_from(&mut tree)?)
+    } else {
+        None
+    };
     if args.output.is_none() {
-        std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("creating {}", args.dir.display()))?;
     }
     let mut written: Vec<PathBuf> = Vec::new();
     for f in &formats {
@@ -110,13 +128,28 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
 
 /// `-f` values, checked; the default is kernel+initrd, or tar when `-o` names one output.
 fn formats(args: &Args) -> anyhow::Result<Vec<String>> {
-    let mut formats: Vec<String> = args.formats.iter().map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect();
+    let mut formats: Vec<String> = args
+        .formats
+        .iter()
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
     if formats.is_empty() {
-        formats.push(if args.output.is_some() { "tar" } else { "kernel+initrd" }.to_string());
+        formats.push(
+            if args.output.is_some() {
+                "tar"
+            } else {
+                "kernel+initrd"
+            }
+            .to_string(),
+        );
     }
     for f in &formats {
         if !FORMATS.contains(&f.as_str()) {
-            anyhow::bail!("unknown format `{f}`: this version writes {}", FORMATS.join(", "));
+            anyhow::bail!(
+                "unknown format `{f}`: this version writes {}",
+                FORMATS.join(", ")
+            );
         }
     }
     if args.output.is_some() && (formats.len() != 1 || formats[0] != "tar") {
@@ -126,20 +159,35 @@ fn formats(args: &Args) -> anyhow::Result<Vec<String>> {
 }
 
 fn need_boot<'a>(boot: Option<&'a BootSpec>, format: &str) -> anyhow::Result<&'a BootSpec> {
-    boot.ok_or_else(|| anyhow::anyhow!("format {format} needs a kernel: add `kernel: image:` to the manifest"))
+    boot.ok_or_else(|| {
+        anyhow::anyhow!("format {format} needs a kernel: add `kernel: image:` to the manifest")
+    })
 }
 
-fn write_format(f: &str, tree: &Tree, boot: Option<&BootSpec>, args: &Args, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+fn write_format(
+    f: &str,
+    tree: &Tree,
+    boot: Option<&BootSpec>,
+    args: &Args,
+    name: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
     match f {
         "kernel+initrd" => {
-            let files = format::kernel_initrd::write_kernel_initrd(tree, need_boot(boot, f)?, args.compress, &args.dir, name)?;
+            let files = format::kernel_initrd::write_kernel_initrd(
+                tree,
+                need_boot(boot, f)?,
+                args.compress,
+                &args.dir,
+                name,
+            )?;
             Ok(vec![files.kernel, files.initrd, files.cmdline])
         }
         "tar-kernel-initrd" => {
             let path = args.dir.join(format!("{name}-initrd.tar"));
             let boot = need_boot(boot, f)?;
             format::kernel_initrd::write_file_atomically(&path, |w| {
-                format::kernel_initrd::write_tar_kernel_initrd(tree, boot, args.compress, w).map(|_| ())
+                format::kernel_initrd::write_tar_kernel_initrd(tree, boot, args.compress, w)
+                    .map(|_| ())
             })?;
             Ok(vec![path])
         }
@@ -149,13 +197,18 @@ fn write_format(f: &str, tree: &Tree, boot: Option<&BootSpec>, args: &Args, name
             match args.output.as_deref() {
                 Some("-") => {
                     let stdout = std::io::stdout().lock();
-                    let mut w = format::tar::write_tar(tree, boot, std::io::BufWriter::new(stdout))?;
+                    let mut w =
+                        format::tar::write_tar(tree, boot, std::io::BufWriter::new(stdout))?;
                     std::io::Write::flush(&mut w)?;
                     Ok(vec![])
                 }
                 out => {
-                    let path = out.map(PathBuf::from).unwrap_or_else(|| args.dir.join(format!("{name}.tar")));
-                    format::kernel_initrd::write_file_atomically(&path, |w| format::tar::write_tar(tree, boot, w).map(|_| ()))?;
+                    let path = out
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| args.dir.join(format!("{name}.tar")));
+                    format::kernel_initrd::write_file_atomically(&path, |w| {
+                        format::tar::write_tar(tree, boot, w).map(|_| ())
+                    })?;
                     Ok(vec![path])
                 }
             }
@@ -169,11 +222,20 @@ fn read_sources(files: &[String]) -> anyhow::Result<Vec<Source>> {
         .map(|f| {
             if f == "-" {
                 let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text).context("reading the manifest from standard input")?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the manifest from standard input")?;
                 return Ok(Source::new("<stdin>", text, None));
             }
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading manifest {f}"))?;
-            let dir = Path::new(f).parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading manifest {f}"))?;
+            let dir = Path::new(f).parent().map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            });
             Ok(Source::new(f.clone(), text, dir.map(Path::to_path_buf)))
         })
         .collect()
@@ -186,6 +248,9 @@ fn output_name(args: &Args) -> String {
     }
     match args.files.last().map(String::as_str) {
         Some("-") | None => "moby".to_string(),
-        Some(f) => Path::new(f).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "moby".into()),
+        Some(f) => Path::new(f)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "moby".into()),
     }
 }

@@ -36,8 +36,12 @@ impl Global {
     /// The image store every command shares.
     pub fn store(&self) -> anyhow::Result<crate::oci::Store> {
         use anyhow::Context;
-        let root = self.cache.clone().unwrap_or_else(crate::oci::Store::default_root);
-        crate::oci::Store::open(&root).with_context(|| format!("opening the image store {}", root.display()))
+        let root = self
+            .cache
+            .clone()
+            .unwrap_or_else(crate::oci::Store::default_root);
+        crate::oci::Store::open(&root)
+            .with_context(|| format!("opening the image store {}", root.display()))
     }
 }
 

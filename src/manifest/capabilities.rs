@@ -61,7 +61,11 @@ pub fn parse(name: &str) -> Option<Cap> {
         _ => {}
     }
     let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
     ALL.iter().find(|c| **c == full).map(|c| Cap::One(c))
 }
 
@@ -97,6 +101,9 @@ mod tests {
     fn keywords_expand() {
         assert_eq!(expand(&["all".into()]).len(), ALL.len());
         assert!(expand(&["CAP_CHOWN".into(), "none".into()]).is_empty());
-        assert_eq!(expand(&["CAP_KILL".into(), "kill".into()]), vec!["CAP_KILL"]);
+        assert_eq!(
+            expand(&["CAP_KILL".into(), "kill".into()]),
+            vec!["CAP_KILL"]
+        );
     }
 }

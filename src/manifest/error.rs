@@ -35,14 +35,24 @@ impl ManifestError {
             label: String::new(),
             message: message.into(),
             src: NamedSource::new(source.name.clone(), source.text.clone()),
-            span: SourceSpan::new(pos.offset.into(), pos.len.max(1).min(source.text.len().saturating_sub(pos.offset))),
+            span: SourceSpan::new(
+                pos.offset.into(),
+                pos.len
+                    .max(1)
+                    .min(source.text.len().saturating_sub(pos.offset)),
+            ),
             help: None,
         }
         .with_label()
     }
 
     fn with_label(mut self) -> Self {
-        self.label = self.message.split(", expected").next().unwrap_or(&self.message).to_string();
+        self.label = self
+            .message
+            .split(", expected")
+            .next()
+            .unwrap_or(&self.message)
+            .to_string();
         self
     }
 

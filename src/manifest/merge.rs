@@ -22,7 +22,14 @@ pub struct Merged {
     origins: Vec<(&'static str, Vec<(usize, usize)>)>,
 }
 
-const SECTIONS: [&str; 6] = ["init", "onboot", "onshutdown", "services", "files", "volumes"];
+const SECTIONS: [&str; 6] = [
+    "init",
+    "onboot",
+    "onshutdown",
+    "services",
+    "files",
+    "volumes",
+];
 
 impl Merged {
     /// The source and the file-local path of the value at a merged `path`.
@@ -40,11 +47,20 @@ impl Merged {
             let doc = self
                 .documents
                 .iter()
-                .rposition(|d| d.manifest.kernel.as_ref().is_some_and(|k| field.is_none_or(|f| kernel_has(k, f))))
+                .rposition(|d| {
+                    d.manifest
+                        .kernel
+                        .as_ref()
+                        .is_some_and(|k| field.is_none_or(|f| kernel_has(k, f)))
+                })
                 .unwrap_or(last);
             return (&self.documents[doc].source, path.clone());
         }
-        let items = self.origins.iter().find(|(s, _)| *s == section).map(|(_, v)| v);
+        let items = self
+            .origins
+            .iter()
+            .find(|(s, _)| *s == section)
+            .map(|(_, v)| v);
         match (items, path.0.get(1)) {
             (Some(items), Some(Seg::Index(i))) if *i < items.len() => {
                 let (doc, local) = items[*i];
@@ -71,13 +87,21 @@ fn kernel_has(k: &Kernel, field: &str) -> bool {
 /// Merges documents in order.
 pub fn merge(documents: Vec<Document>) -> Merged {
     let mut out = Manifest::default();
-    let mut origins: Vec<(&'static str, Vec<(usize, usize)>)> = SECTIONS.iter().map(|s| (*s, Vec::new())).collect();
+    let mut origins: Vec<(&'static str, Vec<(usize, usize)>)> =
+        SECTIONS.iter().map(|s| (*s, Vec::new())).collect();
     for (d, doc) in documents.iter().enumerate() {
         let m = &doc.manifest;
         if let Some(k) = &m.kernel {
             out.kernel = Some(merge_kernel(out.kernel.take(), k));
         }
-        let lens = [m.init.len(), m.onboot.len(), m.onshutdown.len(), m.services.len(), m.files.len(), m.volumes.len()];
+        let lens = [
+            m.init.len(),
+            m.onboot.len(),
+            m.onshutdown.len(),
+            m.services.len(),
+            m.files.len(),
+            m.volumes.len(),
+        ];
         for ((_, items), len) in origins.iter_mut().zip(lens) {
             items.extend((0..len).map(|i| (d, i)));
         }
@@ -93,7 +117,11 @@ pub fn merge(documents: Vec<Document>) -> Merged {
             acc.org.extend(t.org.iter().cloned());
         }
     }
-    Merged { manifest: out, documents, origins }
+    Merged {
+        manifest: out,
+        documents,
+        origins,
+    }
 }
 
 /// `image`, `cmdline` and `binary` are replaced by a later non-empty value; `tar` and `ucode` by a

@@ -16,7 +16,10 @@ pub fn parse<T: DeserializeOwned>(source: &Source) -> Result<T, ManifestError> {
         serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
             let path = FieldPath::from_serde(e.path());
             let message = e.inner().to_string();
-            let at = e.inner().location().map(|l| (l.line() as usize, l.column() as usize));
+            let at = e
+                .inner()
+                .location()
+                .map(|l| (l.line() as usize, l.column() as usize));
             failed_at = Some((path, message.clone(), at));
             <serde_saphyr::Error as serde::de::Error>::custom(message)
         })
@@ -32,7 +35,12 @@ pub fn parse<T: DeserializeOwned>(source: &Source) -> Result<T, ManifestError> {
 
 /// Turns a serde error at `path` into a located error. Unknown fields point at the key itself.
 /// Errors the parser located itself (bad quoting, wrong scalar types) keep the parser's position.
-fn located(source: &Source, path: FieldPath, message: &str, at: Option<(usize, usize)>) -> ManifestError {
+fn located(
+    source: &Source,
+    path: FieldPath,
+    message: &str,
+    at: Option<(usize, usize)>,
+) -> ManifestError {
     let message = strip_location(message);
     if let Some(field) = backticked(&message, "unknown field `") {
         // serde_path_to_error stops at the mapping; the key is the offending thing.
@@ -43,10 +51,16 @@ fn located(source: &Source, path: FieldPath, message: &str, at: Option<(usize, u
         return ManifestError::key(source, &key_path, message);
     }
     if let Some(field) = backticked(&message, "missing field `") {
-        return ManifestError::value(source, &path, format!("required field `{field}` is missing"));
+        return ManifestError::value(
+            source,
+            &path,
+            format!("required field `{field}` is missing"),
+        );
     }
     match at {
-        Some((line, column)) if line > 0 => ManifestError::at(source, source.pos_at(line, column), &path, message),
+        Some((line, column)) if line > 0 => {
+            ManifestError::at(source, source.pos_at(line, column), &path, message)
+        }
         _ => ManifestError::value(source, &path, message),
     }
 }
@@ -57,7 +71,12 @@ fn syntax_error(source: &Source, err: &serde_saphyr::Error) -> ManifestError {
         Some(loc) => source.pos_at(loc.line() as usize, loc.column() as usize),
         None => source.pos_at(1, 1),
     };
-    ManifestError::at(source, pos, &FieldPath::root(), format!("invalid YAML: {message}"))
+    ManifestError::at(
+        source,
+        pos,
+        &FieldPath::root(),
+        format!("invalid YAML: {message}"),
+    )
 }
 
 /// serde-saphyr appends its own " at line X column Y" to messages; ours carry positions already.

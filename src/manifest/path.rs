@@ -72,7 +72,11 @@ mod tests {
 
     #[test]
     fn displays_like_the_manifest_is_written() {
-        let p = FieldPath::root().key("services").index(1).key("capabilities").index(1);
+        let p = FieldPath::root()
+            .key("services")
+            .index(1)
+            .key("capabilities")
+            .index(1);
         assert_eq!(p.to_string(), "services[1].capabilities[1]");
         assert_eq!(FieldPath::root().to_string(), "(document)");
     }

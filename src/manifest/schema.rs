@@ -76,7 +76,11 @@ pub struct Image {
     pub image: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
-    #[serde(default, rename = "capabilities.add", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "capabilities.add",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub capabilities_add: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ambient: Option<Vec<String>>,
@@ -203,7 +207,12 @@ pub struct Resources {
     pub cpu: Option<Cpu>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<Pids>,
-    #[serde(default, rename = "blockIO", alias = "blockio", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "blockIO",
+        alias = "blockio",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub block_io: Option<BlockIo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugepage_limits: Option<Vec<HugepageLimit>>,
@@ -240,7 +249,11 @@ pub struct Memory {
     pub kernel_tcp: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swappiness: Option<u64>,
-    #[serde(default, rename = "disableOOMKiller", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "disableOOMKiller",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disable_oom_killer: Option<bool>,
 }
 
@@ -282,9 +295,17 @@ pub struct BlockIo {
     pub throttle_read_bps_device: Option<Vec<ThrottleDevice>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle_write_bps_device: Option<Vec<ThrottleDevice>>,
-    #[serde(default, rename = "throttleReadIOPSDevice", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "throttleReadIOPSDevice",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub throttle_read_iops_device: Option<Vec<ThrottleDevice>>,
-    #[serde(default, rename = "throttleWriteIOPSDevice", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "throttleWriteIOPSDevice",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub throttle_write_iops_device: Option<Vec<ThrottleDevice>>,
 }
 

@@ -33,10 +33,19 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(name: impl Into<String>, text: impl Into<String>, dir: Option<std::path::PathBuf>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        text: impl Into<String>,
+        dir: Option<std::path::PathBuf>,
+    ) -> Self {
         let text = indent_comments_in_block_scalars(&text.into());
         let index = SpanIndex::build(&text);
-        Source { name: name.into(), text, dir, index }
+        Source {
+            name: name.into(),
+            text,
+            dir,
+            index,
+        }
     }
 
     /// Where the value at `path` is. Falls back to the nearest ancestor that exists.
@@ -47,7 +56,12 @@ impl Source {
                 return *pos;
             }
             if p.is_root() {
-                return Pos { line: 1, column: 1, offset: 0, len: 0 };
+                return Pos {
+                    line: 1,
+                    column: 1,
+                    offset: 0,
+                    len: 0,
+                };
             }
             p = p.parent();
         }
@@ -55,7 +69,11 @@ impl Source {
 
     /// Where the key that ends `path` is written (for unknown keys); the value's position otherwise.
     pub fn key_pos(&self, path: &FieldPath) -> Pos {
-        self.index.keys.get(path).copied().unwrap_or_else(|| self.value_pos(path))
+        self.index
+            .keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.value_pos(path))
     }
 
     /// Position from a 1-based line and column (for errors the YAML parser reports itself).
@@ -67,7 +85,12 @@ impl Source {
             .map(str::len)
             .sum::<usize>()
             + column.saturating_sub(1);
-        Pos { line, column, offset: offset.min(self.text.len()), len: 0 }
+        Pos {
+            line,
+            column,
+            offset: offset.min(self.text.len()),
+            len: 0,
+        }
     }
 }
 
@@ -97,13 +120,20 @@ fn indent_comments_in_block_scalars(text: &str) -> String {
         }
         let parent = indent(lines[i]);
         // The scalar's indentation is that of its first line that is neither blank nor a stray comment.
-        let content = lines[i + 1..].iter().find(|l| !blank(l) && !stray(l)).map(|l| indent(l)).filter(|n| *n > parent);
+        let content = lines[i + 1..]
+            .iter()
+            .find(|l| !blank(l) && !stray(l))
+            .map(|l| indent(l))
+            .filter(|n| *n > parent);
         i += 1;
         let Some(content) = content else { continue };
         while i < lines.len() {
             let l = lines[i];
             if stray(l) {
-                let continues = lines[i + 1..].iter().find(|l| !blank(l) && !stray(l)).is_some_and(|l| indent(l) >= content);
+                let continues = lines[i + 1..]
+                    .iter()
+                    .find(|l| !blank(l) && !stray(l))
+                    .is_some_and(|l| indent(l) >= content);
                 if !continues {
                     break;
                 }
@@ -127,8 +157,14 @@ struct SpanIndex {
 }
 
 enum Frame {
-    Map { path: FieldPath, key: Option<String> },
-    Seq { path: FieldPath, next: usize },
+    Map {
+        path: FieldPath,
+        key: Option<String>,
+    },
+    Seq {
+        path: FieldPath,
+        next: usize,
+    },
 }
 
 impl SpanIndex {
@@ -145,17 +181,20 @@ impl SpanIndex {
                 line: start.line(),
                 column: start.col() + 1,
                 offset: start.byte_offset().unwrap_or(0),
-                len: end.byte_offset().unwrap_or(0).saturating_sub(start.byte_offset().unwrap_or(0)),
+                len: end
+                    .byte_offset()
+                    .unwrap_or(0)
+                    .saturating_sub(start.byte_offset().unwrap_or(0)),
             };
             match event {
                 Event::Scalar(value, ..) => {
                     // A scalar in key position of a mapping is a key, not a value.
-                    if let Some(Frame::Map { path, key }) = stack.last_mut() {
-                        if key.is_none() {
-                            index.keys.insert(path.key(&value), pos);
-                            *key = Some(value.into_owned());
-                            continue;
-                        }
+                    if let Some(Frame::Map { path, key }) = stack.last_mut()
+                        && key.is_none()
+                    {
+                        index.keys.insert(path.key(&value), pos);
+                        *key = Some(value.into_owned());
+                        continue;
                     }
                     let here = index.child_path(&mut stack);
                     index.values.insert(here, pos);
@@ -164,9 +203,15 @@ impl SpanIndex {
                     let here = index.child_path(&mut stack);
                     index.values.entry(here.clone()).or_insert(pos);
                     stack.push(if matches!(event, Event::MappingStart(..)) {
-                        Frame::Map { path: here, key: None }
+                        Frame::Map {
+                            path: here,
+                            key: None,
+                        }
                     } else {
-                        Frame::Seq { path: here, next: 0 }
+                        Frame::Seq {
+                            path: here,
+                            next: 0,
+                        }
                     });
                 }
                 Event::MappingEnd | Event::SequenceEnd => {
@@ -219,7 +264,11 @@ mod tests {
     #[test]
     fn finds_values_and_keys() {
         let s = Source::new("t.yml", DOC, None);
-        let p = FieldPath::root().key("services").index(0).key("capabilities").index(1);
+        let p = FieldPath::root()
+            .key("services")
+            .index(0)
+            .key("capabilities")
+            .index(1);
         let pos = s.value_pos(&p);
         assert_eq!((pos.line, pos.column), (8, 9));
         let k = s.key_pos(&FieldPath::root().key("kernel").key("image"));
@@ -231,7 +280,10 @@ mod tests {
     fn column_zero_comments_inside_block_scalars_are_kept_as_content() {
         let text = "files:\n  - path: x\n    contents: |\n#      domain x\n      nameserver 1\n# trailing\nvolumes: []\n";
         let s = Source::new("t.yml", text, None);
-        assert_eq!(s.text, "files:\n  - path: x\n    contents: |\n      #      domain x\n      nameserver 1\n# trailing\nvolumes: []\n");
+        assert_eq!(
+            s.text,
+            "files:\n  - path: x\n    contents: |\n      #      domain x\n      nameserver 1\n# trailing\nvolumes: []\n"
+        );
         let plain = "a: |\n  x\n# c\nb: 1\n";
         assert_eq!(Source::new("t.yml", plain, None).text, plain);
     }

@@ -17,12 +17,19 @@ pub fn expand(doc: &mut Document, tagger: PkgTagger<'_>) -> Result<(), ManifestE
     let source = doc.source.clone();
     let root = FieldPath::root();
     let one = |path: FieldPath, value: &mut String| -> Result<(), ManifestError> {
-        let Some(dir) = value.strip_prefix(PREFIX) else { return Ok(()) };
-        let Some(base) = &source.dir else {
-            return Err(ManifestError::value(&source, &path, "@pkg: templates need a manifest file (not standard input)"));
+        let Some(dir) = value.strip_prefix(PREFIX) else {
+            return Ok(());
         };
-        let tag = tagger(&base.join(dir))
-            .map_err(|e| ManifestError::value(&source, &path, format!("cannot resolve `{value}`: {e}")))?;
+        let Some(base) = &source.dir else {
+            return Err(ManifestError::value(
+                &source,
+                &path,
+                "@pkg: templates need a manifest file (not standard input)",
+            ));
+        };
+        let tag = tagger(&base.join(dir)).map_err(|e| {
+            ManifestError::value(&source, &path, format!("cannot resolve `{value}`: {e}"))
+        })?;
         *value = tag;
         Ok(())
     };
@@ -33,7 +40,11 @@ pub fn expand(doc: &mut Document, tagger: PkgTagger<'_>) -> Result<(), ManifestE
     for (i, r) in m.init.iter_mut().enumerate() {
         one(root.key("init").index(i), r)?;
     }
-    for (section, list) in [("onboot", &mut m.onboot), ("onshutdown", &mut m.onshutdown), ("services", &mut m.services)] {
+    for (section, list) in [
+        ("onboot", &mut m.onboot),
+        ("onshutdown", &mut m.onshutdown),
+        ("services", &mut m.services),
+    ] {
         for (i, c) in list.iter_mut().enumerate() {
             one(root.key(section).index(i).key("image"), &mut c.image)?;
         }

@@ -15,15 +15,43 @@ use super::schema::{File, IdRef, Image, Manifest, Mount, Volume};
 
 /// The 16 resource limits LinuxKit accepts in `rlimits` (without the `RLIMIT_` prefix).
 const RLIMITS: &[&str] = &[
-    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio",
-    "rttime", "sigpending", "stack",
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
 ];
 
-const PROPAGATIONS: &[&str] = &["shared", "slave", "private", "rshared", "rslave", "rprivate", "unbindable", "runbindable"];
+const PROPAGATIONS: &[&str] = &[
+    "shared",
+    "slave",
+    "private",
+    "rshared",
+    "rslave",
+    "rprivate",
+    "unbindable",
+    "runbindable",
+];
 
 /// Checks every rule; the first violation is returned.
 pub fn validate(merged: &Merged) -> Result<(), ManifestError> {
-    Checker { merged, m: &merged.manifest, ids: id_map(&merged.manifest) }.run()
+    Checker {
+        merged,
+        m: &merged.manifest,
+        ids: id_map(&merged.manifest),
+    }
+    .run()
 }
 
 /// The uid/gid every container name stands for: 100, 101, ... in onboot, onshutdown, services order.
@@ -47,7 +75,8 @@ pub fn resolve_id(ids: &BTreeMap<String, u32>, id: &IdRef) -> Option<u32> {
 
 /// Parses a duration of `x-slipway` (`500ms`, `1s`, `2m`).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (write it like 1s or 500ms)"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (write it like 1s or 500ms)"))
 }
 
 struct Checker<'a> {
@@ -66,10 +95,10 @@ impl Checker<'_> {
 
     fn run(&self) -> Check {
         let root = FieldPath::root();
-        if let Some(k) = &self.m.kernel {
-            if let Some(image) = &k.image {
-                self.reference(&root.key("kernel").key("image"), image)?;
-            }
+        if let Some(k) = &self.m.kernel
+            && let Some(image) = &k.image
+        {
+            self.reference(&root.key("kernel").key("image"), image)?;
         }
         for (i, r) in self.m.init.iter().enumerate() {
             self.reference(&root.key("init").index(i), r)?;
@@ -117,11 +146,17 @@ impl Checker<'_> {
             if v.name.is_empty() || !name_re.is_match(&v.name) {
                 return Err(self.err(
                     &p.key("name"),
-                    format!("invalid volume name `{}`: use only a-z, 0-9, `_` and `-`", v.name),
+                    format!(
+                        "invalid volume name `{}`: use only a-z, 0-9, `_` and `-`",
+                        v.name
+                    ),
                 ));
             }
             if !seen.insert(&v.name) {
-                return Err(self.err(&p.key("name"), format!("duplicate volume name `{}`", v.name)));
+                return Err(self.err(
+                    &p.key("name"),
+                    format!("duplicate volume name `{}`", v.name),
+                ));
             }
             if let Some(image) = &v.image {
                 self.reference(&p.key("image"), image)?;
@@ -136,7 +171,10 @@ impl Checker<'_> {
                 }
             }
             if v.platforms.is_some() && v.format.as_deref() != Some("oci") {
-                return Err(self.err(&p.key("platforms"), "`platforms` only applies to volumes with `format: oci`"));
+                return Err(self.err(
+                    &p.key("platforms"),
+                    "`platforms` only applies to volumes with `format: oci`",
+                ));
             }
         }
         Ok(())
@@ -151,8 +189,11 @@ impl Checker<'_> {
             return Err(self.err(&p.key("name"), "container name is empty"));
         }
         self.reference(&p.key("image"), &c.image)?;
-        for (key, list) in [("capabilities", &c.capabilities), ("capabilities.add", &c.capabilities_add), ("ambient", &c.ambient)]
-        {
+        for (key, list) in [
+            ("capabilities", &c.capabilities),
+            ("capabilities.add", &c.capabilities_add),
+            ("ambient", &c.ambient),
+        ] {
             for (i, cap) in list.iter().flatten().enumerate() {
                 if capabilities::parse(cap).is_none() {
                     return Err(self.err(&p.key(key).index(i), format!("unknown capability {cap}")));
@@ -170,31 +211,51 @@ impl Checker<'_> {
         for (i, d) in c.devices.iter().flatten().enumerate() {
             let dp = p.key("devices").index(i);
             if !matches!(d.kind.as_str(), "a" | "b" | "c" | "u" | "p") {
-                return Err(self.err(&dp.key("type"), format!("unknown device type `{}`: expected a, b, c, u or p", d.kind)));
+                return Err(self.err(
+                    &dp.key("type"),
+                    format!("unknown device type `{}`: expected a, b, c, u or p", d.kind),
+                ));
             }
             if d.path == "all" {
                 continue;
             }
             if !d.path.starts_with('/') {
-                return Err(self.err(&dp.key("path"), format!("device path `{}` must be absolute (or `all`)", d.path)));
+                return Err(self.err(
+                    &dp.key("path"),
+                    format!("device path `{}` must be absolute (or `all`)", d.path),
+                ));
             }
             match &d.mode {
-                None => return Err(self.err(&dp, format!("device {} needs a `mode` (octal, e.g. \"0666\")", d.path))),
+                None => {
+                    return Err(self.err(
+                        &dp,
+                        format!("device {} needs a `mode` (octal, e.g. \"0666\")", d.path),
+                    ));
+                }
                 Some(mode) if u32::from_str_radix(mode, 8).is_err() => {
-                    return Err(self.err(&dp.key("mode"), format!("invalid mode `{mode}`: expected octal, e.g. \"0666\"")));
+                    return Err(self.err(
+                        &dp.key("mode"),
+                        format!("invalid mode `{mode}`: expected octal, e.g. \"0666\""),
+                    ));
                 }
                 _ => {}
             }
         }
         for (i, t) in c.tmpfs.iter().flatten().enumerate() {
             if !t.starts_with('/') {
-                return Err(self.err(&p.key("tmpfs").index(i), format!("tmpfs `{t}` must start with an absolute destination")));
+                return Err(self.err(
+                    &p.key("tmpfs").index(i),
+                    format!("tmpfs `{t}` must start with an absolute destination"),
+                ));
             }
         }
-        if let Some(cwd) = &c.cwd {
-            if !cwd.starts_with('/') {
-                return Err(self.err(&p.key("cwd"), format!("cwd `{cwd}` must be an absolute path")));
-            }
+        if let Some(cwd) = &c.cwd
+            && !cwd.starts_with('/')
+        {
+            return Err(self.err(
+                &p.key("cwd"),
+                format!("cwd `{cwd}` must be an absolute path"),
+            ));
         }
         for key in ["net", "pid", "ipc", "uts", "userns"] {
             let value = match key {
@@ -204,22 +265,29 @@ impl Checker<'_> {
                 "uts" => &c.uts,
                 _ => &c.userns,
             };
-            if let Some(v) = value {
-                if !(v.is_empty() || ["host", "root", "new", "none"].contains(&v.as_str()) || v.starts_with('/')) {
-                    return Err(self.err(
-                        &p.key(key),
-                        format!("invalid {key} namespace `{v}`: expected host, new, none or a path to join"),
-                    ));
-                }
-            }
-        }
-        if let Some(prop) = &c.rootfs_propagation {
-            if !PROPAGATIONS.contains(&prop.as_str()) {
+            if let Some(v) = value
+                && !(v.is_empty()
+                    || ["host", "root", "new", "none"].contains(&v.as_str())
+                    || v.starts_with('/'))
+            {
                 return Err(self.err(
-                    &p.key("rootfsPropagation"),
-                    format!("invalid rootfsPropagation `{prop}`: expected one of {}", PROPAGATIONS.join(", ")),
+                    &p.key(key),
+                    format!(
+                        "invalid {key} namespace `{v}`: expected host, new, none or a path to join"
+                    ),
                 ));
             }
+        }
+        if let Some(prop) = &c.rootfs_propagation
+            && !PROPAGATIONS.contains(&prop.as_str())
+        {
+            return Err(self.err(
+                &p.key("rootfsPropagation"),
+                format!(
+                    "invalid rootfsPropagation `{prop}`: expected one of {}",
+                    PROPAGATIONS.join(", ")
+                ),
+            ));
         }
         self.id(&p.key("uid"), c.uid.as_ref())?;
         self.id(&p.key("gid"), c.gid.as_ref())?;
@@ -238,23 +306,37 @@ impl Checker<'_> {
     fn bind(&self, p: &FieldPath, bind: &str) -> Check {
         let parts: Vec<&str> = bind.splitn(3, ':').collect();
         if parts.len() < 2 || parts[0].is_empty() || parts[1].is_empty() {
-            return Err(self.err(p, format!("invalid bind `{bind}`: expected SOURCE:DESTINATION[:OPTIONS]")));
+            return Err(self.err(
+                p,
+                format!("invalid bind `{bind}`: expected SOURCE:DESTINATION[:OPTIONS]"),
+            ));
         }
         if !parts[1].starts_with('/') {
-            return Err(self.err(p, format!("invalid bind `{bind}`: the destination must be an absolute path")));
+            return Err(self.err(
+                p,
+                format!("invalid bind `{bind}`: the destination must be an absolute path"),
+            ));
         }
-        let read_only = parts.get(2).is_some_and(|o| o.split(',').any(|o| o == "ro"));
+        let read_only = parts
+            .get(2)
+            .is_some_and(|o| o.split(',').any(|o| o == "ro"));
         self.volume_use(p, parts[0], read_only)
     }
 
     fn mount(&self, p: &FieldPath, m: &Mount) -> Check {
         if m.destination.is_none() && m.kind.is_none() && m.source.is_none() {
-            return Err(self.err(p, "a mount needs at least a destination, a type or a source"));
+            return Err(self.err(
+                p,
+                "a mount needs at least a destination, a type or a source",
+            ));
         }
-        if let Some(d) = &m.destination {
-            if !d.starts_with('/') {
-                return Err(self.err(&p.key("destination"), format!("mount destination `{d}` must be an absolute path")));
-            }
+        if let Some(d) = &m.destination
+            && !d.starts_with('/')
+        {
+            return Err(self.err(
+                &p.key("destination"),
+                format!("mount destination `{d}` must be an absolute path"),
+            ));
         }
         if let Some(src) = &m.source {
             let read_only = m.options.iter().flatten().any(|o| o == "ro");
@@ -271,10 +353,15 @@ impl Checker<'_> {
             return Ok(());
         }
         match self.volume(source) {
-            None => Err(self.err(p, format!("`{source}` is not an absolute path, nor a volume declared in `volumes`"))),
+            None => Err(self.err(
+                p,
+                format!("`{source}` is not an absolute path, nor a volume declared in `volumes`"),
+            )),
             Some(v) if v.readonly == Some(true) && !read_only => Err(self.err(
                 p,
-                format!("volume `{source}` is read-only, but is bound read-write: add the `ro` option"),
+                format!(
+                    "volume `{source}` is read-only, but is bound read-write: add the `ro` option"
+                ),
             )),
             Some(_) => Ok(()),
         }
@@ -283,8 +370,13 @@ impl Checker<'_> {
     fn id(&self, p: &FieldPath, id: Option<&IdRef>) -> Check {
         match id {
             Some(id) if resolve_id(&self.ids, id).is_none() => {
-                let IdRef::Name(name) = id else { unreachable!("numbers always resolve") };
-                Err(self.err(p, format!("`{name}` is neither a number nor the name of a container")))
+                let IdRef::Name(name) = id else {
+                    unreachable!("numbers always resolve")
+                };
+                Err(self.err(
+                    p,
+                    format!("`{name}` is neither a number nor the name of a container"),
+                ))
             }
             _ => Ok(()),
         }
@@ -298,21 +390,41 @@ impl Checker<'_> {
         let lower = parts[0].to_ascii_lowercase();
         let name = lower.strip_prefix("rlimit_").unwrap_or(&lower);
         if !RLIMITS.contains(&name) {
-            return Err(self.err(p, format!("unknown rlimit `{}`: expected one of {}", parts[0], RLIMITS.join(", "))));
+            return Err(self.err(
+                p,
+                format!(
+                    "unknown rlimit `{}`: expected one of {}",
+                    parts[0],
+                    RLIMITS.join(", ")
+                ),
+            ));
         }
         for v in &parts[1..] {
             if *v != "unlimited" && v.parse::<u64>().is_err() {
-                return Err(self.err(p, format!("invalid rlimit value `{v}` in `{r}`: expected a number or `unlimited`")));
+                return Err(self.err(
+                    p,
+                    format!(
+                        "invalid rlimit value `{v}` in `{r}`: expected a number or `unlimited`"
+                    ),
+                ));
             }
         }
         Ok(())
     }
 
-    fn extension(&self, p: &FieldPath, ext: &super::schema::Extension, name: &str, is_service: bool) -> Check {
+    fn extension(
+        &self,
+        p: &FieldPath,
+        ext: &super::schema::Extension,
+        name: &str,
+        is_service: bool,
+    ) -> Check {
         if let Some(restart) = &ext.restart {
             let ok = match restart.as_str() {
                 "no" | "always" | "on-failure" => true,
-                other => other.strip_prefix("on-failure:").is_some_and(|n| n.parse::<u32>().is_ok()),
+                other => other
+                    .strip_prefix("on-failure:")
+                    .is_some_and(|n| n.parse::<u32>().is_ok()),
             };
             if !ok {
                 return Err(self.err(
@@ -338,7 +450,11 @@ impl Checker<'_> {
             if hc.test.is_empty() {
                 return Err(self.err(&hp.key("test"), "the health check command is empty"));
             }
-            for (key, value) in [("interval", &hc.interval), ("timeout", &hc.timeout), ("startPeriod", &hc.start_period)] {
+            for (key, value) in [
+                ("interval", &hc.interval),
+                ("timeout", &hc.timeout),
+                ("startPeriod", &hc.start_period),
+            ] {
                 if let Some(v) = value {
                     parse_duration(v).map_err(|e| self.err(&hp.key(key), e))?;
                 }
@@ -377,15 +493,22 @@ impl Checker<'_> {
                 ));
             }
         }
-        if let Some(meta) = &f.metadata {
-            if meta != "yaml" && meta != "json" {
-                return Err(self.err(&p.key("metadata"), format!("unknown metadata format `{meta}`: expected yaml or json")));
-            }
+        if let Some(meta) = &f.metadata
+            && meta != "yaml"
+            && meta != "json"
+        {
+            return Err(self.err(
+                &p.key("metadata"),
+                format!("unknown metadata format `{meta}`: expected yaml or json"),
+            ));
         }
-        if let Some(mode) = &f.mode {
-            if u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o7777) {
-                return Err(self.err(&p.key("mode"), format!("invalid mode `{mode}`: expected octal, e.g. \"0644\"")));
-            }
+        if let Some(mode) = &f.mode
+            && u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o7777)
+        {
+            return Err(self.err(
+                &p.key("mode"),
+                format!("invalid mode `{mode}`: expected octal, e.g. \"0644\""),
+            ));
         }
         self.id(&p.key("uid"), f.uid.as_ref())?;
         self.id(&p.key("gid"), f.gid.as_ref())

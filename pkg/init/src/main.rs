@@ -173,10 +173,10 @@ fn load_modules() {
         match index.resolve(&name) {
             Ok(found) => {
                 for module in found {
-                    if tried.insert(module.clone()) {
-                        if let Err(e) = load_one(&index, &dir, &module) {
-                            say(e);
-                        }
+                    if tried.insert(module.clone())
+                        && let Err(e) = load_one(&index, &dir, &module)
+                    {
+                        say(e);
                     }
                 }
             }
@@ -203,7 +203,11 @@ fn load_modules() {
         .cloned()
         .collect();
     new.sort();
-    say(format_args!("loaded {} modules: {}", new.len(), new.join(" ")));
+    say(format_args!(
+        "loaded {} modules: {}",
+        new.len(),
+        new.join(" ")
+    ));
 }
 
 /// Loads `module` and what it depends on, skipping what is loaded already.
