@@ -151,10 +151,35 @@ pub fn runtime_config(
     }
     spec["mounts"] = json!(mounts(c, readonly));
     spec["linux"] = linux;
-    if let Some(a) = &c.annotations {
-        spec["annotations"] = json!(a);
+    let annotations = annotations(c);
+    if !annotations.is_empty() {
+        spec["annotations"] = json!(annotations);
     }
     spec
+}
+
+/// Annotation keys through which the engine learns a service's `x-slipway` settings.
+pub const RESTART_ANNOTATION: &str = "org.slipway.restart";
+pub const DEPENDS_ON_ANNOTATION: &str = "org.slipway.dependsOn";
+pub const HEALTHCHECK_ANNOTATION: &str = "org.slipway.healthcheck";
+
+/// The manifest's annotations plus `x-slipway`, which travels to the engine in the bundle (the
+/// OCI spec's place for runtime-specific settings).
+fn annotations(c: &Image) -> BTreeMap<String, String> {
+    let mut out = c.annotations.clone().unwrap_or_default();
+    if let Some(ext) = &c.slipway {
+        if let Some(restart) = &ext.restart {
+            out.insert(RESTART_ANNOTATION.into(), restart.clone());
+        }
+        if let Some(deps) = &ext.depends_on {
+            out.insert(DEPENDS_ON_ANNOTATION.into(), deps.join(","));
+        }
+        if let Some(hc) = &ext.healthcheck {
+            let json = serde_json::to_string(hc).expect("a health check serialises");
+            out.insert(HEALTHCHECK_ANNOTATION.into(), json);
+        }
+    }
+    out
 }
 
 fn namespace_entry(kind: &str, value: Option<&str>, default_new: bool) -> Option<Value> {

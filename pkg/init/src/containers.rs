@@ -173,3 +173,19 @@ mod tests {
         assert_eq!(b.id("onboot"), "onboot-000-my_app_1");
     }
 }
+
+/// How many lines of a container's log the console shows when it could not start: the
+/// runtime's own explanation (a failed mount, a missing binary) is written there by the
+/// container's init process, which no error value comes back from.
+const TAIL_LINES: usize = 10;
+
+/// Prints the last lines of a container's log file, prefixed with its name.
+pub fn print_log_tail(name: &str, log: &Path) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+        println!("slipway-init: {name}| {line}");
+    }
+}

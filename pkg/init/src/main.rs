@@ -37,6 +37,32 @@ fn say(msg: impl std::fmt::Display) {
     println!("slipway-init: {msg}");
 }
 
+/// The container runtime (libcontainer) reports why a container could not start through
+/// `tracing`, often from the container's own init process where no error value reaches us: send
+/// it to the console. `slipway.log=debug` on the kernel command line says more.
+fn init_logging() {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let level = cmdline::parse(&cmdline)
+        .into_iter()
+        .find(|(k, _)| k == "slipway.log")
+        .and_then(|(_, v)| v)
+        .and_then(|v| v.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        // Opened per message: a container's init process reports from after its stdout was
+        // redirected to the container's log, and the console is where a person looks.
+        .with_writer(|| -> Box<dyn std::io::Write> {
+            match fs::OpenOptions::new().write(true).open("/dev/console") {
+                Ok(f) => Box::new(f),
+                Err(_) => Box::new(std::io::stdout()),
+            }
+        })
+        .with_ansi(false)
+        .without_time()
+        .try_init();
+}
+
 fn main() {
     let test = std::env::var("SLIPWAY_INIT_TEST").as_deref() == Ok("1");
     if rustix::process::getpid().as_raw_nonzero().get() != 1 {
@@ -51,6 +77,7 @@ fn main() {
             )),
         }
     }
+    init_logging();
     let mut events = match Events::new() {
         Ok(e) => e,
         Err(e) => {
@@ -230,7 +257,10 @@ fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containe
     match containers::run_to_completion(runtime, events, kind, bundle, &log) {
         Ok(status) if status.success() => say(format_args!("{kind} {} finished", bundle.name)),
         Ok(status) => say(format_args!("{kind} {} failed: {status}", bundle.name)),
-        Err(e) => say(format_args!("{kind} {} failed: {e:#}", bundle.name)),
+        Err(e) => {
+            say(format_args!("{kind} {} failed: {e:#}", bundle.name));
+            containers::print_log_tail(&bundle.name, &log);
+        }
     }
 }
 

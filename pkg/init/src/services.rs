@@ -48,10 +48,13 @@ impl Services {
                     }
                     running.push(container);
                 }
-                Err(e) => println!(
-                    "slipway-init: service {} failed to start: {e:#}",
-                    bundle.name
-                ),
+                Err(e) => {
+                    println!(
+                        "slipway-init: service {} failed to start: {e:#}",
+                        bundle.name
+                    );
+                    crate::containers::print_log_tail(&bundle.name, &log);
+                }
             }
         }
         Self { running }
