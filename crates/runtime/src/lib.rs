@@ -143,6 +143,18 @@ pub struct Stdio {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     state_dir: PathBuf,
+    no_pivot: bool,
+}
+
+/// True when `/` is a tmpfs or ramfs, as in a Slipway image booted from its initrd. There
+/// pivot_root(2) fails with EINVAL, so containers are entered by moving their root onto `/` and
+/// chroot-ing instead, the way runc's `--no-pivot` (Docker's `DOCKER_RAMDISK`) does for
+/// ramdisk roots; the runtime still unmounts the host's /proc and /sys from the container's
+/// view before the move.
+fn root_is_ramdisk() -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    rustix::fs::statfs("/").is_ok_and(|s| matches!(s.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
 impl Runtime {
@@ -161,7 +173,10 @@ impl Runtime {
             path: state_dir.clone(),
             source,
         })?;
-        Ok(Self { state_dir })
+        Ok(Self {
+            state_dir,
+            no_pivot: root_is_ramdisk(),
+        })
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -227,6 +242,7 @@ impl Runtime {
             // Neither the images nor the hosts Slipway targets run systemd: cgroups are
             // managed directly through cgroupfs (v2 in images, v1 or hybrid on hosts).
             .with_systemd(false)
+            .with_no_pivot(self.no_pivot)
             // Detached: the container's process is not tied to a terminal of ours, and
             // `create` returns once the process waits for `start`.
             .with_detach(true)
