@@ -90,7 +90,7 @@ fn a_failing_onboot_container_is_reported_and_boot_goes_on() {
             "kernel:\n  image: \"@pkg:{root}/kernel\"\n  cmdline: \"console=ttyS0 panic=-1\"\n\
              init:\n  - \"@pkg:{root}/pkg/init\"\n\
              onboot:\n  - name: broken\n    image: \"@pkg:{root}/pkg/busybox\"\n    command: [/bin/sh, -c, \"echo about to fail; exit 1\"]\n\
-             \x20 - name: after\n    image: \"@pkg:{root}/pkg/busybox\"\n    command: [/bin/echo, slipway-test: boot went on]\n",
+             \x20 - name: after\n    image: \"@pkg:{root}/pkg/busybox\"\n    command: [/bin/echo, \"slipway-test: boot went on\"]\n",
             root = root().display()
         ),
     )
@@ -110,4 +110,38 @@ fn a_failing_onboot_container_is_reported_and_boot_goes_on() {
         "the exit status is reported:\n{text}"
     );
     assert!(out.status.success(), "{text}");
+}
+
+#[test]
+fn two_builds_of_a_manifest_give_identical_bytes_in_every_format() {
+    let cache = cache();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for dir in &dirs {
+        slipway(cache)
+            .args([
+                "build",
+                "-f",
+                "kernel+initrd,tar-kernel-initrd,tar",
+                "--name",
+                "repro",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .arg("examples/minimal.yml")
+            .assert()
+            .success();
+    }
+    let names = [
+        "repro-kernel",
+        "repro-initrd.img",
+        "repro-cmdline",
+        "repro-initrd.tar",
+        "repro.tar",
+    ];
+    for name in names {
+        let a = std::fs::read(dirs[0].path().join(name)).unwrap();
+        let b = std::fs::read(dirs[1].path().join(name)).unwrap();
+        assert!(!a.is_empty(), "{name} is empty");
+        assert!(a == b, "{name} differs between two builds");
+    }
 }

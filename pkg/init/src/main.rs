@@ -11,6 +11,7 @@
 
 mod cmdline;
 mod containers;
+mod engine;
 mod events;
 mod hostname;
 mod modules;
@@ -108,20 +109,44 @@ fn main() {
         }
         run_one(&runtime, &mut events, "onboot", &bundle);
     }
-    let service_bundles = containers::list(&root.join("services")).unwrap_or_default();
-    let services = if events.shutdown.is_none() {
-        Some(services::Services::start(
-            &runtime,
-            &mut events,
-            &service_bundles,
-            &Path::new(LOG_DIR).join("services"),
-        ))
+    let services = if events.shutdown.is_some() {
+        Running::Nothing
     } else {
-        None
+        match engine::Engine::start(&mut events) {
+            Some(Ok(engine)) => {
+                say(format_args!("engine started (pid {})", engine.pid()));
+                Running::Engine(engine)
+            }
+            started => {
+                if let Some(Err(e)) = started {
+                    say(format_args!(
+                        "starting {}: {e}; starting the services myself",
+                        engine::ENGINE
+                    ));
+                }
+                let bundles = containers::list(&root.join("services")).unwrap_or_default();
+                Running::Direct(services::Services::start(
+                    &runtime,
+                    &mut events,
+                    &bundles,
+                    &Path::new(LOG_DIR).join("services"),
+                ))
+            }
+        }
     };
     say("boot finished");
     wait_and_shutdown(&mut events, Some((&runtime, services)), test);
 }
+
+/// Who runs the services: the engine when the image has one, else the init itself.
+enum Running {
+    Nothing,
+    Engine(engine::Engine),
+    Direct(services::Services),
+}
+
+/// How long the engine may take to stop every service (each gets its own grace period).
+const ENGINE_PATIENCE: Duration = Duration::from_secs(60);
 
 fn reexec() -> ! {
     use std::os::unix::process::CommandExt;
@@ -265,11 +290,7 @@ fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containe
 }
 
 /// Reaps until a shutdown is requested, then winds the machine down.
-fn wait_and_shutdown(
-    events: &mut Events,
-    running: Option<(&Runtime, Option<services::Services>)>,
-    test: bool,
-) -> ! {
+fn wait_and_shutdown(events: &mut Events, running: Option<(&Runtime, Running)>, test: bool) -> ! {
     let action = loop {
         if let Some(action) = events.shutdown {
             break action;
@@ -278,7 +299,7 @@ fn wait_and_shutdown(
     };
     let (runtime, mut services) = match running {
         Some((r, s)) => (Some(r), s),
-        None => (None, None),
+        None => (None, Running::Nothing),
     };
     for step in shutdown::plan(action) {
         match step {
@@ -291,11 +312,11 @@ fn wait_and_shutdown(
                     }
                 }
             }
-            Step::StopServices => {
-                if let Some(s) = services.take() {
-                    s.stop(events, GRACE);
-                }
-            }
+            Step::StopServices => match std::mem::replace(&mut services, Running::Nothing) {
+                Running::Engine(engine) => engine.stop(events, ENGINE_PATIENCE),
+                Running::Direct(s) => s.stop(events, GRACE),
+                Running::Nothing => {}
+            },
             Step::KillRemaining => kill_remaining(events),
             Step::Sync => rustix::fs::sync(),
             Step::Unmount => {
