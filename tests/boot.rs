@@ -145,3 +145,19 @@ fn two_builds_of_a_manifest_give_identical_bytes_in_every_format() {
         assert!(a == b, "{name} differs between two builds");
     }
 }
+
+#[test]
+fn the_engine_starts_a_dependent_after_its_dependency_is_healthy_and_restarts_a_killed_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = build_and_boot(dir.path(), "engine", &["tests/data/engine.yml"]);
+    let text = console(&out);
+    let ready = position(&text, "slipway-test: db ready");
+    let app = position(&text, "slipway-test: app started");
+    assert!(ready < app, "app started before db was healthy:\n{text}");
+    let killed = position(&text, "slipway-test: killing app");
+    assert!(
+        text[killed..].contains("slipway-test: app started"),
+        "the killed service did not come back:\n{text}"
+    );
+    assert!(out.status.success(), "{text}");
+}

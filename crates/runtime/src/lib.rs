@@ -151,6 +151,7 @@ pub struct Runtime {
 /// chroot-ing instead, the way runc's `--no-pivot` (Docker's `DOCKER_RAMDISK`) does for
 /// ramdisk roots; the runtime still unmounts the host's /proc and /sys from the container's
 /// view before the move.
+#[allow(clippy::unnecessary_cast)] // f_type's integer type differs between architectures
 fn root_is_ramdisk() -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;

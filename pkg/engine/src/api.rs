@@ -8,6 +8,8 @@
 //! POST /v1/containers/NAME/restart         body {"timeout": SECS} optional
 //! POST /v1/containers/NAME/kill            body {"signal": "SIGKILL" | "KILL" | 9}
 //! GET  /v1/containers/NAME/logs[?follow=1] text, one timestamped line per line of output
+//! POST /v1/containers/NAME/exec            body {"cmd": [...], "timeout": SECS (default 60)}
+//!                                          -> {"exitCode": N, "output": "...", "timedOut": B}
 //! ```
 //!
 //! Errors are `{"error": "..."}` with 400 (bad name, body or signal), 404 (no such container
@@ -35,6 +37,8 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Grace period between SIGTERM and SIGKILL when a stop request gives none.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an exec request's command may run when the request gives no timeout.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies are tiny JSON objects.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -109,6 +113,25 @@ async fn handle(engine: &Engine, request: Request<Incoming>) -> Response<Body> {
 #[serde(deny_unknown_fields)]
 struct StopBody {
     timeout: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    cmd: Vec<String>,
+    timeout: Option<u64>,
+}
+
+/// The answer to an exec request.
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecReply {
+    /// The command's exit code (128 + signal when a signal ended it; 137 when it was killed
+    /// at its timeout).
+    pub exit_code: i32,
+    /// stdout and stderr together, at most 64 KiB.
+    pub output: String,
+    pub timed_out: bool,
 }
 
 #[derive(Deserialize)]
@@ -195,7 +218,10 @@ async fn route(engine: &Engine, request: Request<Incoming>) -> Result<Response<B
     } else {
         Method::POST
     };
-    if !matches!(action, "" | "logs" | "start" | "stop" | "restart" | "kill") {
+    if !matches!(
+        action,
+        "" | "logs" | "start" | "stop" | "restart" | "kill" | "exec"
+    ) {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no such path {path}"),
@@ -225,6 +251,26 @@ async fn route(engine: &Engine, request: Request<Incoming>) -> Result<Response<B
                 engine.restart(&name, grace).await?
             };
             Ok(json(StatusCode::OK, &info))
+        }
+        "exec" => {
+            let body: ExecBody = read_body(request)
+                .await?
+                .ok_or_else(|| bad("exec needs a body {\"cmd\": [...]}"))?;
+            if body.cmd.first().is_none_or(String::is_empty) {
+                return Err(bad("cmd must name a command"));
+            }
+            let timeout = body
+                .timeout
+                .map_or(DEFAULT_EXEC_TIMEOUT, Duration::from_secs);
+            let outcome = engine.exec(&name, &body.cmd, timeout).await?;
+            Ok(json(
+                StatusCode::OK,
+                &ExecReply {
+                    exit_code: outcome.exit_code(),
+                    timed_out: outcome.status.is_none(),
+                    output: outcome.output,
+                },
+            ))
         }
         _ => {
             let body: KillBody = read_body(request)

@@ -52,6 +52,15 @@ enum Command {
         time: u64,
         name: String,
     },
+    /// Run a command inside a running container; exits with the command's exit code.
+    Exec {
+        /// Seconds the command may run before it is killed.
+        #[arg(short = 't', long = "timeout", default_value_t = 60)]
+        timeout: u64,
+        name: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
     /// Send a signal to a container's main process.
     Kill {
         #[arg(short = 's', long = "signal", default_value = "SIGKILL")]
@@ -202,6 +211,11 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
             container_path(name, "restart"),
             Some(serde_json::json!({ "timeout": time })),
         ),
+        Command::Exec { timeout, name, cmd } => (
+            Method::POST,
+            container_path(name, "exec"),
+            Some(serde_json::json!({ "cmd": cmd, "timeout": timeout })),
+        ),
         Command::Kill { signal, name } => (
             Method::POST,
             container_path(name, "kill"),
@@ -218,16 +232,24 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
             let list: Vec<serde_json::Value> = serde_json::from_slice(&reply.body)
                 .context("the engine's container list is not JSON")?;
             println!(
-                "{:<20} {:<11} {:>7} {:>5} {:>8} {:<14} LAST EXIT",
-                "NAME", "STATE", "PID", "RUNS", "RESTARTS", "RESTART"
+                "{:<20} {:<11} {:<9} {:>7} {:>5} {:>8} {:<14} LAST EXIT",
+                "NAME", "STATE", "HEALTH", "PID", "RUNS", "RESTARTS", "RESTART"
             );
             for c in list {
                 let c: ContainerInfo = serde_json::from_value(c.clone())
                     .map_err(|e| anyhow::anyhow!("unexpected container entry {c}: {e}"))?;
+                let health = match c.health {
+                    Some(health) => serde_json::to_value(health)?
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned(),
+                    None => "-".to_owned(),
+                };
                 println!(
-                    "{:<20} {:<11} {:>7} {:>5} {:>8} {:<14} {}",
+                    "{:<20} {:<11} {:<9} {:>7} {:>5} {:>8} {:<14} {}",
                     c.name,
                     serde_json::to_value(c.state)?.as_str().unwrap_or("?"),
+                    health,
                     c.pid.map_or("-".to_owned(), |p| p.to_string()),
                     c.runs,
                     c.restarts,
@@ -235,6 +257,18 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
                     c.error.or(c.last_exit).unwrap_or_default()
                 );
             }
+        }
+        Command::Exec { .. } => {
+            let reply: slipway_engine::api::ExecReply = serde_json::from_slice(&reply.body)
+                .context("the engine's exec answer is not JSON")?;
+            let mut stdout = std::io::stdout();
+            stdout.write_all(reply.output.as_bytes())?;
+            stdout.flush()?;
+            if reply.timed_out {
+                eprintln!("slipway-engine: the command timed out and was killed");
+            }
+            // The exit code is the command's; 0..=255 fits a process exit status.
+            std::process::exit(reply.exit_code.clamp(0, 255));
         }
         Command::Inspect { .. } => {
             println!("{}", serde_json::to_string_pretty(&reply.json())?);

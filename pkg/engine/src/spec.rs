@@ -8,11 +8,16 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
 
 /// `no`, `always`, `on-failure` or `on-failure:N`.
 pub const RESTART_ANNOTATION: &str = "org.slipway.restart";
 /// Comma-separated names of services that must be running before this one starts.
 pub const DEPENDS_ANNOTATION: &str = "org.slipway.dependsOn";
+/// JSON `{"test": [...], "interval": "1s", "timeout": "500ms", "retries": 3, "startPeriod": "2s"}`.
+pub const HEALTH_ANNOTATION: &str = "org.slipway.healthcheck";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -89,6 +94,66 @@ impl std::fmt::Display for RestartPolicy {
     }
 }
 
+/// A command run inside the running container, every `interval`, to tell whether the service
+/// works. Defaults are Docker's (30 s interval and timeout, 3 retries, no start period).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The command, exec form (no shell unless it names one).
+    pub test: Vec<String>,
+    pub interval: Duration,
+    /// A run taking longer is killed and counts as a failure.
+    pub timeout: Duration,
+    /// Consecutive failures (after the start period) that make the service unhealthy.
+    pub retries: u32,
+    /// Failures during this time after a start do not count; a success ends it.
+    pub start_period: Duration,
+}
+
+/// The annotation as written, durations as humantime text ("1s", "500ms", "1m30s").
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct HealthCheckJson {
+    test: Vec<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    start_period: Option<String>,
+}
+
+impl FromStr for HealthCheck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let json: HealthCheckJson = serde_json::from_str(s).map_err(|e| e.to_string())?;
+        if json.test.is_empty() || json.test[0].is_empty() {
+            return Err("test must name a command".to_owned());
+        }
+        let duration = |field: &str, text: Option<String>, default: Duration| match text {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(&text)
+                .map_err(|e| format!("{field} {text:?}: {e}"))
+                .and_then(|d| {
+                    if d.is_zero() && field != "startPeriod" {
+                        Err(format!("{field} must be longer than 0"))
+                    } else {
+                        Ok(d)
+                    }
+                }),
+        };
+        let retries = json.retries.unwrap_or(3);
+        if retries == 0 {
+            return Err("retries must be at least 1".to_owned());
+        }
+        Ok(Self {
+            test: json.test,
+            interval: duration("interval", json.interval, Duration::from_secs(30))?,
+            timeout: duration("timeout", json.timeout, Duration::from_secs(30))?,
+            retries,
+            start_period: duration("startPeriod", json.start_period, Duration::ZERO)?,
+        })
+    }
+}
+
 /// A service bundle, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -96,6 +161,7 @@ pub struct ServiceSpec {
     pub bundle: PathBuf,
     pub restart: RestartPolicy,
     pub depends_on: Vec<String>,
+    pub health: Option<HealthCheck>,
 }
 
 /// Service names are directory names and appear in URLs, log file names and container ids:
@@ -165,11 +231,20 @@ impl ServiceSpec {
                 depends_on.push(dep.to_owned());
             }
         }
+        let health = match annotation(HEALTH_ANNOTATION)? {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|message| SpecError::Annotation {
+                path: path.clone(),
+                key: HEALTH_ANNOTATION,
+                message,
+            })?),
+        };
         Ok(Self {
             name: name.to_owned(),
             bundle: bundle.to_owned(),
             restart,
             depends_on,
+            health,
         })
     }
 }
@@ -256,6 +331,7 @@ mod tests {
             bundle: PathBuf::from(name),
             restart: RestartPolicy::No,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            health: None,
         }
     }
 
@@ -334,9 +410,53 @@ mod tests {
         write(serde_json::json!({DEPENDS_ANNOTATION: "../etc"}));
         assert!(ServiceSpec::load("web", dir.path()).is_err());
         write(serde_json::json!({}));
+        let s = ServiceSpec::load("web", dir.path()).unwrap();
+        assert_eq!(s.restart, RestartPolicy::No);
+        assert_eq!(s.health, None);
+    }
+
+    #[test]
+    fn health_checks_parse_with_humantime_durations_and_defaults() {
+        let h: HealthCheck = r#"{"test":["/bin/true"],"interval":"1s","timeout":"500ms","retries":2,"startPeriod":"1m30s"}"#
+            .parse()
+            .unwrap();
+        assert_eq!(h.test, ["/bin/true"]);
+        assert_eq!(h.interval, Duration::from_secs(1));
+        assert_eq!(h.timeout, Duration::from_millis(500));
+        assert_eq!(h.retries, 2);
+        assert_eq!(h.start_period, Duration::from_secs(90));
+        let d: HealthCheck = r#"{"test":["x"]}"#.parse().unwrap();
         assert_eq!(
-            ServiceSpec::load("web", dir.path()).unwrap().restart,
-            RestartPolicy::No
+            (d.interval, d.timeout, d.retries, d.start_period),
+            (
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+                3,
+                Duration::ZERO
+            )
+        );
+        for bad in [
+            r#"{"test":[]}"#,
+            r#"{"test":["x"],"interval":"soon"}"#,
+            r#"{"test":["x"],"interval":"0s"}"#,
+            r#"{"test":["x"],"retries":0}"#,
+            r#"{"test":["x"],"tries":1}"#,
+            r#"["x"]"#,
+        ] {
+            assert!(bad.parse::<HealthCheck>().is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("config.json"),
+            serde_json::json!({"annotations": {HEALTH_ANNOTATION: "{\"test\": 1}"}}).to_string(),
+        )
+        .unwrap();
+        let err = ServiceSpec::load("web", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(HEALTH_ANNOTATION) && err.contains("config.json"),
+            "{err}"
         );
     }
 }

@@ -3,6 +3,8 @@
 //! output, restarts it by its policy with exponential backoff, and obeys start, stop and
 //! restart commands from the API. [`Engine::shutdown`] stops every service in reverse
 //! dependency order.
+//! While a container with a health check runs, a second task runs the check inside it (see
+//! [`crate::exec`]) and records `starting`/`healthy`/`unhealthy`; dependents wait for `healthy`.
 //!
 //! Everything runs on one thread (a current-thread tokio runtime): libcontainer starts a
 //! container with a raw clone3, which runs no fork handlers, so the child could deadlock on a
@@ -20,8 +22,9 @@ use slipway_runtime::{Container, ExitStatus, Runtime, Stdio};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::exec::{ExecError, ExecOutcome};
 use crate::logs::{self, Logs};
-use crate::spec::{self, RestartPolicy, ServiceSpec};
+use crate::spec::{self, HealthCheck, RestartPolicy, ServiceSpec};
 
 /// The first restart waits this long; each following one twice as long, up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -50,6 +53,8 @@ pub enum EngineError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Exec(ExecError),
     #[error("opening the log of {name}: {source}")]
     Log {
         name: String,
@@ -73,6 +78,17 @@ pub enum State {
     Failed,
 }
 
+/// The result of a running container's health checks (`org.slipway.healthcheck`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No check has passed yet, and fewer than `retries` failed since the start period.
+    Starting,
+    Healthy,
+    /// `retries` consecutive checks failed (after the start period).
+    Unhealthy,
+}
+
 /// What `ps` and `inspect` show.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerInfo {
@@ -91,6 +107,19 @@ pub struct ContainerInfo {
     pub error: Option<String>,
     pub bundle: PathBuf,
     pub log_file: PathBuf,
+    /// While it runs, when it has a health check.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// Consecutive failed health checks.
+    #[serde(default)]
+    pub health_failures: u32,
+    /// The output (or error) of the latest health check.
+    #[serde(default)]
+    pub health_output: Option<String>,
+    /// Whether the kernel's OOM killer killed a process of the last run (its memory limit
+    /// was reached); `None` when the engine could not tell (no memory cgroup to read).
+    #[serde(default)]
+    pub oom_killed: Option<bool>,
 }
 
 /// Where the engine finds and puts things.
@@ -140,9 +169,18 @@ impl Shared {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    fn state(&self, name: &str) -> Option<State> {
+    /// Whether a dependent of `name` may start: it runs and, when it has a health check,
+    /// the check passed.
+    fn health(&self, name: &str) -> Option<Health> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(name).map(|e| e.info.state)
+        entries.get(name).and_then(|e| e.info.health)
+    }
+
+    fn ready(&self, name: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(name).is_some_and(|e| {
+            e.info.state == State::Running && matches!(e.info.health, None | Some(Health::Healthy))
+        })
     }
 }
 
@@ -204,6 +242,10 @@ impl Engine {
                     error,
                     bundle: bundle.to_owned(),
                     log_file,
+                    health: None,
+                    health_failures: 0,
+                    health_output: None,
+                    oom_killed: None,
                 };
                 entries.insert(
                     name.to_owned(),
@@ -374,6 +416,39 @@ impl Engine {
                 source: e.into(),
             },
         })
+    }
+
+    /// Runs `command` inside the running container `name` (its namespaces, cgroup, user and
+    /// capabilities), waiting at most `timeout`.
+    pub async fn exec(
+        &self,
+        name: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutcome, EngineError> {
+        let bundle = {
+            let entries = self
+                .shared
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let entry = entries
+                .get(name)
+                .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
+            if entry.info.state != State::Running || entry.pidfd.is_none() {
+                return Err(EngineError::NotRunning(name.to_owned()));
+            }
+            entry.info.bundle.clone()
+        };
+        crate::exec::exec(
+            self.shared.runtime.state_dir(),
+            &container_id(name),
+            &bundle,
+            command,
+            timeout,
+        )
+        .await
+        .map_err(EngineError::Exec)
     }
 
     /// Stops every service, dependents before their dependencies, each with `grace` between
@@ -547,7 +622,7 @@ impl Supervisor {
         }
     }
 
-    /// Waits until every dependency is running. `Some(false)` when a stop request came first,
+    /// Waits until every dependency is running (and healthy, when it has a health check). `Some(false)` when a stop request came first,
     /// `None` when the engine went away.
     async fn wait_for_dependencies(&mut self) -> Option<bool> {
         let mut changed = self.shared.changed.subscribe();
@@ -557,7 +632,7 @@ impl Supervisor {
                 .spec
                 .depends_on
                 .iter()
-                .filter(|d| self.shared.state(d) != Some(State::Running))
+                .filter(|d| !self.shared.ready(d))
                 .collect();
             if missing.is_empty() {
                 return Some(true);
@@ -610,6 +685,17 @@ impl Supervisor {
         };
         let (mut container, pidfd) = running;
         self.reply_started();
+        // Aborted when the run ends, whatever ends it; an exec it was waiting for is reaped
+        // by the exec module's guard.
+        let _health = self.spec.health.clone().map(|check| {
+            AbortOnDrop(tokio::spawn(health_checks(
+                self.shared.clone(),
+                self.spec.name.clone(),
+                self.spec.bundle.clone(),
+                check,
+                self.logs.clone(),
+            )))
+        });
         let mut stop_replies = Vec::new();
         let mut restart = false;
         let status = loop {
@@ -656,7 +742,7 @@ impl Supervisor {
         let (out_r, out_w) = std::io::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
         let (err_r, err_w) = std::io::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
         let stdin = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
-        let id = format!("service-{}", self.spec.name);
+        let id = container_id(&self.spec.name);
         let container = self
             .shared
             .runtime
@@ -711,6 +797,9 @@ impl Supervisor {
             e.info.pid = Some(pid);
             e.info.started_at = Some(started_at);
             e.info.error = None;
+            e.info.health = self.spec.health.as_ref().map(|_| Health::Starting);
+            e.info.health_failures = 0;
+            e.info.health_output = None;
             e.pidfd = Some(shared_fd);
         });
         self.note(&format!("started (pid {pid})"));
@@ -744,12 +833,24 @@ impl Supervisor {
 
     /// Records how the run ended and removes the container.
     fn finish(&self, container: Container, status: Option<ExitStatus>) {
-        let described = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+        // Before the delete, which removes the cgroup.
+        let oom_kills = crate::cgroup::cgroups_path(&self.spec.bundle).and_then(|path| {
+            crate::cgroup::oom_kills(Path::new(crate::cgroup::CGROUP_ROOT), &path)
+        });
+        let mut described = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+        if let Some(n) = oom_kills.filter(|n| *n > 0) {
+            described.push_str(&format!(
+                " (out of memory: the OOM killer killed {n} process{})",
+                if n == 1 { "" } else { "es" }
+            ));
+        }
         self.note(&format!("ended ({described})"));
         self.shared.update(&self.spec.name, |e| {
             e.info.pid = None;
             e.info.exit_code = status.map(ExitStatus::code);
             e.info.last_exit = Some(described.clone());
+            e.info.health = None;
+            e.info.oom_killed = oom_kills.map(|n| n > 0);
             e.pidfd = None;
         });
         if let Err(e) = container.delete() {
@@ -777,5 +878,93 @@ async fn exited(pidfd: &AsyncFd<OwnedFd>, container: &mut Container) -> Option<E
                 return None;
             }
         }
+    }
+}
+
+/// The container id the engine gives service `name`'s container.
+pub fn container_id(name: &str) -> String {
+    format!("service-{name}")
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `check` every `interval` while the container runs (the task is aborted when the run
+/// ends) and records the result: Docker's semantics, first check one interval after the start.
+async fn health_checks(
+    shared: Arc<Shared>,
+    name: String,
+    bundle: PathBuf,
+    check: HealthCheck,
+    logs: Arc<Logs>,
+) {
+    let started = Instant::now();
+    let mut failures = 0u32;
+    let mut starting = true;
+    let id = container_id(&name);
+    loop {
+        tokio::time::sleep(check.interval).await;
+        let (ok, output) = match crate::exec::exec(
+            shared.runtime.state_dir(),
+            &id,
+            &bundle,
+            &check.test,
+            check.timeout,
+        )
+        .await
+        {
+            Ok(outcome) if outcome.status.is_none() => (
+                false,
+                format!(
+                    "timed out after {}: {}",
+                    humantime::format_duration(check.timeout),
+                    outcome.output
+                ),
+            ),
+            Ok(outcome) => {
+                let ok = outcome.success();
+                let code = outcome.exit_code();
+                (ok, format!("exit code {code}: {}", outcome.output))
+            }
+            Err(e) => (false, e.to_string()),
+        };
+        let output = output.trim_end().to_owned();
+        let before = shared.health(&name);
+        let health = if ok {
+            failures = 0;
+            starting = false;
+            Health::Healthy
+        } else if starting && started.elapsed() < check.start_period {
+            Health::Starting
+        } else {
+            starting = false;
+            failures += 1;
+            if failures >= check.retries {
+                Health::Unhealthy
+            } else {
+                before.unwrap_or(Health::Starting)
+            }
+        };
+        if before != Some(health) {
+            let message = format!(
+                "health: {} ({output})",
+                serde_json::to_value(health)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            );
+            tracing::info!("service {name}: {message}");
+            logs.push("engine", &message);
+        }
+        shared.update(&name, |e| {
+            e.info.health = Some(health);
+            e.info.health_failures = failures;
+            e.info.health_output = Some(output);
+        });
     }
 }

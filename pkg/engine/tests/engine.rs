@@ -57,7 +57,9 @@ impl Daemon {
             fs::create_dir_all(rootfs.join(dir)).unwrap();
         }
         fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("busybox-static is installed");
-        for applet in ["sh", "sleep", "echo", "cat", "trap"] {
+        for applet in [
+            "sh", "sleep", "echo", "cat", "trap", "test", "touch", "rm", "id", "hostname", "dd",
+        ] {
             let _ = symlink("busybox", rootfs.join("bin").join(applet));
         }
         let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
@@ -516,4 +518,211 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (_, list) = d.request(Method::GET, "/v1/containers", None);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(d.terminate(), 0);
+}
+
+/// Rewrites `bundle/config.json` of service `name` through `edit`.
+fn edit_config(d: &Daemon, name: &str, edit: impl FnOnce(&mut Value)) {
+    let path = d.path("services").join(name).join("config.json");
+    let mut config: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    fs::write(&path, config.to_string()).unwrap();
+}
+
+fn health(info: &Value) -> &str {
+    info["health"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_dependent_waits_for_its_dependency_to_be_healthy_and_unhealthy_is_reported() {
+    let mut d = Daemon::new("health");
+    // /tmp is a tmpfs of the container's own mount namespace: the check passes only if it
+    // runs inside the container.
+    d.service(
+        "db",
+        "sleep 1; touch /tmp/ready; exec sleep 600",
+        json!({"org.slipway.healthcheck": json!({
+            "test": ["/bin/test", "-e", "/tmp/ready"],
+            "interval": "200ms", "timeout": "1s", "retries": 2, "startPeriod": "0s"
+        }).to_string()}),
+    );
+    d.service(
+        "app",
+        "exec sleep 600",
+        json!({"org.slipway.dependsOn": "db"}),
+    );
+    d.start();
+    let db = d.wait_for("db", 10, |i| state(i) == "running");
+    assert_eq!(health(&db), "starting", "{db}");
+    let app = d.inspect("app");
+    assert_eq!(state(&app), "waiting", "{app}");
+    let db = d.wait_for("db", 10, |i| health(i) == "healthy");
+    assert_eq!(db["health_failures"], 0);
+    let app = d.wait_for("app", 10, |i| state(i) == "running");
+    assert!(app["health"].is_null(), "{app}");
+    // The dependent started only once the check passed, a second or so after db started.
+    let db_started = humantime::parse_rfc3339(db["started_at"].as_str().unwrap()).unwrap();
+    let app_started = humantime::parse_rfc3339(app["started_at"].as_str().unwrap()).unwrap();
+    assert!(
+        app_started.duration_since(db_started).unwrap() >= Duration::from_millis(900),
+        "{db} {app}"
+    );
+    let log = d.logs("db");
+    assert!(log.contains("engine health: healthy"), "{log}");
+
+    // Break it from inside: two failures in a row make it unhealthy.
+    let (status, reply) = d.request(
+        Method::POST,
+        &container_path("db", "exec"),
+        Some(r#"{"cmd": ["rm", "/tmp/ready"]}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["exitCode"], 0, "{reply}");
+    let db = d.wait_for("db", 10, |i| health(i) == "unhealthy");
+    assert!(db["health_failures"].as_u64().unwrap() >= 2, "{db}");
+    assert!(
+        db["health_output"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 1"),
+        "{db}"
+    );
+    let ps = Command::new(BIN)
+        .arg("--socket")
+        .arg(d.client.socket())
+        .arg("ps")
+        .output()
+        .unwrap();
+    let ps = String::from_utf8(ps.stdout).unwrap();
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("db ") && l.contains("unhealthy")),
+        "{ps}"
+    );
+    // And healthy again once the file is back.
+    let (status, _) = d.request(
+        Method::POST,
+        &container_path("db", "exec"),
+        Some(r#"{"cmd": ["touch", "/tmp/ready"]}"#),
+    );
+    assert_eq!(status, StatusCode::OK);
+    d.wait_for("db", 10, |i| {
+        health(i) == "healthy" && i["health_failures"] == 0
+    });
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}
+
+#[test]
+fn exec_runs_in_the_containers_namespaces_as_its_user_and_returns_the_exit_code() {
+    let mut d = Daemon::new("exec");
+    d.service("svc", "exec sleep 600", json!({}));
+    edit_config(&d, "svc", |c| {
+        c["process"]["user"] = json!({"uid": 1000, "gid": 1001});
+    });
+    d.service("done", "true", json!({}));
+    d.start();
+    let info = d.wait_for("svc", 10, |i| state(i) == "running");
+    let script = "echo host=$(hostname) uid=$(id -u) gid=$(id -g); \
+                  echo pid1=$(cat /proc/1/cmdline); echo oops >&2; exit 7";
+    let body = json!({"cmd": ["sh", "-c", script]}).to_string();
+    let (status, reply) = d.request(Method::POST, &container_path("svc", "exec"), Some(&body));
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["exitCode"], 7, "{reply}");
+    assert_eq!(reply["timedOut"], false);
+    let output = reply["output"].as_str().unwrap();
+    // Its own hostname (UTS namespace), user, and the service's process as PID 1.
+    assert!(output.contains("host=svc uid=1000 gid=1001\n"), "{output}");
+    assert!(output.contains("pid1=sleep600"), "{output}");
+    assert!(output.contains("oops\n"), "{output}");
+    // The command ran and ended; the service goes on.
+    let after = d.inspect("svc");
+    assert_eq!(after["pid"], info["pid"]);
+    assert_eq!(state(&after), "running");
+
+    // The CLI prints the output and exits with the command's code.
+    let out = Command::new(BIN)
+        .arg("--socket")
+        .arg(d.client.socket())
+        .args(["exec", "svc", "sh", "-c", "echo via-cli; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-cli\n");
+
+    // A command past its timeout is killed.
+    let started = Instant::now();
+    let (status, reply) = d.request(
+        Method::POST,
+        &container_path("svc", "exec"),
+        Some(r#"{"cmd": ["sleep", "30"], "timeout": 1}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["timedOut"], true);
+    assert_eq!(reply["exitCode"], 137);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Refused: a container that does not run, an unknown one, an empty command, a missing
+    // executable.
+    d.wait_for("done", 10, |i| state(i) == "exited");
+    let (status, _) = d.request(
+        Method::POST,
+        &container_path("done", "exec"),
+        Some(r#"{"cmd": ["true"]}"#),
+    );
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = d.request(
+        Method::POST,
+        &container_path("nope", "exec"),
+        Some(r#"{"cmd": ["true"]}"#),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for body in [r#"{"cmd": []}"#, r#"{"command": ["true"]}"#, "{"] {
+        let (status, _) = d.request(Method::POST, &container_path("svc", "exec"), Some(body));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+    let (status, reply) = d.request(
+        Method::POST,
+        &container_path("svc", "exec"),
+        Some(r#"{"cmd": ["/no/such/program"]}"#),
+    );
+    assert!(
+        status == StatusCode::INTERNAL_SERVER_ERROR || reply["exitCode"] != 0,
+        "{status} {reply}"
+    );
+    assert_eq!(d.inspect("svc")["pid"], info["pid"]);
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}
+
+#[test]
+fn a_service_past_its_memory_limit_is_oom_killed_and_reported() {
+    let mut d = Daemon::new("oom");
+    // dd's 64 MiB buffer cannot fit under a 32 MiB limit (this host has no swap; memsw caps
+    // it where the v1 controller has swap accounting).
+    d.service(
+        "hog",
+        "exec dd if=/dev/zero of=/dev/null bs=64M count=4",
+        json!({}),
+    );
+    d.service(
+        "fits",
+        "exec dd if=/dev/zero of=/dev/null bs=1M count=4",
+        json!({}),
+    );
+    for name in ["hog", "fits"] {
+        edit_config(&d, name, |c| {
+            c["linux"]["resources"] = json!({"memory": {"limit": 32 * 1024 * 1024}});
+        });
+    }
+    d.start();
+    let hog = d.wait_for("hog", 20, |i| state(i) == "exited");
+    assert_eq!(hog["exit_code"], 137, "{hog}");
+    assert_eq!(hog["oom_killed"], true, "{hog}");
+    let last = hog["last_exit"].as_str().unwrap();
+    assert!(
+        last.contains("SIGKILL") && last.contains("out of memory"),
+        "{hog}"
+    );
+    let fits = d.wait_for("fits", 20, |i| state(i) == "exited");
+    assert_eq!(fits["exit_code"], 0, "{fits}");
+    assert_eq!(fits["oom_killed"], false, "{fits}");
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
 }

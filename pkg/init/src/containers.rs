@@ -143,6 +143,22 @@ pub fn run_to_completion(
     Ok(status)
 }
 
+/// How many lines of a container's log the console shows when it could not start: the
+/// runtime's own explanation (a failed mount, a missing binary) is written there by the
+/// container's init process, which no error value comes back from.
+const TAIL_LINES: usize = 10;
+
+/// Prints the last lines of a container's log file, prefixed with its name.
+pub fn print_log_tail(name: &str, log: &Path) {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+        println!("slipway-init: {name}| {line}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,21 +187,5 @@ mod tests {
             path: PathBuf::new(),
         };
         assert_eq!(b.id("onboot"), "onboot-000-my_app_1");
-    }
-}
-
-/// How many lines of a container's log the console shows when it could not start: the
-/// runtime's own explanation (a failed mount, a missing binary) is written there by the
-/// container's init process, which no error value comes back from.
-const TAIL_LINES: usize = 10;
-
-/// Prints the last lines of a container's log file, prefixed with its name.
-pub fn print_log_tail(name: &str, log: &Path) {
-    let Ok(text) = std::fs::read_to_string(log) else {
-        return;
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
-        println!("slipway-init: {name}| {line}");
     }
 }
