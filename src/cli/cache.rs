@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::Global;
-use crate::oci::{self, PullOptions, Store};
+use crate::oci::{self, PullOptions};
 
 /// How commands that need images may reach registries; shared by every command that resolves
 /// image references.
@@ -94,9 +94,7 @@ pub enum Command {
 }
 
 pub fn run(cmd: Command, global: &Global) -> anyhow::Result<()> {
-    let root = global.cache.clone().unwrap_or_else(Store::default_root);
-    let store = Store::open(&root)
-        .with_context(|| format!("opening the image store {}", root.display()))?;
+    let store = global.store()?;
     match cmd {
         Command::Ls { json } => {
             let images = store.images()?;
@@ -162,14 +160,14 @@ pub fn run(cmd: Command, global: &Global) -> anyhow::Result<()> {
             for r in &references {
                 let full = oci::resolve::full_reference(r)?;
                 if !store.untag(&full)? {
-                    anyhow::bail!("{full}: not in the store {}", root.display());
+                    anyhow::bail!("{full}: not in the store {}", store.root().display());
                 }
             }
             store.gc()?;
         }
         Command::Clean => {
             let removed = store.clean()?;
-            eprintln!("removed {removed} blobs from {}", root.display());
+            eprintln!("removed {removed} blobs from {}", store.root().display());
         }
         Command::Import { file } => {
             let images = oci::archive::import(&store, &file)

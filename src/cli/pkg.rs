@@ -65,8 +65,7 @@ impl BuildArgs {
 }
 
 fn open_store(global: &Global) -> anyhow::Result<Store> {
-    let root = global.cache.clone().unwrap_or_else(Store::default_root);
-    Store::open(&root).with_context(|| format!("opening the image store {}", root.display()))
+    global.store()
 }
 
 pub fn run(cmd: Command, global: &Global) -> anyhow::Result<()> {
