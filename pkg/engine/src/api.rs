@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! GET  /v1/containers                      every container (ContainerInfo list)
+//! POST /v1/containers                      body {"image": REF, "name": N, "cmd": [...],
+//!                                          "restart": POLICY} (all but image optional):
+//!                                          pull, create and start -> 201 ContainerInfo
 //! GET  /v1/containers/NAME                 one container
+//! DELETE /v1/containers/NAME               body {"timeout": SECS} optional: stop (when it
+//!                                          runs) and remove a container made by run
 //! POST /v1/containers/NAME/start           start it (after its dependencies)
 //! POST /v1/containers/NAME/stop            body {"timeout": SECS} optional (default 10)
 //! POST /v1/containers/NAME/restart         body {"timeout": SECS} optional
@@ -12,8 +17,10 @@
 //!                                          -> {"exitCode": N, "output": "...", "timedOut": B}
 //! ```
 //!
-//! Errors are `{"error": "..."}` with 400 (bad name, body or signal), 404 (no such container
-//! or path), 405 (wrong method) or 409 (the container cannot do that now). A request is
+//! Errors are `{"error": "..."}` with 400 (bad name, body, image reference or signal), 404 (no
+//! such container or path; an image that cannot be pulled), 405 (wrong method) or 409 (the
+//! container cannot do that now; the name is taken; a service of the image cannot be
+//! removed). A request is
 //! checked completely before anything is done, so a bad one changes nothing.
 
 use std::convert::Infallible;
@@ -31,7 +38,7 @@ use tokio::net::UnixListener;
 use tokio::sync::broadcast;
 
 use crate::spec::valid_name;
-use crate::supervisor::{Engine, EngineError};
+use crate::supervisor::{Engine, EngineError, RunRequest};
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -74,10 +81,13 @@ struct ApiError(StatusCode, String);
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match e {
-            EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::NotRunning(_) | EngineError::Broken { .. } | EngineError::ShuttingDown => {
-                StatusCode::CONFLICT
-            }
+            EngineError::NotFound(_) | EngineError::Pull(_) => StatusCode::NOT_FOUND,
+            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+            EngineError::NotRunning(_)
+            | EngineError::Broken { .. }
+            | EngineError::ShuttingDown
+            | EngineError::Exists(_)
+            | EngineError::NotRemovable(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, e.to_string())
@@ -188,10 +198,16 @@ async fn route(engine: &Engine, request: Request<Incoming>) -> Result<Response<B
     };
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     if rest.is_empty() || rest == "/" {
-        if request.method() != Method::GET {
-            return Err(method_not_allowed(request.method()));
-        }
-        return Ok(json(StatusCode::OK, &engine.list()));
+        return match *request.method() {
+            Method::GET => Ok(json(StatusCode::OK, &engine.list())),
+            Method::POST => {
+                let body: RunRequest = read_body(request)
+                    .await?
+                    .ok_or_else(|| bad("run needs a body {\"image\": ...}"))?;
+                Ok(json(StatusCode::CREATED, &engine.run(body).await?))
+            }
+            ref method => Err(method_not_allowed(method)),
+        };
     }
     let name = percent_encoding::percent_decode_str(segments[0])
         .decode_utf8()
@@ -226,6 +242,13 @@ async fn route(engine: &Engine, request: Request<Incoming>) -> Result<Response<B
             StatusCode::NOT_FOUND,
             format!("no such path {path}"),
         ));
+    }
+    if action.is_empty() && method == Method::DELETE {
+        let body: Option<StopBody> = read_body(request).await?;
+        let grace = body
+            .and_then(|b| b.timeout)
+            .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_secs);
+        return Ok(json(StatusCode::OK, &engine.remove(&name, grace).await?));
     }
     if method != expected {
         return Err(method_not_allowed(&method));

@@ -1,14 +1,15 @@
 //! Slipway's container engine: a daemon that runs the service containers of an image
 //! (`/containers/services/NAME/` bundles) through slipway-runtime, supervises them (restart
 //! policies with backoff, dependencies, health checks, OOM reporting), runs commands inside
-//! them (`exec`), keeps their logs and answers an HTTP/JSON API on a
-//! unix socket; and the client side of that API.
+//! them (`exec`), runs containers from pulled images (`run`, `rm`), keeps their logs and
+//! answers an HTTP/JSON API on a unix socket; and the client side of that API.
 
 pub mod api;
 pub mod cgroup;
 pub mod client;
 pub mod exec;
 pub mod logs;
+pub mod run;
 pub mod spec;
 pub mod supervisor;
 

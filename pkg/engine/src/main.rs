@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use slipway_engine::client::{Client, container_path};
 use slipway_engine::{ContainerInfo, DEFAULT_SOCKET, Engine, EngineConfig};
 
@@ -61,6 +61,37 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
+    /// Pull IMAGE, create a container from it and start it; prints its name.
+    Run {
+        /// The container's name (default: from the image's name, numbered).
+        #[arg(long)]
+        name: Option<String>,
+        /// Restart policy: no, always, on-failure or on-failure:N.
+        #[arg(long)]
+        restart: Option<String>,
+        image: String,
+        /// The command instead of the image's entrypoint and cmd (after `--`).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop (when it runs) and remove a container made by `run`.
+    Rm {
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        name: String,
+    },
+    /// Pull and unpack an image (run by the daemon; prints {"reference","digest","config"}).
+    #[command(hide = true)]
+    PullImage {
+        /// The OCI store to pull into.
+        #[arg(long)]
+        store: PathBuf,
+        /// The image is unpacked into DEST/<manifest-digest-hex>/.
+        #[arg(long)]
+        dest: PathBuf,
+        reference: String,
+    },
     /// Send a signal to a container's main process.
     Kill {
         #[arg(short = 's', long = "signal", default_value = "SIGKILL")]
@@ -80,6 +111,15 @@ struct DaemonArgs {
     /// The runtime's state (one directory per container).
     #[arg(long, default_value = "/run/slipway/engine")]
     state_dir: PathBuf,
+    /// The bundles of containers made by `run`.
+    #[arg(long, default_value = "/var/lib/slipway/containers")]
+    containers: PathBuf,
+    /// Unpacked images (the lower directories of `run`'s containers).
+    #[arg(long, default_value = "/var/lib/slipway/images")]
+    images: PathBuf,
+    /// The OCI store `run` pulls images into.
+    #[arg(long, default_value = "/var/lib/slipway/store")]
+    store: PathBuf,
     /// Seconds each service gets between SIGTERM and SIGKILL when the engine stops.
     #[arg(long, default_value_t = 10)]
     grace: u64,
@@ -106,6 +146,27 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Pulling runs its own multi-threaded runtime, so it happens before (and without) ours.
+    if let Some(Command::PullImage {
+        store,
+        dest,
+        reference,
+    }) = &cli.command
+    {
+        return match slipway_engine::run::pull_image(store, dest, reference) {
+            Ok(pulled) => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&pulled).expect("JSON values serialize")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("slipway-engine: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // One thread: see the supervisor module on libcontainer's clone3.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -158,6 +219,10 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
         bundles: args.bundles.clone(),
         log_dir: args.log_dir.clone(),
         state_dir: args.state_dir.clone(),
+        containers: args.containers.clone(),
+        images: args.images.clone(),
+        store: args.store.clone(),
+        puller: std::env::current_exe().context("finding this program for pull-image")?,
     })?;
     let listener = bind(socket)?;
     tracing::info!(
@@ -180,7 +245,27 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
 
 async fn client(client: Client, command: Command) -> anyhow::Result<()> {
     let (method, path, body) = match &command {
-        Command::Daemon(_) => unreachable!("handled by main"),
+        Command::Daemon(_) | Command::PullImage { .. } => unreachable!("handled by main"),
+        Command::Run {
+            name,
+            restart,
+            image,
+            cmd,
+        } => (
+            Method::POST,
+            "/v1/containers".to_owned(),
+            Some(serde_json::json!({
+                "image": image,
+                "name": name,
+                "restart": restart,
+                "cmd": (!cmd.is_empty()).then_some(cmd),
+            })),
+        ),
+        Command::Rm { time, name } => (
+            Method::DELETE,
+            container_path(name, ""),
+            Some(serde_json::json!({ "timeout": time })),
+        ),
         Command::Ps => (Method::GET, "/v1/containers".to_owned(), None),
         Command::Inspect { name } => (Method::GET, container_path(name, ""), None),
         Command::Logs { follow, name } => {
@@ -224,7 +309,7 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
     };
     let body = body.map(|b| serde_json::to_vec(&b).expect("JSON values serialize"));
     let reply = client.request(method, &path, body).await?;
-    if reply.status != StatusCode::OK {
+    if !reply.status.is_success() {
         bail!("{} ({})", reply.error_message(), reply.status);
     }
     match command {
@@ -273,11 +358,17 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
         Command::Inspect { .. } => {
             println!("{}", serde_json::to_string_pretty(&reply.json())?);
         }
+        Command::Run { .. } => {
+            let info: ContainerInfo = serde_json::from_slice(&reply.body)
+                .context("the engine's answer to run is not a container")?;
+            println!("{}", info.name);
+        }
         Command::Start { name }
+        | Command::Rm { name, .. }
         | Command::Stop { name, .. }
         | Command::Restart { name, .. }
         | Command::Kill { name, .. } => println!("{name}"),
-        Command::Daemon(_) | Command::Logs { .. } => {}
+        Command::Daemon(_) | Command::PullImage { .. } | Command::Logs { .. } => {}
     }
     Ok(())
 }

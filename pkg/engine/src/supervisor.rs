@@ -10,7 +10,7 @@
 //! container with a raw clone3, which runs no fork handlers, so the child could deadlock on a
 //! libc lock held by another thread of the engine at that moment.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -55,6 +55,26 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Exec(ExecError),
+    #[error("a container named {0} exists already")]
+    Exists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("container {0} is a service of the image; only containers made by run can be removed")]
+    NotRemovable(String),
+    /// The image could not be pulled or unpacked (the message says why).
+    #[error("{0}")]
+    Pull(crate::run::RunError),
+    #[error("creating container {name}: {source}")]
+    Create {
+        name: String,
+        source: crate::run::RunError,
+    },
+    #[error("removing container {name}: {path}: {source}")]
+    Remove {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("opening the log of {name}: {source}")]
     Log {
         name: String,
@@ -128,6 +148,31 @@ pub struct EngineConfig {
     pub bundles: PathBuf,
     pub log_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// The bundles of containers made by `run`, one directory each; loaded at start as well.
+    pub containers: PathBuf,
+    /// Unpacked images, `IMAGES/<manifest-digest-hex>/`, the lower directories of `run`'s
+    /// containers.
+    pub images: PathBuf,
+    /// The OCI store images are pulled into.
+    pub store: PathBuf,
+    /// The program run as `PROGRAM pull-image ...` to pull (this binary).
+    pub puller: PathBuf,
+}
+
+/// What `run` is asked to create (the body of `POST /v1/containers`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub image: String,
+    /// Made from the image's name when missing.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The command, instead of the image's entrypoint and cmd.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// A restart policy (`no`, `always`, `on-failure[:N]`).
+    #[serde(default)]
+    pub restart: Option<String>,
 }
 
 enum Command {
@@ -156,6 +201,25 @@ struct Shared {
     changed: watch::Sender<u64>,
     shutting_down: std::sync::atomic::AtomicBool,
     runtime: Runtime,
+    /// Names being created by `run` or removed by `rm`: taken, but not (or no longer) usable.
+    /// Locked after `entries` when both are.
+    reserved: Mutex<BTreeSet<String>>,
+}
+
+/// Frees a reserved name when creating or removing its container ends, however it ends.
+struct Reservation {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shared
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
 }
 
 impl Shared {
@@ -189,7 +253,53 @@ impl Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     specs: Arc<Vec<ServiceSpec>>,
-    order: Arc<Vec<String>>,
+    /// The start order; containers made by `run` are appended, and removed by `rm`.
+    order: Arc<Mutex<Vec<String>>>,
+    config: Arc<EngineConfig>,
+}
+
+/// A container's entry before it first runs.
+fn new_entry(
+    log_dir: &Path,
+    name: &str,
+    bundle: &Path,
+    spec: Option<&ServiceSpec>,
+    error: Option<String>,
+) -> Result<Entry, EngineError> {
+    let log_file = log_dir.join(format!("{name}.log"));
+    let logs = Logs::open(&log_file).map_err(|source| EngineError::Log {
+        name: name.to_owned(),
+        source,
+    })?;
+    let info = ContainerInfo {
+        name: name.to_owned(),
+        state: if error.is_some() {
+            State::Failed
+        } else {
+            State::Waiting
+        },
+        pid: None,
+        restart: spec.map(|s| s.restart.to_string()).unwrap_or_default(),
+        depends_on: spec.map(|s| s.depends_on.clone()).unwrap_or_default(),
+        runs: 0,
+        restarts: 0,
+        exit_code: None,
+        last_exit: None,
+        started_at: None,
+        error,
+        bundle: bundle.to_owned(),
+        log_file,
+        health: None,
+        health_failures: 0,
+        health_output: None,
+        oom_killed: None,
+    };
+    Ok(Entry {
+        info,
+        logs: Arc::new(logs),
+        pidfd: None,
+        commands: None,
+    })
 }
 
 impl Engine {
@@ -200,11 +310,21 @@ impl Engine {
             dir: config.state_dir.clone(),
             source: std::io::Error::other(e),
         })?;
-        let bundles =
-            spec::list_bundles(&config.bundles).map_err(|source| EngineError::Bundles {
-                dir: config.bundles.clone(),
+        let mut bundles = Vec::new();
+        for dir in [&config.bundles, &config.containers] {
+            let found = spec::list_bundles(dir).map_err(|source| EngineError::Bundles {
+                dir: dir.clone(),
                 source,
             })?;
+            for (name, path) in found {
+                // `run` refuses names of services, so this only happens when the image changed.
+                if bundles.iter().any(|(n, _)| *n == name) {
+                    tracing::error!("skipping bundle {}: {name} exists already", path.display());
+                } else {
+                    bundles.push((name, path));
+                }
+            }
+        }
         let mut specs = Vec::new();
         let mut broken = Vec::new();
         for (name, path) in bundles {
@@ -219,43 +339,8 @@ impl Engine {
         let mut entries = BTreeMap::new();
         let mut add =
             |name: &str, bundle: &Path, spec: Option<&ServiceSpec>, error: Option<String>| {
-                let log_file = config.log_dir.join(format!("{name}.log"));
-                let logs = Logs::open(&log_file).map_err(|source| EngineError::Log {
-                    name: name.to_owned(),
-                    source,
-                })?;
-                let info = ContainerInfo {
-                    name: name.to_owned(),
-                    state: if error.is_some() {
-                        State::Failed
-                    } else {
-                        State::Waiting
-                    },
-                    pid: None,
-                    restart: spec.map(|s| s.restart.to_string()).unwrap_or_default(),
-                    depends_on: spec.map(|s| s.depends_on.clone()).unwrap_or_default(),
-                    runs: 0,
-                    restarts: 0,
-                    exit_code: None,
-                    last_exit: None,
-                    started_at: None,
-                    error,
-                    bundle: bundle.to_owned(),
-                    log_file,
-                    health: None,
-                    health_failures: 0,
-                    health_output: None,
-                    oom_killed: None,
-                };
-                entries.insert(
-                    name.to_owned(),
-                    Entry {
-                        info,
-                        logs: Arc::new(logs),
-                        pidfd: None,
-                        commands: None,
-                    },
-                );
+                let entry = new_entry(&config.log_dir, name, bundle, spec, error)?;
+                entries.insert(name.to_owned(), entry);
                 Ok::<_, EngineError>(())
             };
         for spec in &specs {
@@ -286,21 +371,227 @@ impl Engine {
                 changed: watch::channel(0).0,
                 shutting_down: false.into(),
                 runtime,
+                reserved: Mutex::new(BTreeSet::new()),
             }),
             specs: Arc::new(specs),
-            order: Arc::new(order),
+            order: Arc::new(Mutex::new(order)),
+            config: Arc::new(config.clone()),
         })
     }
 
     /// Starts one supervising task per runnable service. Call it inside the tokio runtime.
     pub fn spawn_supervisors(&self) {
         for spec in self.specs.iter() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            self.shared.update(&spec.name, |e| e.commands = Some(tx));
-            let shared = self.shared.clone();
-            let spec = spec.clone();
-            tokio::spawn(async move { Supervisor::new(shared, spec, rx).run().await });
+            self.spawn_supervisor(spec.clone(), None);
         }
+    }
+
+    /// `started` is answered once the container first runs (or fails to start).
+    fn spawn_supervisor(&self, spec: ServiceSpec, started: Option<oneshot::Sender<()>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.update(&spec.name, |e| e.commands = Some(tx));
+        let mut supervisor = Supervisor::new(self.shared.clone(), spec, rx);
+        supervisor.started_replies.extend(started);
+        tokio::spawn(async move { supervisor.run().await });
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Takes `name` for a container being created or removed; `None` when it is taken.
+    fn reserve(&self, entries: &BTreeMap<String, Entry>, name: &str) -> Option<Reservation> {
+        let mut reserved = self
+            .shared
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if entries.contains_key(name) || reserved.contains(name) {
+            return None;
+        }
+        reserved.insert(name.to_owned());
+        Some(Reservation {
+            shared: self.shared.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Creates a container from `request.image` (pulled and unpacked by a `pull-image` child
+    /// process), writes its bundle under the containers directory and starts it; returns once
+    /// it runs or failed to start. The request is checked before anything is pulled, and a
+    /// failure leaves no bundle behind.
+    pub async fn run(&self, request: RunRequest) -> Result<ContainerInfo, EngineError> {
+        if self.shutting_down() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let image = request.image.trim();
+        if image.is_empty() {
+            return Err(EngineError::Invalid("image must name an image".to_owned()));
+        }
+        slipway::oci::resolve::parse_reference(image)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if let Some(restart) = &request.restart {
+            restart
+                .trim()
+                .parse::<RestartPolicy>()
+                .map_err(|e| EngineError::Invalid(format!("restart: {e}")))?;
+        }
+        if let Some(cmd) = &request.cmd
+            && cmd.first().is_none_or(String::is_empty)
+        {
+            return Err(EngineError::Invalid("cmd must name a command".to_owned()));
+        }
+        let (name, _reservation) = {
+            let entries = self
+                .shared
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let free = |name: &str| !self.config.containers.join(name).exists();
+            match &request.name {
+                Some(name) => {
+                    if !spec::valid_name(name) {
+                        return Err(EngineError::Invalid(format!(
+                            "{name:?} is not a valid container name"
+                        )));
+                    }
+                    let reservation = free(name)
+                        .then(|| self.reserve(&entries, name))
+                        .flatten()
+                        .ok_or_else(|| EngineError::Exists(name.clone()))?;
+                    (name.clone(), reservation)
+                }
+                None => {
+                    let base = crate::run::name_base(image);
+                    (1u32..)
+                        .map(|n| format!("{base}-{n}"))
+                        .find_map(|name| {
+                            free(&name)
+                                .then(|| self.reserve(&entries, &name))
+                                .flatten()
+                                .map(|r| (name, r))
+                        })
+                        .expect("some number is free")
+                }
+            }
+        };
+        let config = &self.config;
+        let pulled =
+            crate::run::pull_in_child(&config.puller, &config.store, &config.images, image)
+                .await
+                .map_err(EngineError::Pull)?;
+        let bundle = crate::run::write_bundle(
+            &config.containers,
+            &config.images,
+            &name,
+            &pulled,
+            request.cmd.clone(),
+            request.restart.as_deref().map(str::trim),
+        )
+        .map_err(|source| EngineError::Create {
+            name: name.clone(),
+            source,
+        })?;
+        let created = ServiceSpec::load(&name, &bundle)
+            .map_err(|e| EngineError::Invalid(e.to_string()))
+            .and_then(|spec| {
+                let entry = new_entry(&config.log_dir, &name, &bundle, Some(&spec), None)?;
+                Ok((spec, entry))
+            });
+        let (spec, entry) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&bundle);
+                return Err(e);
+            }
+        };
+        entry
+            .logs
+            .push("engine", &format!("created from {}", pulled.reference));
+        tracing::info!(
+            "container {name}: created from {} ({})",
+            pulled.reference,
+            pulled.digest
+        );
+        self.shared
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), entry);
+        self.order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
+        let (started, wait) = oneshot::channel();
+        self.spawn_supervisor(spec, Some(started));
+        let _ = wait.await;
+        self.inspect(&name)
+    }
+
+    /// Removes a container made by `run`: stops it (SIGTERM, SIGKILL after `grace`) when it
+    /// runs, then deletes its bundle and log; the runtime's state went with the stop. Returns
+    /// its last information.
+    pub async fn remove(&self, name: &str, grace: Duration) -> Result<ContainerInfo, EngineError> {
+        if self.shutting_down() {
+            return Err(EngineError::ShuttingDown);
+        }
+        let (commands, info, _reservation) = {
+            let mut entries = self
+                .shared
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let entry = entries
+                .get(name)
+                .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
+            if !entry.info.bundle.starts_with(&self.config.containers) {
+                return Err(EngineError::NotRemovable(name.to_owned()));
+            }
+            // From here on other requests find no container under this name, and `run` cannot
+            // take the name until the bundle is gone.
+            let mut entry = entries.remove(name).expect("looked up above");
+            let mut reserved = self
+                .shared
+                .reserved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            reserved.insert(name.to_owned());
+            drop(reserved);
+            let reservation = Reservation {
+                shared: self.shared.clone(),
+                name: name.to_owned(),
+            };
+            (entry.commands.take(), entry.info, reservation)
+        };
+        self.order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|n| n != name);
+        if let Some(commands) = commands {
+            let (done, wait) = oneshot::channel();
+            if commands.send(Command::Stop { grace, done }).is_ok() {
+                let _ = wait.await;
+            }
+            // Dropping the sender ends the supervisor.
+        }
+        self.shared.changed.send_modify(|n| *n += 1);
+        tracing::info!("container {name}: removed");
+        let remove = |path: &Path, result: std::io::Result<()>| match result {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EngineError::Remove {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                source: e,
+            }),
+            _ => Ok(()),
+        };
+        remove(&info.bundle, std::fs::remove_dir_all(&info.bundle))?;
+        remove(&info.log_file, std::fs::remove_file(&info.log_file))?;
+        let mut info = info;
+        info.state = State::Stopped;
+        info.pid = None;
+        Ok(info)
     }
 
     pub fn list(&self) -> Vec<ContainerInfo> {
@@ -337,11 +628,7 @@ impl Engine {
     }
 
     fn commands(&self, name: &str) -> Result<mpsc::UnboundedSender<Command>, EngineError> {
-        if self
-            .shared
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
         let entries = self
@@ -457,7 +744,8 @@ impl Engine {
         self.shared
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        for name in self.order.iter().rev() {
+        let order = self.order.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for name in order.iter().rev() {
             let commands = {
                 let entries = self
                     .shared

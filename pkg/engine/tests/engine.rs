@@ -106,6 +106,12 @@ impl Daemon {
             .arg(self.path("log"))
             .arg("--state-dir")
             .arg(self.path("state"))
+            .arg("--containers")
+            .arg(self.path("containers"))
+            .arg("--images")
+            .arg(self.path("images"))
+            .arg("--store")
+            .arg(self.path("store"))
             .args(["--grace", "2"])
             .stderr(fs::File::create(self.path("daemon.err")).unwrap())
             .spawn()
@@ -504,8 +510,11 @@ fn bad_requests_are_refused_and_change_nothing() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body:?}: {reply}");
         assert!(reply["error"].is_string(), "{reply}");
     }
-    let (status, _) = d.request(Method::DELETE, &container_path("svc", ""), None);
+    let (status, _) = d.request(Method::PUT, &container_path("svc", ""), None);
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    // Only containers made by `run` can be removed.
+    let (status, _) = d.request(Method::DELETE, &container_path("svc", ""), None);
+    assert_eq!(status, StatusCode::CONFLICT);
     let (status, _) = d.request(Method::GET, "/v2/containers", None);
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -725,4 +734,288 @@ fn a_service_past_its_memory_limit_is_oom_killed_and_reported() {
     assert_eq!(fits["exit_code"], 0, "{fits}");
     assert_eq!(fits["oom_killed"], false, "{fits}");
     assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}
+
+/// Debian's docker-registry on a free loopback port (through `scripts/registry`), stopped on
+/// drop, also when the test fails.
+struct Registry {
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn registry_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/registry")
+}
+
+impl Registry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Another process may take the port between this probe and the registry's bind.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let out = Command::new(registry_script())
+                .args(["start", "--port", &port.to_string()])
+                .env("SLIPWAY_REGISTRY_DIR", dir.path())
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return Self { port, dir };
+            }
+            eprintln!(
+                "registry start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("could not start docker-registry");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new(registry_script())
+            .args(["stop", "--port", &self.port.to_string()])
+            .env("SLIPWAY_REGISTRY_DIR", self.dir.path())
+            .status();
+    }
+}
+
+/// Puts a one-layer busybox-static image into a store of its own and pushes it to `target`.
+fn push_busybox_image(target: &str) {
+    use slipway::oci::{Digest, PullOptions, Store};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    };
+    for dir in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0);
+        tar.append_data(&mut h, format!("{dir}/"), std::io::empty())
+            .unwrap();
+    }
+    let busybox = fs::read(BUSYBOX).expect("busybox-static is installed");
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+    tar.append_data(&mut h, "bin/busybox", &busybox[..])
+        .unwrap();
+    for applet in ["sh", "echo", "sleep", "touch", "cat", "ls"] {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    let raw = tar.into_inner().unwrap();
+    let diff_id = Digest::of(&raw);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    let layer = gz.finish().unwrap();
+    let layer_d = store.put_blob(&layer).unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": slipway::oci::resolve::host_arch(), "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
+    }))
+    .unwrap();
+    let config_d = store.put_blob(&config).unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_d.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_d.to_string(), "size": layer.len()}]
+    }))
+    .unwrap();
+    let manifest_d = store.put_blob(&manifest).unwrap();
+    store
+        .tag(
+            "slipway/engine-run:local",
+            oci_spec::image::Descriptor::new(
+                oci_spec::image::MediaType::ImageManifest,
+                manifest.len() as u64,
+                manifest_d.to_oci(),
+            ),
+        )
+        .unwrap();
+    slipway::oci::push(
+        &store,
+        "slipway/engine-run:local",
+        target,
+        &PullOptions::default(),
+    )
+    .unwrap();
+}
+
+/// Entries of `dir` (none when it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn run_pulls_an_image_from_a_registry_and_rm_removes_the_container() {
+    let registry = Registry::start();
+    let image = format!("127.0.0.1:{}/engine-run/busybox:1", registry.port);
+    push_busybox_image(&image);
+    let mut d = Daemon::new("run");
+    d.service("svc", "exec sleep 600", json!({}));
+    d.start();
+
+    // Bad requests are refused before anything is pulled.
+    for (body, status) in [
+        (json!({"name": "x"}), StatusCode::BAD_REQUEST),
+        (
+            json!({"image": image, "name": "../x"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"image": image, "restart": "sometimes"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"image": image, "cmd": []}), StatusCode::BAD_REQUEST),
+        (json!({"image": image, "name": "svc"}), StatusCode::CONFLICT),
+    ] {
+        let (got, reply) = d.request(Method::POST, "/v1/containers", Some(&body.to_string()));
+        assert_eq!(got, status, "{body}: {reply}");
+        assert!(reply["error"].is_string(), "{reply}");
+    }
+    assert!(entries(&d.path("containers")).is_empty());
+    assert!(entries(&d.path("images")).is_empty());
+
+    // A missing image: a clear error, and nothing left behind.
+    let missing = format!("127.0.0.1:{}/engine-run/missing:1", registry.port);
+    let (status, reply) = d.request(
+        Method::POST,
+        "/v1/containers",
+        Some(&json!({"image": missing, "name": "ghost"}).to_string()),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains(&missing), "{error}");
+    let (status, _) = d.request(Method::GET, &container_path("ghost", ""), None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(entries(&d.path("containers")).is_empty());
+    assert!(entries(&d.path("images")).is_empty());
+    assert!(!d.path("log/ghost.log").exists());
+
+    let body = json!({
+        "image": image,
+        "name": "web",
+        "cmd": ["/bin/sh", "-c", "echo hello-from-run; sleep 600"],
+        "restart": "on-failure"
+    });
+    let (status, info) = d.request(Method::POST, "/v1/containers", Some(&body.to_string()));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{info}\ndaemon:\n{}",
+        d.stderr()
+    );
+    assert_eq!(state(&info), "running", "{info}");
+    assert_eq!(info["restart"], "on-failure");
+    let pid = info["pid"].as_i64().unwrap();
+    assert!(process_exists(pid));
+    d.wait_for_log("web", "hello-from-run", 1);
+    let (_, list) = d.request(Method::GET, "/v1/containers", None);
+    let listed: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["svc", "web"]);
+
+    // The bundle: the builder's config, the unpacked image as the overlay's lower directory.
+    let bundle = d.path("containers/web");
+    assert_eq!(info["bundle"].as_str().unwrap(), bundle.to_str().unwrap());
+    let config: Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["root"]["readonly"], false);
+    assert_eq!(config["annotations"]["org.slipway.restart"], "on-failure");
+    let images = entries(&d.path("images"));
+    assert_eq!(images.len(), 1, "{images:?}");
+    let image_dir = d.path("images").join(&images[0]);
+    assert_eq!(fs::read_link(bundle.join("lower")).unwrap(), image_dir);
+    assert!(image_dir.join("bin/busybox").is_file());
+    assert!(d.path("state/service-web").exists());
+    // The root is writable and the writes stay out of the shared image.
+    let (status, reply) = d.request(
+        Method::POST,
+        &container_path("web", "exec"),
+        Some(&json!({"cmd": ["/bin/sh", "-c", "touch /written && ls /written"]}).to_string()),
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["exitCode"], 0, "{reply}");
+    assert!(!image_dir.join("written").exists());
+
+    // The name is taken now; a service of the image cannot be removed.
+    let (status, reply) = d.request(Method::POST, "/v1/containers", Some(&body.to_string()));
+    assert_eq!(status, StatusCode::CONFLICT, "{reply}");
+    let (status, reply) = d.request(Method::DELETE, &container_path("svc", ""), None);
+    assert_eq!(status, StatusCode::CONFLICT, "{reply}");
+    assert_eq!(state(&d.inspect("svc")), "running");
+
+    let (status, reply) = d.request(
+        Method::DELETE,
+        &container_path("web", ""),
+        Some(r#"{"timeout": 1}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (status, _) = d.request(Method::GET, &container_path("web", ""), None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!process_exists(pid));
+    assert!(!bundle.exists());
+    assert!(entries(&d.path("containers")).is_empty());
+    assert!(!d.path("state/service-web").exists());
+    assert!(!d.path("state/overlay/service-web").exists());
+    assert!(!d.path("log/web.log").exists());
+    let (status, _) = d.request(Method::DELETE, &container_path("web", ""), None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The CLI: run with a generated name (the image is unpacked already), then rm.
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("--socket")
+            .arg(d.client.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\ndaemon:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            d.stderr()
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let name = cli(&[
+        "run",
+        &image,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo from-the-cli; sleep 600",
+    ]);
+    assert_eq!(name, "busybox-1");
+    d.wait_for_log(&name, "from-the-cli", 1);
+    assert_eq!(state(&d.inspect(&name)), "running");
+    assert_eq!(cli(&["rm", "-t", "1", &name]), name);
+    let (status, _) = d.request(Method::GET, &container_path(&name, ""), None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(entries(&d.path("containers")).is_empty());
+    assert_eq!(d.terminate(), 0);
 }
