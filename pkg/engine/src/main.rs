@@ -145,6 +145,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // On the machine's serial console the engine's output is read as plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Pulling runs its own multi-threaded runtime, so it happens before (and without) ours.
     if let Some(Command::PullImage {
