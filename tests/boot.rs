@@ -67,7 +67,12 @@ fn minimal_example_boots_runs_its_containers_and_powers_off() {
     );
     let text = console(&out);
     let onboot = position(&text, "slipway-onboot: hello from an onboot container");
+    let web = position(&text, "slipway-service: web serving on :8080");
     let service = position(&text, "slipway-service: shell ready on the console");
+    assert!(
+        web < service,
+        "the shell waits for web to be healthy:\n{text}"
+    );
     let shutdown = position(&text, "slipway-onshutdown: goodbye");
     assert!(
         onboot < service && service < shutdown,
@@ -149,15 +154,23 @@ fn two_builds_of_a_manifest_give_identical_bytes_in_every_format() {
 #[test]
 fn the_engine_starts_a_dependent_after_its_dependency_is_healthy_and_restarts_a_killed_service() {
     let dir = tempfile::tempdir().unwrap();
-    let out = build_and_boot(dir.path(), "engine", &["tests/data/engine.yml"]);
+    let out = build_and_boot(
+        dir.path(),
+        "chaos",
+        &["examples/minimal.yml", "tests/data/chaos.yml"],
+    );
     let text = console(&out);
-    let ready = position(&text, "slipway-test: db ready");
-    let app = position(&text, "slipway-test: app started");
-    assert!(ready < app, "app started before db was healthy:\n{text}");
-    let killed = position(&text, "slipway-test: killing app");
+    let serving = position(&text, "slipway-service: web serving on :8080");
+    let shell = position(&text, "slipway-service: shell ready on the console");
     assert!(
-        text[killed..].contains("slipway-test: app started"),
+        serving < shell,
+        "the shell started before web was healthy:\n{text}"
+    );
+    let killed = position(&text, "slipway-test: killing web");
+    assert!(
+        text[killed..].contains("slipway-service: web serving on :8080"),
         "the killed service did not come back:\n{text}"
     );
+    position(&text, "slipway-onshutdown: goodbye");
     assert!(out.status.success(), "{text}");
 }

@@ -142,11 +142,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // The runtime's per-container chatter (cgroup manager, unsupported controllers)
+                // would drown the engine's own lines.
+                .unwrap_or_else(|_| "info,libcgroups=error,libcontainer=warn".into()),
         )
         .with_writer(std::io::stderr)
-        // On the machine's serial console the engine's output is read as plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Its stderr is the machine's serial console: plain text.
+        .with_ansi(false)
         .init();
     // Pulling runs its own multi-threaded runtime, so it happens before (and without) ours.
     if let Some(Command::PullImage {
