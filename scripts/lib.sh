@@ -30,7 +30,12 @@ install_debian_packages() {
 }
 
 # The slipway binary, built once (release: the demo and benchmarks measure the real thing).
+# SLIPWAY_BIN names another build to use instead.
 slipway_bin() {
+    if [ -n "${SLIPWAY_BIN:-}" ]; then
+        echo "$SLIPWAY_BIN"
+        return
+    fi
     (cd "$SLIPWAY_ROOT" && cargo build --release -q -p slipway) >&2
     echo "$SLIPWAY_ROOT/target/release/slipway"
 }
