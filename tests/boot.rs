@@ -73,6 +73,12 @@ fn minimal_example_boots_runs_its_containers_and_powers_off() {
         web < service,
         "the shell waits for web to be healthy:\n{text}"
     );
+    let banner = position(&text, "built-in shell (ash)");
+    assert!(service < banner, "the console shell did not start:\n{text}");
+    assert!(
+        !text.contains("slipway-service: shell exited"),
+        "the console shell ended:\n{text}"
+    );
     let shutdown = position(&text, "slipway-onshutdown: goodbye");
     assert!(
         onboot < service && service < shutdown,
