@@ -214,18 +214,14 @@ struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.shared
-            .reserved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.name);
+        lock(&self.shared.reserved).remove(&self.name);
     }
 }
 
 impl Shared {
     fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
         {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let mut entries = lock(&self.entries);
             if let Some(entry) = entries.get_mut(name) {
                 f(entry);
             }
@@ -236,12 +232,12 @@ impl Shared {
     /// Whether a dependent of `name` may start: it runs and, when it has a health check,
     /// the check passed.
     fn health(&self, name: &str) -> Option<Health> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = lock(&self.entries);
         entries.get(name).and_then(|e| e.info.health)
     }
 
     fn ready(&self, name: &str) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = lock(&self.entries);
         entries.get(name).is_some_and(|e| {
             e.info.state == State::Running && matches!(e.info.health, None | Some(Health::Healthy))
         })
@@ -403,11 +399,7 @@ impl Engine {
 
     /// Takes `name` for a container being created or removed; `None` when it is taken.
     fn reserve(&self, entries: &BTreeMap<String, Entry>, name: &str) -> Option<Reservation> {
-        let mut reserved = self
-            .shared
-            .reserved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut reserved = lock(&self.shared.reserved);
         if entries.contains_key(name) || reserved.contains(name) {
             return None;
         }
@@ -444,11 +436,7 @@ impl Engine {
             return Err(EngineError::Invalid("cmd must name a command".to_owned()));
         }
         let (name, _reservation) = {
-            let entries = self
-                .shared
-                .entries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let entries = lock(&self.shared.entries);
             let free = |name: &str| !self.config.containers.join(name).exists();
             match &request.name {
                 Some(name) => {
@@ -515,15 +503,8 @@ impl Engine {
             pulled.reference,
             pulled.digest
         );
-        self.shared
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), entry);
-        self.order
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(name.clone());
+        lock(&self.shared.entries).insert(name.clone(), entry);
+        lock(&self.order).push(name.clone());
         let (started, wait) = oneshot::channel();
         self.spawn_supervisor(spec, Some(started));
         let _ = wait.await;
@@ -538,11 +519,7 @@ impl Engine {
             return Err(EngineError::ShuttingDown);
         }
         let (commands, info, _reservation) = {
-            let mut entries = self
-                .shared
-                .entries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut entries = lock(&self.shared.entries);
             let entry = entries
                 .get(name)
                 .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
@@ -552,11 +529,7 @@ impl Engine {
             // From here on other requests find no container under this name, and `run` cannot
             // take the name until the bundle is gone.
             let mut entry = entries.remove(name).expect("looked up above");
-            let mut reserved = self
-                .shared
-                .reserved
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut reserved = lock(&self.shared.reserved);
             reserved.insert(name.to_owned());
             drop(reserved);
             let reservation = Reservation {
@@ -565,10 +538,7 @@ impl Engine {
             };
             (entry.commands.take(), entry.info, reservation)
         };
-        self.order
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|n| n != name);
+        lock(&self.order).retain(|n| n != name);
         if let Some(commands) = commands {
             let (done, wait) = oneshot::channel();
             if commands.send(Command::Stop { grace, done }).is_ok() {
@@ -595,20 +565,12 @@ impl Engine {
     }
 
     pub fn list(&self) -> Vec<ContainerInfo> {
-        let entries = self
-            .shared
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let entries = lock(&self.shared.entries);
         entries.values().map(|e| e.info.clone()).collect()
     }
 
     pub fn inspect(&self, name: &str) -> Result<ContainerInfo, EngineError> {
-        let entries = self
-            .shared
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let entries = lock(&self.shared.entries);
         entries
             .get(name)
             .map(|e| e.info.clone())
@@ -616,11 +578,7 @@ impl Engine {
     }
 
     pub fn logs(&self, name: &str) -> Result<Arc<Logs>, EngineError> {
-        let entries = self
-            .shared
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let entries = lock(&self.shared.entries);
         entries
             .get(name)
             .map(|e| e.logs.clone())
@@ -631,11 +589,7 @@ impl Engine {
         if self.shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
-        let entries = self
-            .shared
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let entries = lock(&self.shared.entries);
         let entry = entries
             .get(name)
             .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
@@ -680,11 +634,7 @@ impl Engine {
     /// restart policy, as for any other exit.
     pub fn kill(&self, name: &str, signal: Signal) -> Result<(), EngineError> {
         let pidfd = {
-            let entries = self
-                .shared
-                .entries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let entries = lock(&self.shared.entries);
             let entry = entries
                 .get(name)
                 .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
@@ -714,11 +664,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<ExecOutcome, EngineError> {
         let bundle = {
-            let entries = self
-                .shared
-                .entries
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let entries = lock(&self.shared.entries);
             let entry = entries
                 .get(name)
                 .ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
@@ -744,14 +690,10 @@ impl Engine {
         self.shared
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let order = self.order.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let order = lock(&self.order).clone();
         for name in order.iter().rev() {
             let commands = {
-                let entries = self
-                    .shared
-                    .entries
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let entries = lock(&self.shared.entries);
                 entries.get(name).and_then(|e| e.commands.clone())
             };
             if let Some(commands) = commands {
@@ -793,7 +735,7 @@ impl Supervisor {
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
         let logs = {
-            let entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let entries = lock(&shared.entries);
             entries[&spec.name].logs.clone()
         };
         Self {
@@ -1255,4 +1197,13 @@ async fn health_checks(
             e.info.health_output = Some(output);
         });
     }
+}
+
+/// Locks a mutex, taking over its data even if a panicking thread poisoned it: every value kept
+/// here stays consistent between statements, and an engine that stopped answering over a
+/// poisoned lock would be worse than one that goes on.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
