@@ -103,9 +103,22 @@ impl Registry {
     /// where the credentials came from.
     pub fn map_err(&self, reference: &Reference, err: OciDistributionError) -> OciError {
         let reference_s = reference.whole();
-        match &err {
+        let denied = match &err {
             OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => OciError::Auth {
+            | OciDistributionError::AuthenticationFailure(_) => true,
+            OciDistributionError::RegistryError { envelope, .. } => {
+                envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::Unauthorized
+                            | oci_client::errors::OciErrorCode::Denied
+                    )
+                })
+            }
+            _ => false,
+        };
+        if denied {
+            return OciError::Auth {
                 reference: reference_s,
                 registry: self.host.clone(),
                 credentials: self
@@ -113,30 +126,11 @@ impl Registry {
                     .clone()
                     .unwrap_or_else(|| "none (anonymous)".into()),
                 detail: err.to_string(),
-            },
-            OciDistributionError::RegistryError { envelope, .. }
-                if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        oci_client::errors::OciErrorCode::Unauthorized
-                            | oci_client::errors::OciErrorCode::Denied
-                    )
-                }) =>
-            {
-                OciError::Auth {
-                    reference: reference_s,
-                    registry: self.host.clone(),
-                    credentials: self
-                        .auth_source
-                        .clone()
-                        .unwrap_or_else(|| "none (anonymous)".into()),
-                    detail: err.to_string(),
-                }
-            }
-            _ => OciError::Registry {
-                reference: reference_s,
-                source: Box::new(err),
-            },
+            };
+        }
+        OciError::Registry {
+            reference: reference_s,
+            source: Box::new(err),
         }
     }
 
