@@ -192,6 +192,24 @@ fn hostile_layers_are_rejected_by_both_sinks_and_nothing_outside_changes() {
             "keep",
             "outside the root",
         ),
+        (
+            "whiteout-empty",
+            vec![file(".wh.", b"")],
+            ".wh.",
+            "whiteout",
+        ),
+        (
+            "whiteout-dot",
+            vec![file("sentinel/.wh..", b"")],
+            "sentinel/.wh..",
+            "whiteout",
+        ),
+        (
+            "whiteout-dotdot",
+            vec![file("a/.wh...", b"")],
+            "a/.wh...",
+            "whiteout",
+        ),
     ];
     for (name, entries, entry, why) in cases {
         let img = image(&store, &format!("hostile/{name}:1"), &[raw_tar(&entries)]);
@@ -255,4 +273,59 @@ fn absolute_symlinks_resolve_inside_the_image_root() {
         Path::new("/private/etc")
     );
     assert!(!Path::new("/private/etc/hostname").exists());
+}
+
+#[test]
+fn a_hostile_whiteout_never_removes_the_destination_it_unpacks_into() {
+    // `.wh.` alone names the layer's own directory: at the top of a layer that is the folder a
+    // user asked `slipway cache unpack` to fill, which may already hold their files.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("store");
+    let store = Store::open(&cache).unwrap();
+    for (n, entry) in [".wh.", "etc/.wh..", "etc/.wh..."].into_iter().enumerate() {
+        let layers = [
+            raw_tar(&[file("etc/hostname", b"lower\n")]),
+            raw_tar(&[file(entry, b"")]),
+        ];
+        let reference = format!("hostile/whiteout{n}:1");
+        image(&store, &reference, &layers);
+        let dest = tmp.path().join(format!("mine{n}"));
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(dest.join("precious"), b"the user's own file").unwrap();
+        let out = assert_cmd::Command::cargo_bin("slipway")
+            .unwrap()
+            .env("SLIPWAY_CACHE", &cache)
+            .args(["cache", "unpack", "--offline", &reference])
+            .arg(&dest)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{entry}: refused: {stderr}");
+        assert!(
+            stderr.contains(entry) && stderr.contains("whiteout"),
+            "{entry}: {stderr}"
+        );
+        assert_eq!(
+            fs::read(dest.join("precious")).unwrap(),
+            b"the user's own file",
+            "{entry}: the destination's own files survive"
+        );
+    }
+}
+
+#[test]
+fn a_whiteout_hides_lower_layers_only_never_an_entry_of_its_own_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let lower = raw_tar(&[file("a", b"lower"), file("b", b"lower")]);
+    // In the upper layer `a` is written and whited out; `.wh.b` hides the lower `b`.
+    let upper = raw_tar(&[file("a", b"upper"), file(".wh.a", b""), file(".wh.b", b"")]);
+    let img = image(&store, "whiteout/own:1", &[lower, upper]);
+    let tree = oci::flatten_into_tree(&store, &img).unwrap();
+    assert!(tree.get("a").is_some(), "own entry kept in the tree");
+    assert!(tree.get("b").is_none(), "lower entry hidden in the tree");
+    let dest = tmp.path().join("dest");
+    oci::unpack_to_dir(&store, &img, &dest).unwrap();
+    assert_eq!(fs::read(dest.join("a")).unwrap(), b"upper");
+    assert!(!dest.join("b").exists());
 }

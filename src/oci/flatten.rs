@@ -307,9 +307,18 @@ fn apply_layer(
             continue; // aufs bookkeeping (e.g. .wh..wh.plnk), never content
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
+            if matches!(hidden, "" | "." | "..") {
+                return Err(ctx.reject(format!(
+                    "whiteout of {hidden:?} names no entry of the layer's directory"
+                )));
+            }
             let mut target = resolve_dir(sink, &ctx, parent)?;
             target.push(hidden.to_string());
-            sink.remove(&ctx, &target)?;
+            // A whiteout hides what lower layers put there, never an entry of its own layer
+            // (OCI image spec, "Whiteouts").
+            if !current.contains(&target.join("/")) {
+                sink.remove(&ctx, &target)?;
+            }
             continue;
         }
         let header = entry.header();
@@ -514,7 +523,6 @@ pub fn flatten_into_tree(store: &Store, image: &ResolvedImage) -> Result<Tree, F
 
 struct DirSink {
     root: OwnedFd,
-    dest: PathBuf,
     /// Ownership can only be set by root; an unprivileged unpack keeps the caller's ids.
     can_chown: bool,
 }
@@ -716,11 +724,8 @@ impl Sink for DirSink {
         match self.lookup(ctx, path)? {
             Lookup::Missing => Ok(()),
             Lookup::Dir => {
-                // The path's components were just checked to be real directories inside the
-                // destination, and std's remove_dir_all never follows symlinks below it.
-                let p = self.dest.join(path.join("/"));
-                std::fs::remove_dir_all(&p)
-                    .map_err(|e| ctx.io(&format!("removing {}", p.display()), e))
+                let (dir, name) = self.parent(ctx, path)?;
+                remove_tree_at(&dir, &name).map_err(|e| ctx.io("removing a directory", e))
             }
             _ => {
                 let (dir, name) = self.parent(ctx, path)?;
@@ -759,6 +764,45 @@ impl Sink for DirSink {
     }
 }
 
+/// Removes the directory `name` of `parent` and everything below it, each step relative to a
+/// descriptor opened without following symlinks: a path joined from strings could be redirected
+/// by a concurrent rename, a descriptor cannot.
+fn remove_tree_at(parent: &OwnedFd, name: &str) -> io::Result<()> {
+    let dir = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut children = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir.as_fd())? {
+        let entry = entry?;
+        let child = entry.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            children.push((entry.file_name().to_owned(), entry.file_type()));
+        }
+    }
+    for (child, kind) in children {
+        let kind = match kind {
+            // Some filesystems leave the type out of directory entries.
+            FileType::Unknown => FileType::from_raw_mode(
+                rustix::fs::statat(&dir, child.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?.st_mode,
+            ),
+            kind => kind,
+        };
+        if kind == FileType::Directory {
+            let child = child
+                .into_string()
+                .map_err(|_| io::Error::other("directory name is not UTF-8"))?;
+            remove_tree_at(&dir, &child)?;
+        } else {
+            rustix::fs::unlinkat(&dir, child.as_c_str(), AtFlags::empty())?;
+        }
+    }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
+    Ok(())
+}
+
 /// Unpacks the image's layers into `dest` (created if missing), never writing outside it.
 pub fn unpack_to_dir(
     store: &Store,
@@ -783,7 +827,6 @@ fn open_dir_sink(dest: &Path) -> Result<DirSink, FlattenError> {
     .map_err(|e| io_err(e.into()))?;
     Ok(DirSink {
         root,
-        dest: dest.to_path_buf(),
         can_chown: rustix::process::geteuid().is_root(),
     })
 }
