@@ -316,6 +316,90 @@ fn tag_follows_the_package_contents() {
     );
 }
 
+/// A copy of the checkout's sources (what git tracks, plus new files it does not ignore), so a
+/// test can write into "the checkout" without touching the real one.
+fn copy_of_the_checkout() -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    let listed = StdCommand::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "git ls-files failed");
+    for rel in listed.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(rel).unwrap());
+        let from = root().join(rel);
+        // Listed but deleted in the work tree.
+        if !from.is_file() {
+            continue;
+        }
+        let to = copy.path().join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap();
+    }
+    copy
+}
+
+#[test]
+fn an_in_image_crate_tag_covers_its_own_sources_not_the_checkout() {
+    let checkout = copy_of_the_checkout();
+    let at = |rel: &str| checkout.path().join(rel);
+    let tag = || {
+        let out = slipway(&at("cache"))
+            .args(["pkg", "show-tag"])
+            .arg(at("pkg/engine"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let t0 = tag();
+    assert!(t0.starts_with("slipway/engine:"), "{t0}");
+    // Build output, other packages, the builder's own files and the repository's docs and tests
+    // are not what the engine is built from.
+    for (rel, text) in [
+        (
+            "target/x86_64-unknown-linux-gnu/image/slipway-engine",
+            "binary",
+        ),
+        ("pkg/init/notes.txt", "unrelated"),
+        ("pkg/busybox/extra/file", "unrelated"),
+        ("src/extra.rs", "// the builder"),
+        ("tests/extra.rs", "// a test"),
+        ("README.md", "rewritten"),
+    ] {
+        std::fs::create_dir_all(at(rel).parent().unwrap()).unwrap();
+        std::fs::write(at(rel), text).unwrap();
+        assert_eq!(tag(), t0, "writing {rel} changed the engine's tag");
+    }
+    // A source the engine links is.
+    let lib = at("crates/runtime/src/lib.rs");
+    let mut text = std::fs::read_to_string(&lib).unwrap();
+    text.push_str("\n// changed\n");
+    std::fs::write(&lib, text).unwrap();
+    let t1 = tag();
+    assert_ne!(
+        t1, t0,
+        "changing crates/runtime/src left the engine's tag alone"
+    );
+    std::fs::write(at("crates/oci/src/new_module.rs"), "// new").unwrap();
+    assert_ne!(
+        tag(),
+        t1,
+        "a new file in crates/oci left the engine's tag alone"
+    );
+}
+
 #[test]
 fn bad_build_yml_is_reported_with_file_line_and_field() {
     let cache = tempfile::tempdir().unwrap();

@@ -3,7 +3,10 @@
 
 mod files;
 pub mod root;
-pub mod runtime_config;
-pub mod tree;
+
+// The root tree is defined beside the flattening that fills it (slipway-oci), the runtime config
+// beside the schema it reads (slipway-bundle, which the engine shares); this stage uses both.
+pub use slipway_bundle::runtime_config;
+pub use slipway_oci::tree;
 
 pub use root::{AssembleError, Assembled, MANIFEST_PATH, assemble};

@@ -23,7 +23,7 @@ use crate::manifest::{self, Image, Manifest, ManifestError, Merged, label, path:
 use crate::oci::{self, PullOptions, ResolvedImage, Store};
 
 /// Where the resolved manifest is written in the image.
-pub const MANIFEST_PATH: &str = "etc/slipway/manifest.yml";
+pub const MANIFEST_PATH: &str = slipway_layout::MANIFEST;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
@@ -97,8 +97,8 @@ pub fn assemble(
         for (i, c) in list.iter().enumerate() {
             let image = resolve(&c.image)?;
             let dir = match section {
-                "services" => format!("containers/services/{}", c.name),
-                _ => format!("containers/{section}/{i:03}-{}", c.name),
+                "services" => format!("{}/{}", slipway_layout::SERVICES, c.name),
+                _ => format!("{}/{section}/{i:03}-{}", slipway_layout::CONTAINERS, c.name),
             };
             add_bundle(&mut tree, store, &image, c, &ids, &dir, section)?;
             let pinned_ref = pinned(&image);
@@ -110,7 +110,7 @@ pub fn assemble(
         }
     }
     for (i, v) in m.volumes.iter().enumerate() {
-        let dir = format!("containers/volumes/{}", v.name);
+        let dir = format!("{}/{}", slipway_layout::VOLUMES, v.name);
         tree.insert(&format!("{dir}/lower"), Entry::dir(0o755));
         tree.insert(&format!("{dir}/tmp"), Entry::dir(0o755));
         tree.insert(&format!("{dir}/merged"), Entry::dir(0o755));

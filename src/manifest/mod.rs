@@ -7,23 +7,24 @@
 // and never on a hot path, so boxing it everywhere would buy nothing.
 #![allow(clippy::result_large_err)]
 
-pub mod capabilities;
 mod error;
 pub mod label;
 mod merge;
 mod parse;
 pub mod path;
-pub mod schema;
 mod source;
 pub mod template;
 mod validate;
+
+// The schema itself (data only) lives in slipway-bundle, which the engine shares.
+pub use slipway_bundle::{capabilities, schema};
 
 pub use error::ManifestError;
 pub use merge::{Document, Merged};
 pub use schema::*;
 pub use source::{Pos, Source};
 pub use template::PkgTagger;
-pub use validate::{id_map, parse_duration, resolve_id};
+pub use validate::{id_map, parse_duration};
 
 /// Parses one file (no templates, no validation).
 pub fn parse_document(source: Source) -> Result<Document, ManifestError> {

@@ -11,7 +11,7 @@ use super::capabilities;
 use super::error::ManifestError;
 use super::merge::Merged;
 use super::path::FieldPath;
-use super::schema::{File, IdRef, Image, Manifest, Mount, Volume};
+use super::schema::{File, IdRef, Image, Manifest, Mount, Volume, resolve_id};
 
 /// The 16 resource limits LinuxKit accepts in `rlimits` (without the `RLIMIT_` prefix).
 const RLIMITS: &[&str] = &[
@@ -62,15 +62,6 @@ pub fn id_map(m: &Manifest) -> BTreeMap<String, u32> {
         ids.insert(image.name.clone(), 100 + n as u32);
     }
     ids
-}
-
-/// Resolves a uid/gid: a number as is, `""` and `root` as 0, a container name as its allocated id.
-pub fn resolve_id(ids: &BTreeMap<String, u32>, id: &IdRef) -> Option<u32> {
-    match id {
-        IdRef::Id(n) => Some(*n),
-        IdRef::Name(s) if s.is_empty() || s == "root" => Some(0),
-        IdRef::Name(s) => s.parse().ok().or_else(|| ids.get(s).copied()),
-    }
 }
 
 /// Parses a duration of `x-slipway` (`500ms`, `1s`, `2m`).

@@ -26,15 +26,7 @@ struct Metadata {
 #[derive(Deserialize)]
 struct MetaPackage {
     name: String,
-    manifest_path: PathBuf,
-    dependencies: Vec<MetaDep>,
     targets: Vec<MetaTarget>,
-}
-
-#[derive(Deserialize)]
-struct MetaDep {
-    name: String,
-    path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -43,13 +35,19 @@ struct MetaTarget {
     kind: Vec<String>,
 }
 
-/// A workspace crate and what its binary depends on.
+/// A workspace crate and what its binary is built from.
 #[derive(Debug, Clone)]
 pub struct CrateInputs {
     pub name: String,
     pub workspace_root: PathBuf,
-    /// The crate's folder and those of its path dependencies, sorted.
+    /// The folders of the crate and of every path crate its binary links, sorted.
     pub dirs: Vec<PathBuf>,
+    /// The registry crates its binary links (`name vVERSION`, with the source unless it is
+    /// crates.io; sorted): its share of Cargo.lock.
+    pub locked: Vec<String>,
+    /// The root Cargo.toml without its own package's sections and the member list: the profiles,
+    /// patches and workspace settings a build of this crate reads.
+    pub workspace_settings: String,
     /// The binary target's name.
     pub bin: String,
     /// `rustc -vV`: a different compiler makes a different binary.
@@ -63,60 +61,36 @@ fn cargo_err(krate: &str, message: String) -> PkgError {
     }
 }
 
-/// Locates `name` in the workspace that contains `dir` (no network: `--no-deps --offline`).
+/// Locates `name` in the workspace that contains `dir`, and what its binary links. Nothing
+/// touches the network (`--offline`): the lock file and the local registry cache must have
+/// everything, as they do once the workspace has been built.
 pub fn inputs(dir: &Path, name: &str) -> Result<CrateInputs, PkgError> {
-    let out = Command::new("cargo")
-        .args([
+    let out = cargo(
+        dir,
+        name,
+        &[
             "metadata",
             "--format-version",
             "1",
             "--no-deps",
             "--offline",
-        ])
-        .current_dir(dir)
-        .output()
-        .map_err(|e| cargo_err(name, format!("running cargo metadata: {e}")))?;
-    if !out.status.success() {
-        return Err(cargo_err(
-            name,
-            format!(
-                "cargo metadata: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    let meta: Metadata = serde_json::from_slice(&out.stdout)
+        ],
+    )?;
+    let meta: Metadata = serde_json::from_slice(&out)
         .map_err(|e| cargo_err(name, format!("parsing cargo metadata: {e}")))?;
-    let find = |n: &str| meta.packages.iter().find(|p| p.name == n);
-    let root =
-        find(name).ok_or_else(|| cargo_err(name, "no such crate in the workspace".into()))?;
+    let root = meta
+        .packages
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| cargo_err(name, "no such crate in the workspace".into()))?;
     let bin = root
         .targets
         .iter()
         .find(|t| t.kind.iter().any(|k| k == "bin"))
         .map(|t| t.name.clone())
         .ok_or_else(|| cargo_err(name, "the crate has no binary target".into()))?;
-    let mut dirs = BTreeSet::new();
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        let dir = p
-            .manifest_path
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
-        if !dirs.insert(dir) {
-            continue;
-        }
-        for dep in p.dependencies.iter().filter(|d| d.path.is_some()) {
-            match find(&dep.name) {
-                Some(pkg) => todo.push(pkg),
-                // A path dependency outside the workspace: hash its folder all the same.
-                None => {
-                    dirs.insert(dep.path.clone().unwrap_or_default());
-                }
-            }
-        }
-    }
+    let (dirs, locked) = linked(dir, name)?;
+    let workspace_settings = workspace_settings(name, &meta.workspace_root.join("Cargo.toml"))?;
     let rustc = Command::new("rustc")
         .arg("-vV")
         .output()
@@ -124,10 +98,118 @@ pub fn inputs(dir: &Path, name: &str) -> Result<CrateInputs, PkgError> {
     Ok(CrateInputs {
         name: name.to_string(),
         workspace_root: meta.workspace_root,
-        dirs: dirs.into_iter().collect(),
+        dirs,
+        locked,
+        workspace_settings,
         bin,
         rustc: String::from_utf8_lossy(&rustc.stdout).into_owned(),
     })
+}
+
+/// Runs `cargo ARGS` in `dir` and returns its output.
+fn cargo(dir: &Path, krate: &str, args: &[&str]) -> Result<Vec<u8>, PkgError> {
+    let out = Command::new("cargo")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| cargo_err(krate, format!("running cargo {}: {e}", args[0])))?;
+    if !out.status.success() {
+        return Err(cargo_err(
+            krate,
+            format!(
+                "cargo {}: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// The packages `name`'s binary links: normal and build dependencies, transitively, with the
+/// features a build of `name` alone selects (`cargo tree -p`; `cargo metadata` would unify them
+/// with every other member's). Dev-dependencies build only tests, never the image's program.
+/// Returns the folders of the path crates and the registry crates as `name version [source]`.
+fn linked(dir: &Path, name: &str) -> Result<(Vec<PathBuf>, Vec<String>), PkgError> {
+    let out = cargo(
+        dir,
+        name,
+        &[
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            name,
+            "-e",
+            "normal,build",
+            "--target",
+            TARGET,
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ],
+    )?;
+    let mut dirs = BTreeSet::new();
+    let mut locked = BTreeSet::new();
+    for line in String::from_utf8_lossy(&out).lines() {
+        // `NAME vVERSION[ (SOURCE)][ (proc-macro)][ (*)]`: the package id, then markers.
+        let id = line
+            .trim()
+            .trim_end_matches(" (*)")
+            .trim_end_matches(" (proc-macro)");
+        if id.is_empty() {
+            continue;
+        }
+        match id.split_once(" (") {
+            Some((_, source)) if source.starts_with('/') => {
+                dirs.insert(PathBuf::from(source.trim_end_matches(')')));
+            }
+            _ => {
+                locked.insert(id.to_string());
+            }
+        }
+    }
+    if dirs.is_empty() {
+        return Err(cargo_err(name, "cargo tree listed no crate folder".into()));
+    }
+    Ok((dirs.into_iter().collect(), locked.into_iter().collect()))
+}
+
+/// The root Cargo.toml as a build of another member sees it: the root package's own sections
+/// (its dependencies, targets, features) and the member list are dropped, so that changing the
+/// builder's dependencies does not rename the packages of the programs inside images.
+fn workspace_settings(krate: &str, manifest: &Path) -> Result<String, PkgError> {
+    let text = std::fs::read_to_string(manifest).map_err(|source| PkgError::Io {
+        path: manifest.to_path_buf(),
+        source,
+    })?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| cargo_err(krate, format!("{}: {e}", manifest.display())))?;
+    for key in [
+        "package",
+        "lib",
+        "bin",
+        "test",
+        "bench",
+        "example",
+        "features",
+        "dependencies",
+        "dev-dependencies",
+        "build-dependencies",
+        "target",
+        "badges",
+        "lints",
+    ] {
+        doc.remove(key);
+    }
+    if let Some(workspace) = doc.get_mut("workspace").and_then(|w| w.as_table_like_mut()) {
+        for key in ["members", "exclude", "default-members"] {
+            workspace.remove(key);
+        }
+    }
+    Ok(doc.to_string())
 }
 
 /// Builds the crate static and returns the binary's bytes, after checking it has no interpreter
@@ -249,13 +331,47 @@ mod tests {
         let here = Path::new(env!("CARGO_MANIFEST_DIR"));
         let i = inputs(here, "slipway").unwrap();
         assert!(i.dirs.contains(&here.to_path_buf()));
+        assert!(i.dirs.contains(&here.join("crates/oci")));
         assert_eq!(i.bin, "slipway");
         assert!(i.rustc.contains("rustc"));
+        assert!(i.locked.iter().any(|l| l.starts_with("miette ")));
         assert!(
             inputs(here, "no-such-crate")
                 .unwrap_err()
                 .to_string()
                 .contains("no-such-crate")
         );
+    }
+
+    #[test]
+    fn an_in_image_crate_links_only_its_own_dependencies() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let engine = inputs(here, "slipway-engine").unwrap();
+        // The builder, the init and the engine's test-only dependencies are not inputs.
+        assert!(
+            !engine.dirs.contains(&here.to_path_buf()),
+            "{:?}",
+            engine.dirs
+        );
+        assert!(!engine.dirs.contains(&here.join("pkg/init")));
+        assert!(engine.dirs.contains(&here.join("pkg/engine")));
+        assert!(engine.dirs.contains(&here.join("crates/runtime")));
+        for builder_only in [
+            "miette ",
+            "indicatif ",
+            "serde-saphyr ",
+            "cpio ",
+            "liblzma ",
+        ] {
+            assert!(
+                !engine.locked.iter().any(|l| l.starts_with(builder_only)),
+                "{builder_only}"
+            );
+        }
+        assert!(engine.locked.iter().any(|l| l.starts_with("libcontainer ")));
+        // The image profile is an input; the builder's own dependencies are not.
+        assert!(engine.workspace_settings.contains("[profile.image]"));
+        assert!(!engine.workspace_settings.contains("miette"));
+        assert!(!engine.workspace_settings.contains("members"));
     }
 }

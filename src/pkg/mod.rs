@@ -147,14 +147,8 @@ fn plan(dir: &Path) -> Result<Plan, PkgError> {
                         d,
                     )?;
                 }
-                for f in ["Cargo.lock", "Cargo.toml"] {
-                    let p = c.workspace_root.join(f);
-                    let data = std::fs::read(&p).map_err(|source| PkgError::Io {
-                        path: p.clone(),
-                        source,
-                    })?;
-                    h.field(&format!("workspace:{f}"), &data);
-                }
+                h.field("workspace:Cargo.lock", c.locked.join("\n").as_bytes());
+                h.field("workspace:Cargo.toml", c.workspace_settings.as_bytes());
                 h.field("rustc", c.rustc.as_bytes());
                 Input::Crate(c)
             }

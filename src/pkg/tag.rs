@@ -2,8 +2,9 @@
 //!
 //! Inputs: a version string of this image writer, the mtime the layer will carry, the package
 //! folder (every file's relative path, contents and exec bit; symlink targets), and per source the
-//! things outside the folder that shape the image: for crates, their folders and path dependencies,
-//! Cargo.lock, the root Cargo.toml (the `image` profile) and the rustc version; for Debian
+//! things outside the folder that shape the image: for crates, the folders of the crate and of the
+//! path crates it links, the registry crates it links (its share of Cargo.lock), the root
+//! Cargo.toml's workspace settings (the `image` profile) and the rustc version; for Debian
 //! packages, the exact version and the `.deb`'s SHA256 from apt's lists. Nothing here touches the
 //! network, so `show-tag` is fast and works offline. Each field is length-prefixed so that no two
 //! different input lists hash alike.
@@ -40,7 +41,8 @@ impl TagHasher {
     }
 
     /// Every file below `dir` (sorted, relative paths). Folders named `target` and `.git` are skipped:
-    /// they hold build output and history, not inputs.
+    /// they hold build output and history, not inputs. So is a folder with its own `Cargo.toml`:
+    /// another crate, hashed on its own when the package builds from it.
     pub fn tree(&mut self, label: &str, dir: &Path) -> Result<(), PkgError> {
         let mut stack = vec![dir.to_path_buf()];
         let mut files = Vec::new();
@@ -61,7 +63,7 @@ impl TagHasher {
                 })?;
                 let name = e.file_name();
                 if ft.is_dir() {
-                    if name != "target" && name != ".git" {
+                    if name != "target" && name != ".git" && !path.join("Cargo.toml").exists() {
                         stack.push(path);
                     }
                 } else {
@@ -124,6 +126,9 @@ mod tests {
         assert_eq!(t0.len(), TAG_LEN);
         std::fs::create_dir(d.path().join("target")).unwrap();
         std::fs::write(d.path().join("target/junk"), "x").unwrap();
+        assert_eq!(tag_of(d.path()), t0);
+        std::fs::create_dir(d.path().join("other-crate")).unwrap();
+        std::fs::write(d.path().join("other-crate/Cargo.toml"), "[package]").unwrap();
         assert_eq!(tag_of(d.path()), t0);
         std::fs::set_permissions(d.path().join("a"), std::fs::Permissions::from_mode(0o755))
             .unwrap();

@@ -16,4 +16,4 @@ pub mod supervisor;
 pub use supervisor::{ContainerInfo, Engine, EngineConfig, EngineError, Health, State};
 
 /// Where the daemon listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/slipway/engine.sock";
+pub const DEFAULT_SOCKET: &str = slipway_layout::ENGINE_SOCKET;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use slipway_engine::client::{Client, container_path};
 use slipway_engine::{ContainerInfo, DEFAULT_SOCKET, Engine, EngineConfig};
+use slipway_layout as layout;
 
 #[derive(Parser)]
 #[command(name = "slipway-engine", version, about = "Slipway's container engine")]
@@ -103,22 +104,22 @@ enum Command {
 #[derive(clap::Args, Clone)]
 struct DaemonArgs {
     /// The service bundles, one directory per service.
-    #[arg(long, default_value = "/containers/services")]
+    #[arg(long, default_value = layout::SERVICES)]
     bundles: PathBuf,
     /// Each service's log goes to DIR/NAME.log.
-    #[arg(long, default_value = "/var/log")]
+    #[arg(long, default_value = layout::LOG_DIR)]
     log_dir: PathBuf,
     /// The runtime's state (one directory per container).
-    #[arg(long, default_value = "/run/slipway/engine")]
+    #[arg(long, default_value = layout::ENGINE_STATE)]
     state_dir: PathBuf,
     /// The bundles of containers made by `run`.
-    #[arg(long, default_value = "/var/lib/slipway/containers")]
+    #[arg(long, default_value = layout::RUN_CONTAINERS)]
     containers: PathBuf,
     /// Unpacked images (the lower directories of `run`'s containers).
-    #[arg(long, default_value = "/var/lib/slipway/images")]
+    #[arg(long, default_value = layout::RUN_IMAGES)]
     images: PathBuf,
     /// The OCI store `run` pulls images into.
-    #[arg(long, default_value = "/var/lib/slipway/store")]
+    #[arg(long, default_value = layout::RUN_STORE)]
     store: PathBuf,
     /// Seconds each service gets between SIGTERM and SIGKILL when the engine stops.
     #[arg(long, default_value_t = 10)]

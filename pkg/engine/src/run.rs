@@ -1,9 +1,9 @@
 //! Containers from images that are not in the OS image (`slipway-engine run IMAGE`): pulling
-//! and unpacking the image with the builder's own OCI library, and writing the container's
+//! and unpacking the image with the builder's OCI library (slipway-oci), and writing the container's
 //! bundle (`CONTAINERS/NAME/{config.json, lower, rootfs/}`) the way the builder writes service
 //! bundles.
 //!
-//! `slipway::oci::resolve` runs its own multi-threaded tokio runtime, and the engine must stay
+//! `slipway_oci::resolve` runs its own multi-threaded tokio runtime, and the engine must stay
 //! one thread (libcontainer forks containers with a raw clone3), so the daemon never pulls
 //! itself: it runs `slipway-engine pull-image` as a child process ([`pull_in_child`]) and reads
 //! the [`PulledImage`] it prints.
@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use slipway::oci::{PullOptions, Store};
+use slipway_oci::{PullOptions, Store};
 
 use crate::spec::RESTART_ANNOTATION;
 
@@ -22,19 +22,19 @@ pub enum RunError {
     #[error("opening the image store {path}: {source}")]
     Store {
         path: PathBuf,
-        source: Box<slipway::oci::StoreError>,
+        source: Box<slipway_oci::StoreError>,
     },
     /// The builder's error names the reference already.
     #[error("{source}")]
     Resolve {
         image: String,
-        source: Box<slipway::oci::OciError>,
+        source: Box<slipway_oci::OciError>,
     },
     #[error("unpacking {image} into {path}: {source}")]
     Unpack {
         image: String,
         path: PathBuf,
-        source: Box<slipway::oci::FlattenError>,
+        source: Box<slipway_oci::FlattenError>,
     },
     #[error("{path}: {source}")]
     Io {
@@ -85,7 +85,7 @@ pub fn pull_image(store: &Path, images: &Path, reference: &str) -> Result<Pulled
         source: Box::new(source),
     })?;
     let image =
-        slipway::oci::resolve(&store, reference, &PullOptions::default()).map_err(|source| {
+        slipway_oci::resolve(&store, reference, &PullOptions::default()).map_err(|source| {
             RunError::Resolve {
                 image: reference.to_owned(),
                 source: Box::new(source),
@@ -105,7 +105,7 @@ pub fn pull_image(store: &Path, images: &Path, reference: &str) -> Result<Pulled
             std::process::id()
         ));
         let _ = fs::remove_dir_all(&tmp);
-        slipway::oci::unpack_to_dir(&store, &image, &tmp).map_err(|source| RunError::Unpack {
+        slipway_oci::unpack_to_dir(&store, &image, &tmp).map_err(|source| RunError::Unpack {
             image: pulled.reference.clone(),
             path: tmp.clone(),
             source: Box::new(source),
@@ -186,7 +186,7 @@ pub fn write_bundle(
         fs::create_dir_all(tmp.join("rootfs")).map_err(io(&tmp))?;
         let lower = std::path::absolute(image.dir(images)).map_err(io(images))?;
         std::os::unix::fs::symlink(&lower, tmp.join("lower")).map_err(io(&tmp.join("lower")))?;
-        let manifest = slipway::manifest::Image {
+        let manifest = slipway_bundle::Image {
             name: name.to_owned(),
             image: image.reference.clone(),
             command: cmd,
@@ -194,7 +194,7 @@ pub fn write_bundle(
             annotations: restart.map(|r| [(RESTART_ANNOTATION.to_owned(), r.to_owned())].into()),
             ..Default::default()
         };
-        let config = slipway::assemble::runtime_config::runtime_config(
+        let config = slipway_bundle::runtime_config(
             &manifest,
             image.config.config().as_ref(),
             &Default::default(),

@@ -422,7 +422,7 @@ impl Engine {
         if image.is_empty() {
             return Err(EngineError::Invalid("image must name an image".to_owned()));
         }
-        slipway::oci::resolve::parse_reference(image)
+        slipway_oci::resolve::parse_reference(image)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         if let Some(restart) = &request.restart {
             restart

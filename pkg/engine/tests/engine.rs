@@ -785,7 +785,7 @@ impl Drop for Registry {
 
 /// Puts a one-layer busybox-static image into a store of its own and pushes it to `target`.
 fn push_busybox_image(target: &str) {
-    use slipway::oci::{Digest, PullOptions, Store};
+    use slipway_oci::{Digest, PullOptions, Store};
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -821,7 +821,7 @@ fn push_busybox_image(target: &str) {
     let layer = gz.finish().unwrap();
     let layer_d = store.put_blob(&layer).unwrap();
     let config = serde_json::to_vec(&json!({
-        "architecture": slipway::oci::resolve::host_arch(), "os": "linux",
+        "architecture": slipway_oci::resolve::host_arch(), "os": "linux",
         "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
     }))
@@ -847,7 +847,7 @@ fn push_busybox_image(target: &str) {
             ),
         )
         .unwrap();
-    slipway::oci::push(
+    slipway_oci::push(
         &store,
         "slipway/engine-run:local",
         target,

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use crate::events::Events;
 
 /// Where an init image puts the engine (`init: [.., @pkg:../pkg/engine]`).
-pub const ENGINE: &str = "/usr/bin/slipway-engine";
+pub const ENGINE: &str = slipway_layout::ENGINE;
 
 pub struct Engine {
     pid: i32,

@@ -28,9 +28,9 @@ use events::Events;
 use shutdown::{Action, Step};
 use slipway_runtime::Runtime;
 
-const CONTAINERS: &str = "/containers";
+const CONTAINERS: &str = slipway_layout::CONTAINERS;
 const LOG_DIR: &str = "/run/log";
-const STATE_DIR: &str = "/run/slipway/containers";
+const STATE_DIR: &str = slipway_layout::INIT_STATE;
 const ROOT_MOVED: &str = "SLIPWAY_INIT_ROOT_MOVED";
 const GRACE: Duration = Duration::from_secs(10);
 

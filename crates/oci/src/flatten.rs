@@ -26,7 +26,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use super::digest::Digest;
 use super::resolve::ResolvedImage;
 use super::store::{Store, StoreError};
-use crate::assemble::tree::{Entry, Kind, Tree};
+use super::tree::{Entry, Kind, Tree};
 
 /// How many symlinks one path may traverse (Linux's own limit).
 const MAX_SYMLINK_HOPS: usize = 40;

@@ -2,12 +2,10 @@
 //! `--insecure-registry`), credentials from `~/.docker/config.json` and its helpers, and blob
 //! transfers streamed to and from files (never whole layers in memory).
 
-use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::Path;
 
 use futures_util::StreamExt;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
@@ -17,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::OciError;
 use super::digest::{Digest, Hasher};
+use super::progress::Bar;
 use super::store::Store;
 
 /// Media types slipway accepts for manifests, most specific first.
@@ -79,6 +78,9 @@ impl Registry {
             ..Default::default()
         };
         let (auth, auth_source) = credentials(&host);
+        // reqwest takes the process-wide rustls provider; ring is the one linked (see Cargo.toml).
+        // A second install fails harmlessly: the first one stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Registry {
             client: Client::new(config),
             auth,
@@ -153,7 +155,7 @@ impl Registry {
         digest: &Digest,
         media_type: &str,
         size: u64,
-        bar: &ProgressBar,
+        bar: &Bar,
     ) -> Result<(), OciError> {
         if store.has_blob(digest) {
             bar.inc(size);
@@ -332,25 +334,6 @@ fn credentials(host: &str) -> (RegistryAuth, Option<String>) {
         }
     }
     (RegistryAuth::Anonymous, None)
-}
-
-/// Progress bars on a terminal, nothing when stderr is not one (CI logs stay clean).
-pub fn progress() -> MultiProgress {
-    if std::io::stderr().is_terminal() {
-        MultiProgress::new()
-    } else {
-        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
-    }
-}
-
-pub fn blob_bar(multi: &MultiProgress, digest: &Digest, size: u64) -> ProgressBar {
-    let bar = multi.add(ProgressBar::new(size));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(digest.hex()[..12].to_string());
-    bar
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 
 use super::OciError;
 use super::digest::Digest;
-use super::registry::{Registry, blob_bar, progress};
+use super::progress::Progress;
+use super::registry::Registry;
 use super::store::Store;
 
 /// How many blobs download at once.
@@ -316,13 +317,13 @@ async fn remote(
     for l in manifest.layers() {
         blobs.push((oci_digest(r, l)?, l.media_type().to_string(), l.size()));
     }
-    let multi = progress();
+    let progress = Progress::new();
     let reg = &reg;
     let downloads: Vec<_> = blobs
         .iter()
         .cloned()
         .map(|(d, mt, size)| {
-            let bar = blob_bar(&multi, &d, size);
+            let bar = progress.bar(&d, size);
             async move {
                 let result = reg.fetch_blob(store, r, &d, &mt, size, &bar).await;
                 bar.finish_and_clear();

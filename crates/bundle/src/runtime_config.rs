@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use crate::manifest::{self, IdRef, Image, Mount, capabilities};
+use crate::{self as manifest, IdRef, Image, Mount, capabilities};
 
 /// The OCI runtime spec version written.
 pub const OCI_VERSION: &str = "1.0.2";
@@ -20,7 +20,7 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 
 /// Where a named volume is found at run time.
 pub fn volume_path(name: &str) -> String {
-    format!("/containers/volumes/{name}/merged")
+    slipway_layout::volume(name)
 }
 
 /// Generates the runtime config. `image` is the image's own config (entrypoint, cmd, env, cwd).

@@ -4,6 +4,9 @@
 //! Every optional field is an `Option` so that "absent" and "present but empty" stay distinct:
 //! LinuxKit's precedence rules (manifest over image label over image config) depend on it, and
 //! printing a merged manifest must give back exactly what was written.
+//!
+//! Data only: the builder's `manifest` module reads it (YAML, with positions for its errors),
+//! merges and validates it; the engine builds an [`Image`] for each container it creates.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +68,15 @@ pub struct Trust {
 pub enum IdRef {
     Id(u32),
     Name(String),
+}
+
+/// Resolves a uid/gid: a number as is, `""` and `root` as 0, a container name as its allocated id.
+pub fn resolve_id(ids: &BTreeMap<String, u32>, id: &IdRef) -> Option<u32> {
+    match id {
+        IdRef::Id(n) => Some(*n),
+        IdRef::Name(s) if s.is_empty() || s == "root" => Some(0),
+        IdRef::Name(s) => s.parse().ok().or_else(|| ids.get(s).copied()),
+    }
 }
 
 /// A container of `onboot`, `onshutdown` or `services`. Also, with `name` and `image` empty, the

@@ -2,14 +2,20 @@
 //!
 //! Everything that needs an image goes through here: [`resolve`] finds it (cache first, then the
 //! registry), its blobs land verified in the [`Store`], and [`flatten`] turns its layers into one
-//! filesystem, either the in-memory tree of the image builder or a directory for the engine.
+//! filesystem, either the in-memory [`Tree`] of the image builder or a directory for the engine.
+//!
+//! Both the builder and the engine (`slipway-engine run IMAGE`) link this crate, so it carries
+//! nothing only a terminal wants: progress bars are the `progress` feature, and errors are plain
+//! `thiserror` types (the builder's CLI adds its diagnostics on top).
 
 pub mod archive;
 pub mod digest;
 pub mod flatten;
+mod progress;
 pub mod registry;
 pub mod resolve;
 pub mod store;
+pub mod tree;
 
 use std::path::PathBuf;
 
@@ -17,6 +23,7 @@ pub use digest::Digest;
 pub use flatten::{FlattenError, flatten_into_tree, unpack_to_dir};
 pub use resolve::{PullOptions, ResolvedImage, push, resolve};
 pub use store::{Store, StoreError};
+pub use tree::Tree;
 
 /// Errors of resolving, pulling and pushing images. Each names the image reference involved.
 #[derive(Debug, thiserror::Error)]
