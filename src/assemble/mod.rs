@@ -2,8 +2,11 @@
 //! every output format is written from.
 
 mod files;
+pub mod parts;
 pub mod root;
 pub mod runtime_config;
+pub mod shared;
+pub mod sizes;
 pub mod tree;
 
 pub use root::{AssembleError, Assembled, MANIFEST_PATH, assemble};
