@@ -183,7 +183,6 @@ impl fmt::Display for SizeReport {
             let image = p.part.image.as_deref().map(short_image).unwrap_or_default();
             let shared = match p.shared {
                 0 => String::new(),
-                s if s == p.bytes => "all".into(),
                 s => size(s),
             };
             lines.push([name, image, size(p.bytes), shared]);
@@ -279,7 +278,7 @@ mod tests {
         assert!(
             table
                 .lines()
-                .any(|l| l.starts_with("services/b") && l.ends_with("all")),
+                .any(|l| l.starts_with("services/b") && l.ends_with("500 B  500 B")),
             "{table}"
         );
     }

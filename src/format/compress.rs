@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::str::FromStr;
 
 use super::FormatError;
+use super::parallel_gzip::ParallelGzip;
 
 /// How an initrd is compressed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,7 +61,7 @@ const XZ_PRESET: u32 = 6;
 
 /// A compressing writer; [`Encoder::finish`] ends the stream and returns the inner writer.
 pub enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Xz(liblzma::write::XzEncoder<W>),
     None(W),
@@ -71,12 +72,10 @@ impl<W: Write> Encoder<W> {
     /// does not need it, but it lets `zstd -l` and other tools size their buffers).
     pub fn new(compression: Compression, w: W, content_size: Option<u64>) -> io::Result<Self> {
         Ok(match compression {
-            // No file name and mtime 0: gzip headers would otherwise carry the build time.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(w, flate2::Compression::default()),
-            ),
+            // One gzip member deflated on every core; no file name and mtime 0 in its header.
+            Compression::Gzip => {
+                Encoder::Gzip(ParallelGzip::new(w, flate2::Compression::default()))
+            }
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
                 // One frame carrying its content size and an xxhash64 checksum, which the kernel's
