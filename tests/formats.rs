@@ -417,7 +417,10 @@ fn a_gzip_initrd_of_many_pieces_is_one_member_that_gzip_reads_back() {
         String::from_utf8_lossy(&test.stderr)
     );
     let unpacked = run_with_stdin(Command::new("gzip").args(["-d", "-c"]), &packed);
-    assert!(unpacked.stdout == plain, "gzip -dc does not give the archive");
+    assert!(
+        unpacked.stdout == plain,
+        "gzip -dc does not give the archive"
+    );
     // One member: a decoder that stops after the first member still reads everything.
     let mut single = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut single)

@@ -85,7 +85,12 @@ pub fn assemble(
         && let Some(reference) = &kernel.image
     {
         let image = resolve(reference)?;
+        let started = std::time::Instant::now();
         add_kernel(&mut tree, store, &image, kernel)?;
+        tracing::info!(
+            "unpacked the kernel and its modules in {:.2?}",
+            started.elapsed()
+        );
         resolved.kernel.as_mut().expect("cloned").image = Some(pinned(&image));
         let part = parts.add(part_of(PartKind::Kernel, &image));
         let boot = [
@@ -201,7 +206,9 @@ impl Flattened {
         if let Some(tree) = self.trees.get(&image.digest) {
             return Ok(tree.clone());
         }
+        let started = std::time::Instant::now();
         let tree = oci::flatten_into_tree(store, image)?;
+        tracing::info!("flattened {} in {:.2?}", image.reference, started.elapsed());
         self.trees.insert(image.digest.clone(), tree.clone());
         Ok(tree)
     }

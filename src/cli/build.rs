@@ -101,7 +101,15 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             eprintln!("built {} {}", built.reference, built.digest);
         }
     }
+    let started = std::time::Instant::now();
     let assembled = assemble::assemble(&merged, &store, &args.pull.options())?;
+    tracing::info!(
+        "assembled the root in {:.2?}: {} entries, {} identical files stored once ({} bytes saved)",
+        started.elapsed(),
+        assembled.tree.len(),
+        assembled.shared.links,
+        assembled.shared.bytes_saved
+    );
     let mut tree = assembled.tree;
     let mut report = SizeReport::measure(&tree, &assembled.parts);
     let boot = if tree.get(format::KERNEL_PATH).is_some() {
@@ -117,7 +125,10 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     // the budget, so a failed build leaves the folder as it was.
     let mut staged: Vec<Staged> = Vec::new();
     for f in &formats {
-        for output in write_format(f, &tree, boot.as_ref(), &args, &name)? {
+        let started = std::time::Instant::now();
+        let outputs = write_format(f, &tree, boot.as_ref(), &args, &name)?;
+        tracing::info!("wrote {f} in {:.2?}", started.elapsed());
+        for output in outputs {
             report.outputs.push(OutputSize {
                 path: output.path.clone(),
                 format: f.clone(),
@@ -233,7 +244,6 @@ fn write_format(
     args: &Args,
     name: &str,
 ) -> anyhow::Result<Vec<Output>> {
-    let _span = tracing::info_span!("format", format = f).entered();
     match f {
         "kernel+initrd" => {
             let [initrd, kernel, cmdline] = format::kernel_initrd::stage_kernel_initrd(
