@@ -201,7 +201,7 @@ fn ten_services_of_one_image_share_its_files_and_all_run() {
     manifest.push_str(&format!(
         "  - name: poweroff\n    image: \"@pkg:{root}/pkg/busybox\"\n    pid: host\n\
          \x20   capabilities: [CAP_KILL]\n\
-         \x20   command: [/bin/sh, -c, \"until [ $(pgrep -f 'slipway-test: share[d] service' | wc -l) -ge 10 ]; \
+         \x20   command: [/bin/sh, -c, \"until [ $(ps -o args | grep -c 'slipway-test: share[d] service') -ge 10 ]; \
          do sleep 1; done; poweroff\"]\n"
     ));
     let path = dir.path().join("shared.yml");
