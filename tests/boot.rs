@@ -180,3 +180,66 @@ fn the_engine_starts_a_dependent_after_its_dependency_is_healthy_and_restarts_a_
     position(&text, "slipway-onshutdown: goodbye");
     assert!(out.status.success(), "{text}");
 }
+
+#[test]
+fn ten_services_of_one_image_share_its_files_and_all_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = root().display().to_string();
+    let mut manifest = format!(
+        "kernel:\n  image: \"@pkg:{root}/kernel\"\n  cmdline: \"console=ttyS0 panic=-1\"\n\
+         init:\n  - \"@pkg:{root}/pkg/init\"\nservices:\n"
+    );
+    for i in 0..10 {
+        manifest.push_str(&format!(
+            "  - name: s{i}\n    image: \"@pkg:{root}/pkg/busybox\"\n    devices:\n\
+             \x20     - {{path: /dev/console, type: c, major: 5, minor: 1, mode: \"0620\"}}\n\
+             \x20   command: [/bin/sh, -c, \"echo slipway-test: shared service {i} up >/dev/console; \
+             trap 'exit 0' TERM; while :; do sleep 1; done\"]\n"
+        ));
+    }
+    // Powers off once all ten run (`share[d]` keeps this command line out of its own count).
+    manifest.push_str(&format!(
+        "  - name: poweroff\n    image: \"@pkg:{root}/pkg/busybox\"\n    pid: host\n\
+         \x20   capabilities: [CAP_KILL]\n\
+         \x20   command: [/bin/sh, -c, \"until [ $(ps -o args | grep -c 'slipway-test: share[d] service') -ge 10 ]; \
+         do sleep 1; done; poweroff\"]\n"
+    ));
+    let path = dir.path().join("shared.yml");
+    std::fs::write(&path, manifest).unwrap();
+    let cache = cache();
+    let built = slipway(cache)
+        .args(["build", "--json", "--name", "shared", "--dir"])
+        .arg(dir.path())
+        .arg(&path)
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc: serde_json::Value = serde_json::from_slice(&built.stdout).unwrap();
+    let parts = doc["size"]["parts"].as_array().unwrap();
+    let s0 = parts.iter().find(|p| p["name"] == "s0").unwrap();
+    let busybox = s0["bytes"].as_u64().unwrap();
+    for p in parts
+        .iter()
+        .filter(|p| p["name"] != "s0" && p["kind"] == "service")
+    {
+        assert!(
+            p["shared"].as_u64().unwrap() + 4096 > busybox,
+            "{} does not share s0's files: {p}",
+            p["name"]
+        );
+    }
+    assert!(doc["size"]["shared_bytes"].as_u64().unwrap() > 9 * (busybox - 4096));
+
+    let out = slipway(cache)
+        .args(["run", "qemu", "--mem", "1024", "--timeout", "240"])
+        .arg(dir.path().join("shared"))
+        .timeout(std::time::Duration::from_secs(300))
+        .output()
+        .unwrap();
+    let text = console(&out);
+    for i in 0..10 {
+        position(&text, &format!("slipway-test: shared service {i} up"));
+    }
+    assert!(out.status.success(), "{text}");
+}

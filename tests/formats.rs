@@ -392,3 +392,43 @@ fn an_initrd_too_large_for_the_loader_is_refused_with_size_and_hint() {
     .to_string();
     assert!(err.contains("1048576") && err.contains("iso"), "{err}");
 }
+
+#[test]
+fn a_gzip_initrd_of_many_pieces_is_one_member_that_gzip_reads_back() {
+    let mut tree = sample_tree();
+    // About 6 MiB of varied text: several pieces for the parallel compressor.
+    let text: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {i}: {}\n", i.wrapping_mul(2_654_435_761) % 9973).into_bytes())
+        .collect();
+    assert!(text.len() > 3 << 20);
+    tree.insert("var/big.txt", Entry::file(text, 0o644));
+    let plain = write_initrd(&tree, None, Compression::None, Vec::new()).unwrap();
+    let packed = write_initrd(&tree, None, Compression::Gzip, Vec::new()).unwrap();
+    assert!(
+        packed.len() < plain.len() / 3,
+        "{} of {}",
+        packed.len(),
+        plain.len()
+    );
+    let test = run_with_stdin(Command::new("gzip").arg("-t"), &packed);
+    assert!(
+        test.status.success(),
+        "gzip -t: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+    let unpacked = run_with_stdin(Command::new("gzip").args(["-d", "-c"]), &packed);
+    assert!(
+        unpacked.stdout == plain,
+        "gzip -dc does not give the archive"
+    );
+    // One member: a decoder that stops after the first member still reads everything.
+    let mut single = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&packed[..]), &mut single)
+        .unwrap();
+    assert!(single == plain, "the stream is more than one gzip member");
+    assert_eq!(
+        write_initrd(&tree, None, Compression::Gzip, Vec::new()).unwrap(),
+        packed,
+        "not reproducible"
+    );
+}

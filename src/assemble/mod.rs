@@ -2,7 +2,10 @@
 //! every output format is written from.
 
 mod files;
+pub mod parts;
 pub mod root;
+pub mod shared;
+pub mod sizes;
 
 // The root tree is defined beside the flattening that fills it (slipway-oci), the runtime config
 // beside the schema it reads (slipway-bundle, which the engine shares); this stage uses both.

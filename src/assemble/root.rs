@@ -13,12 +13,14 @@
 //! A read-only container gets its image in `rootfs/`; a writable one gets it in `lower/`, and the
 //! init mounts a tmpfs-backed overlay on `rootfs/` at boot (LinuxKit's layout).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::assemble::parts::{Part, PartKind, Parts};
 use crate::assemble::runtime_config::runtime_config;
-use crate::assemble::tree::{Entry, Kind, Tree};
+use crate::assemble::shared::{Shared, share_identical_files};
+use crate::assemble::tree::{Entry, Kind, Tree, normalise};
 use crate::manifest::{self, Image, Manifest, ManifestError, Merged, label, path::FieldPath};
 use crate::oci::{self, PullOptions, ResolvedImage, Store};
 
@@ -52,6 +54,10 @@ impl From<ManifestError> for AssembleError {
 pub struct Assembled {
     pub tree: Tree,
     pub resolved: Manifest,
+    /// Which part of the manifest placed each path (for the size report).
+    pub parts: Parts,
+    /// What storing identical files once saved.
+    pub shared: Shared,
 }
 
 /// Resolves the images of `merged` (cache first, then registries) and lays out the root tree.
@@ -72,19 +78,37 @@ pub fn assemble(
     };
     let mut resolved = m.clone();
     let mut tree = Tree::new();
+    let mut parts = Parts::new();
+    let mut flattened = Flattened::default();
 
     if let Some(kernel) = &m.kernel
         && let Some(reference) = &kernel.image
     {
         let image = resolve(reference)?;
+        let started = std::time::Instant::now();
         add_kernel(&mut tree, store, &image, kernel)?;
+        tracing::info!(
+            "unpacked the kernel and its modules in {:.2?}",
+            started.elapsed()
+        );
         resolved.kernel.as_mut().expect("cloned").image = Some(pinned(&image));
+        let part = parts.add(part_of(PartKind::Kernel, &image));
+        let boot = [
+            crate::format::KERNEL_PATH,
+            crate::format::CMDLINE_PATH,
+            crate::format::UCODE_PATH,
+        ];
+        parts.claim(part, boot);
+        let part = parts.add(part_of(PartKind::Modules, &image));
+        parts.claim_folder(part, "lib/modules");
     }
     for (i, reference) in m.init.iter().enumerate() {
         let image = resolve(reference)?;
-        let rootfs = oci::flatten_into_tree(store, &image)?;
+        let rootfs = flattened.get(store, &image)?;
         tree.graft("", &rootfs);
         resolved.init[i] = pinned(&image);
+        let part = parts.add(part_of(PartKind::Init, &image));
+        parts.claim(part, rootfs.iter().map(|(path, _)| path));
     }
     base_layout(&mut tree);
 
@@ -100,7 +124,18 @@ pub fn assemble(
                 "services" => format!("{}/{}", slipway_layout::SERVICES, c.name),
                 _ => format!("{}/{section}/{i:03}-{}", slipway_layout::CONTAINERS, c.name),
             };
-            add_bundle(&mut tree, store, &image, c, &ids, &dir, section)?;
+            let rootfs = flattened.get(store, &image)?;
+            add_bundle(&mut tree, &image, rootfs, c, &ids, &dir, section)?;
+            let kind = match section {
+                "onboot" => PartKind::Onboot,
+                "onshutdown" => PartKind::Onshutdown,
+                _ => PartKind::Service,
+            };
+            let part = parts.add(Part {
+                name: c.name.clone(),
+                ..part_of(kind, &image)
+            });
+            parts.claim_folder(part, &dir);
             let pinned_ref = pinned(&image);
             match section {
                 "onboot" => resolved.onboot[i].image = pinned_ref,
@@ -114,17 +149,69 @@ pub fn assemble(
         tree.insert(&format!("{dir}/lower"), Entry::dir(0o755));
         tree.insert(&format!("{dir}/tmp"), Entry::dir(0o755));
         tree.insert(&format!("{dir}/merged"), Entry::dir(0o755));
+        let mut part = Part {
+            kind: PartKind::Volume,
+            name: v.name.clone(),
+            image: None,
+        };
         if let Some(reference) = &v.image {
             let image = resolve(reference)?;
-            let content = oci::flatten_into_tree(store, &image)?;
+            let content = flattened.get(store, &image)?;
             tree.graft(&format!("{dir}/lower"), &content);
             resolved.volumes[i].image = Some(pinned(&image));
+            part.image = Some(pinned(&image));
         }
+        let part = parts.add(part);
+        parts.claim_folder(part, &dir);
     }
     let yaml = manifest::to_yaml(&resolved);
     tree.insert(MANIFEST_PATH, Entry::file(yaml.clone().into_bytes(), 0o644));
     super::files::add_files(&mut tree, merged, &ids, &yaml)?;
-    Ok(Assembled { tree, resolved })
+    if !m.files.is_empty() {
+        let part = parts.add(Part {
+            kind: PartKind::Files,
+            name: "files".into(),
+            image: None,
+        });
+        let paths: Vec<String> = m.files.iter().map(|f| normalise(&f.path)).collect();
+        parts.claim(part, paths.iter().map(String::as_str));
+    }
+    let shared = share_identical_files(&mut tree);
+    Ok(Assembled {
+        tree,
+        resolved,
+        parts,
+        shared,
+    })
+}
+
+/// A report line for `image`, named by its reference.
+fn part_of(kind: PartKind, image: &ResolvedImage) -> Part {
+    Part {
+        kind,
+        name: image.reference.clone(),
+        image: Some(pinned(image)),
+    }
+}
+
+/// Each image is flattened once per build, however many containers use it; the copies handed
+/// out share their file contents, which also makes sharing identical files cheap to detect.
+#[derive(Default)]
+struct Flattened {
+    trees: HashMap<oci::Digest, Tree>,
+}
+
+impl Flattened {
+    fn get(&mut self, store: &Store, image: &ResolvedImage) -> Result<Tree, AssembleError> {
+        if let Some(tree) = self.trees.get(&image.digest) {
+            return Ok(tree.clone());
+        }
+        let started = std::time::Instant::now();
+        let tree = oci::flatten_into_tree(store, image)?;
+        tracing::info!("flattened {} in {:.2?}", image.reference, started.elapsed());
+        self.trees.insert(image.digest.clone(), tree.clone());
+        Ok(tree)
+    }
 }
 
 /// `REF@sha256:...`: the reference as written plus the digest it resolved to.
@@ -225,8 +312,8 @@ fn base_layout(tree: &mut Tree) {
 /// One container: its image (label defaults applied), `config.json` and rootfs layout.
 fn add_bundle(
     tree: &mut Tree,
-    store: &Store,
     image: &ResolvedImage,
+    mut rootfs: Tree,
     c: &Image,
     ids: &BTreeMap<String, u32>,
     dir: &str,
@@ -258,7 +345,6 @@ fn add_bundle(
     json.push(b'\n');
     tree.insert(&format!("{dir}/config.json"), Entry::file(json, 0o644));
 
-    let mut rootfs = oci::flatten_into_tree(store, image)?;
     container_filesystem(&mut rootfs);
     if effective.readonly == Some(true) {
         tree.insert(&format!("{dir}/rootfs"), Entry::dir(0o755));

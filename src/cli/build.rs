@@ -7,7 +7,9 @@ use anyhow::Context;
 
 use super::Global;
 use super::cache::PullArgs;
+use crate::assemble::sizes::{OutputSize, SizeReport};
 use crate::assemble::{self, tree::Tree};
+use crate::format::staged::Staged;
 use crate::format::{self, BootSpec, Compression};
 use crate::manifest::{self, Source};
 
@@ -34,6 +36,10 @@ pub struct Args {
     /// Initrd compression: gzip, zstd, xz or none.
     #[arg(long, value_name = "C", default_value = "gzip")]
     pub compress: Compression,
+    /// Fail the build, writing nothing, when the initrd (or the one file of another format) is
+    /// larger than SIZE: bytes, or with a unit (`5M` = 5,000,000 bytes, `5MiB` = 5 x 2^20).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<bytesize::ByteSize>,
     #[command(flatten)]
     pub pull: PullArgs,
     /// Manifest files, merged in order; `-` reads standard input.
@@ -95,8 +101,17 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             eprintln!("built {} {}", built.reference, built.digest);
         }
     }
+    let started = std::time::Instant::now();
     let assembled = assemble::assemble(&merged, &store, &args.pull.options())?;
+    tracing::info!(
+        "assembled the root in {:.2?}: {} entries, {} identical files stored once ({} bytes saved)",
+        started.elapsed(),
+        assembled.tree.len(),
+        assembled.shared.links,
+        assembled.shared.bytes_saved
+    );
     let mut tree = assembled.tree;
+    let mut report = SizeReport::measure(&tree, &assembled.parts);
     let boot = if tree.get(format::KERNEL_PATH).is_some() {
         Some(BootSpec::split_from(&mut tree)?)
     } else {
@@ -106,15 +121,44 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating {}", args.dir.display()))?;
     }
-    let mut written: Vec<PathBuf> = Vec::new();
+    // Every output is staged first and renamed into place only once all are written and within
+    // the budget, so a failed build leaves the folder as it was.
+    let mut staged: Vec<Staged> = Vec::new();
     for f in &formats {
-        written.extend(write_format(f, &tree, boot.as_ref(), &args, &name)?);
+        let started = std::time::Instant::now();
+        let outputs = write_format(f, &tree, boot.as_ref(), &args, &name)?;
+        tracing::info!("wrote {f} in {:.2?}", started.elapsed());
+        for output in outputs {
+            report.outputs.push(OutputSize {
+                path: output.path.clone(),
+                format: f.clone(),
+                bytes: output.bytes,
+                budgeted: output.budgeted,
+            });
+            staged.extend(output.staged);
+        }
+    }
+    report.max_size = args.max_size.map(|s| s.as_u64());
+    eprint!("{report}");
+    let over: Vec<String> = report
+        .over_budget()
+        .iter()
+        .map(|o| format!("{} is {} bytes", o.path, o.bytes))
+        .collect();
+    let mut written: Vec<PathBuf> = Vec::new();
+    if over.is_empty() {
+        for output in staged {
+            written.push(output.persist()?);
+        }
+    } else {
+        drop(staged);
     }
     if args.json {
         let doc = serde_json::json!({
             "name": name,
             "formats": formats,
             "files": written,
+            "size": report,
             "manifest": assembled.resolved,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -123,7 +167,35 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             eprintln!("wrote {}", path.display());
         }
     }
+    if let Some(max) = report.max_size
+        && !over.is_empty()
+    {
+        anyhow::bail!(
+            "over the size budget of {max} bytes (--max-size {}): {}; no output was written",
+            args.max_size.map(|s| s.to_string()).unwrap_or_default(),
+            over.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// One output of a format: staged for renaming into place, or already streamed (`-o -`).
+struct Output {
+    path: String,
+    bytes: u64,
+    budgeted: bool,
+    staged: Option<Staged>,
+}
+
+impl Output {
+    fn staged(staged: Staged, budgeted: bool) -> Output {
+        Output {
+            path: staged.path().display().to_string(),
+            bytes: staged.size(),
+            budgeted,
+            staged: Some(staged),
+        }
+    }
 }
 
 /// `-f` values, checked; the default is kernel+initrd, or tar when `-o` names one output.
@@ -164,55 +236,86 @@ fn need_boot<'a>(boot: Option<&'a BootSpec>, format: &str) -> anyhow::Result<&'a
     })
 }
 
+/// Writes one format's outputs (staged, except a stream to standard output).
 fn write_format(
     f: &str,
     tree: &Tree,
     boot: Option<&BootSpec>,
     args: &Args,
     name: &str,
-) -> anyhow::Result<Vec<PathBuf>> {
+) -> anyhow::Result<Vec<Output>> {
     match f {
         "kernel+initrd" => {
-            let files = format::kernel_initrd::write_kernel_initrd(
+            let [initrd, kernel, cmdline] = format::kernel_initrd::stage_kernel_initrd(
                 tree,
                 need_boot(boot, f)?,
                 args.compress,
                 &args.dir,
                 name,
             )?;
-            Ok(vec![files.kernel, files.initrd, files.cmdline])
+            Ok(vec![
+                Output::staged(kernel, false),
+                Output::staged(initrd, true),
+                Output::staged(cmdline, false),
+            ])
         }
         "tar-kernel-initrd" => {
             let path = args.dir.join(format!("{name}-initrd.tar"));
             let boot = need_boot(boot, f)?;
-            format::kernel_initrd::write_file_atomically(&path, |w| {
+            let staged = Staged::write(&path, |w| {
                 format::kernel_initrd::write_tar_kernel_initrd(tree, boot, args.compress, w)
                     .map(|_| ())
             })?;
-            Ok(vec![path])
+            Ok(vec![Output::staged(staged, true)])
         }
         _ => {
             let empty = BootSpec::default();
             let boot = boot.unwrap_or(&empty);
             match args.output.as_deref() {
                 Some("-") => {
-                    let stdout = std::io::stdout().lock();
-                    let mut w =
-                        format::tar::write_tar(tree, boot, std::io::BufWriter::new(stdout))?;
+                    // A stream cannot be taken back: the budget is checked after the fact.
+                    let stdout = Counted {
+                        inner: std::io::BufWriter::new(std::io::stdout().lock()),
+                        bytes: 0,
+                    };
+                    let mut w = format::tar::write_tar(tree, boot, stdout)?;
                     std::io::Write::flush(&mut w)?;
-                    Ok(vec![])
+                    Ok(vec![Output {
+                        path: "-".into(),
+                        bytes: w.bytes,
+                        budgeted: true,
+                        staged: None,
+                    }])
                 }
                 out => {
                     let path = out
                         .map(PathBuf::from)
                         .unwrap_or_else(|| args.dir.join(format!("{name}.tar")));
-                    format::kernel_initrd::write_file_atomically(&path, |w| {
+                    let staged = Staged::write(&path, |w| {
                         format::tar::write_tar(tree, boot, w).map(|_| ())
                     })?;
-                    Ok(vec![path])
+                    Ok(vec![Output::staged(staged, true)])
                 }
             }
         }
+    }
+}
+
+/// Counts what goes to standard output, for the size report.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

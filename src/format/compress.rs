@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::str::FromStr;
 
 use super::FormatError;
+use super::parallel_gzip::ParallelGzip;
 
 /// How an initrd is compressed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,9 +59,15 @@ const ZSTD_LEVEL: i32 = 9;
 /// dictionary on demand, so it needs no special preset.
 const XZ_PRESET: u32 = 6;
 
+/// One zstd worker per core, and at least one: the output of zero workers (compression on the
+/// caller's thread) differs from that of one or more.
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u32)
+}
+
 /// A compressing writer; [`Encoder::finish`] ends the stream and returns the inner writer.
 pub enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Xz(liblzma::write::XzEncoder<W>),
     None(W),
@@ -71,12 +78,10 @@ impl<W: Write> Encoder<W> {
     /// does not need it, but it lets `zstd -l` and other tools size their buffers).
     pub fn new(compression: Compression, w: W, content_size: Option<u64>) -> io::Result<Self> {
         Ok(match compression {
-            // No file name and mtime 0: gzip headers would otherwise carry the build time.
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(w, flate2::Compression::default()),
-            ),
+            // One gzip member deflated on every core; no file name and mtime 0 in its header.
+            Compression::Gzip => {
+                Encoder::Gzip(ParallelGzip::new(w, flate2::Compression::default()))
+            }
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
                 // One frame carrying its content size and an xxhash64 checksum, which the kernel's
@@ -84,6 +89,10 @@ impl<W: Write> Encoder<W> {
                 enc.include_checksum(true)?;
                 enc.include_contentsize(content_size.is_some())?;
                 enc.set_pledged_src_size(content_size)?;
+                // Multi-threaded zstd writes one frame whose bytes do not depend on the number of
+                // workers (only on there being at least one), so every machine gives the same
+                // output.
+                enc.multithread(zstd_workers())?;
                 Encoder::Zstd(enc)
             }
             Compression::Xz => {
@@ -165,6 +174,31 @@ mod tests {
             };
             assert_eq!(back, data, "{c} does not round-trip");
         }
+    }
+
+    #[test]
+    fn zstd_output_does_not_depend_on_the_number_of_workers() {
+        let data: Vec<u8> = (0..6_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 & 0x3f)
+            .collect();
+        let with = |workers: u32| {
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
+            enc.include_checksum(true).unwrap();
+            enc.multithread(workers).unwrap();
+            enc.write_all(&data).unwrap();
+            enc.finish().unwrap()
+        };
+        let one = with(1);
+        assert!(one == with(3), "3 workers give other bytes than 1");
+        assert_eq!(compress(Compression::Zstd, &data), {
+            let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
+            enc.include_checksum(true).unwrap();
+            enc.include_contentsize(true).unwrap();
+            enc.set_pledged_src_size(Some(data.len() as u64)).unwrap();
+            enc.multithread(2).unwrap();
+            enc.write_all(&data).unwrap();
+            enc.finish().unwrap()
+        });
     }
 
     #[test]

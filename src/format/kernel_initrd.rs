@@ -12,6 +12,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::initrd::write_initrd;
+use super::staged::Staged;
 use super::tar::boot_mtime;
 use super::{BootSpec, Compression, FormatError};
 use crate::assemble::tree::{Entry, Tree};
@@ -44,20 +45,36 @@ pub fn write_kernel_initrd(
     name: &str,
 ) -> Result<KernelInitrdFiles, FormatError> {
     let files = KernelInitrdFiles::paths(dir, name);
+    for staged in stage_kernel_initrd(tree, boot, compression, dir, name)? {
+        staged.persist()?;
+    }
+    Ok(files)
+}
+
+/// Writes the three files of `kernel+initrd` beside their final names (initrd, kernel, command
+/// line, in that order), for the caller to persist once the build is accepted.
+pub fn stage_kernel_initrd(
+    tree: &Tree,
+    boot: &BootSpec,
+    compression: Compression,
+    dir: &Path,
+    name: &str,
+) -> Result<[Staged; 3], FormatError> {
+    let files = KernelInitrdFiles::paths(dir, name);
     // The initrd first: it is the step that can be refused for its size.
-    write_file_atomically(&files.initrd, |w| {
+    let initrd = Staged::write(&files.initrd, |w| {
         write_initrd(tree, boot.ucode.as_deref(), compression, w)?;
         Ok(())
     })?;
-    write_file_atomically(&files.kernel, |w| {
+    let kernel = Staged::write(&files.kernel, |w| {
         w.write_all(&boot.kernel)
             .map_err(FormatError::io("the kernel"))
     })?;
-    write_file_atomically(&files.cmdline, |w| {
+    let cmdline = Staged::write(&files.cmdline, |w| {
         w.write_all(boot.cmdline.as_bytes())
             .map_err(FormatError::io("the kernel command line"))
     })?;
-    Ok(files)
+    Ok([initrd, kernel, cmdline])
 }
 
 /// Writes the `tar-kernel-initrd` stream (`kernel`, `initrd.img`, `cmdline`, and `ucode.cpio`
@@ -98,37 +115,12 @@ pub fn write_tar_kernel_initrd<W: Write>(
 }
 
 /// Creates `path` through a temporary file in the same folder, renamed into place only when
-/// `write` succeeded (and the data was flushed). The result is readable by everyone (0644), as a
-/// build output should be.
+/// `write` succeeded (and the data was flushed).
 pub fn write_file_atomically(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&fs::File>) -> Result<(), FormatError>,
 ) -> Result<(), FormatError> {
-    let out_err = |source| FormatError::Output {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".slipway-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(out_err)?;
-    {
-        let mut w = BufWriter::new(tmp.as_file());
-        write(&mut w)?;
-        w.flush().map_err(out_err)?;
-    }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(out_err)?;
-    }
-    tmp.persist(path).map_err(|e| out_err(e.error))?;
+    Staged::write(path, write)?.persist()?;
     Ok(())
 }
 

@@ -11,6 +11,8 @@ pub mod compress;
 pub mod cpio;
 pub mod initrd;
 pub mod kernel_initrd;
+pub mod parallel_gzip;
+pub mod staged;
 pub mod tar;
 
 use std::path::PathBuf;
