@@ -403,19 +403,36 @@ fn open_path(path: &Path) -> io::Result<OwnedFd> {
 /// or the init program with the command as its arguments. The mask is inherited across clone
 /// and exec, and PID 1 blocks every signal it reads from its signalfd; a container must not
 /// start with SIGTERM blocked.
+///
+/// The init is started with every signal blocked instead, from before the container reports
+/// itself created: a signal sent to a PID 1 that neither handles nor blocks it is dropped, so a
+/// stop that came before the init had blocked SIGTERM would be lost. Blocked, it waits for the
+/// init's signalfd.
 #[derive(Clone)]
 struct Workload {
     init: Option<Arc<InitProgram>>,
 }
 
+fn set_signal_mask(mask: &nix::sys::signal::SigSet) -> nix::Result<()> {
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(mask), None)
+}
+
 impl Executor for Workload {
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
+        if self.init.is_some() {
+            set_signal_mask(&nix::sys::signal::SigSet::all()).map_err(|e| {
+                libcontainer::workload::ExecutorSetEnvsError::Other(format!(
+                    "blocking signals for the init: {e}"
+                ))
+            })?;
+        }
+        libcontainer::workload::default::get_executor().setup_envs(envs)
+    }
+
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_SETMASK,
-            Some(&nix::sys::signal::SigSet::empty()),
-            None,
-        )
-        .map_err(|e| ExecutorError::Other(format!("clearing the signal mask: {e}")))?;
         if let Some(init) = &self.init {
             let args = spec
                 .process()
@@ -449,6 +466,8 @@ impl Executor for Workload {
                 "slipway: cannot execute the container's init ({error}); running the command directly"
             );
         }
+        set_signal_mask(&nix::sys::signal::SigSet::empty())
+            .map_err(|e| ExecutorError::Other(format!("clearing the signal mask: {e}")))?;
         libcontainer::workload::default::get_executor().exec(spec)
     }
 

@@ -75,9 +75,10 @@ pub fn run(command: &[OsString]) -> i32 {
     for signal in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
         mask.add(signal);
     }
-    // Blocked before the child exists, so no signal meant for it is lost in between; std resets
-    // the child's mask before it executes the command.
-    let signals = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+    // Blocked before the child exists, so no signal meant for it is lost in between (the
+    // runtime starts the shim with every signal blocked, so none is lost before either); the
+    // others are unblocked. The child starts with an empty mask.
+    let signals = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None)
         .and_then(|()| SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC));
     let child = match spawn(program, args) {
         Ok(pid) => pid,
