@@ -241,5 +241,65 @@ fn ten_services_of_one_image_share_its_files_and_all_run() {
     for i in 0..10 {
         position(&text, &format!("slipway-test: shared service {i} up"));
     }
+
+/// N of `WHO stopped in N ms` in the engine's shutdown log on the console (`service NAME`, or
+/// `every service` for the whole shutdown).
+fn stop_time(console: &str, who: &str) -> u64 {
+    let needle = format!("{who} stopped in ");
+    let at = position(console, &needle) + needle.len();
+    console[at..]
+        .split(' ')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no stop time for {who}:\n{console}"))
+}
+
+#[test]
+fn a_poweroff_stops_services_that_ignore_sigterm_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("sleepers.yml");
+    // Two `sleep` services, which as their namespace's PID 1 would ignore SIGTERM; a third
+    // without the engine's init shows what that costs (its grace period). The poweroff comes
+    // once they all run.
+    let sleeper = |name: &str, x_slipway: &str| {
+        format!(
+            "  - name: {name}\n    image: \"@pkg:{root}/pkg/busybox\"\n    command: [/bin/sleep, \"1000\"]\n{x_slipway}",
+            root = root().display()
+        )
+    };
+    std::fs::write(
+        &manifest,
+        format!(
+            "kernel:\n  image: \"@pkg:{root}/kernel\"\n  cmdline: \"console=ttyS0 panic=-1\"\n\
+             init:\n  - \"@pkg:{root}/pkg/init\"\n  - \"@pkg:{root}/pkg/engine\"\n\
+             services:\n{a}{b}{bare}\
+             \x20 - name: poweroff\n    image: \"@pkg:{root}/pkg/busybox\"\n    pid: host\n    capabilities: [CAP_KILL]\n\
+             \x20   command: [/bin/sh, -c, \"sleep 1; poweroff\"]\n\
+             \x20   x-slipway:\n      dependsOn: [sleeper-a, sleeper-b, bare]\n",
+            root = root().display(),
+            a = sleeper("sleeper-a", ""),
+            b = sleeper("sleeper-b", ""),
+            bare = sleeper(
+                "bare",
+                "    x-slipway:\n      init: false\n      stopGracePeriod: 3s\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let out = build_and_boot(dir.path(), "sleepers", &[manifest.to_str().unwrap()]);
+    let text = console(&out);
+    for name in ["sleeper-a", "sleeper-b", "bare"] {
+        let started = position(&text, &format!("service {name}: started"));
+        assert!(started < position(&text, "SIGUSR2 received"), "{text}");
+    }
+    // The engine's own clock: from each service's stop request to its end.
+    for name in ["sleeper-a", "sleeper-b"] {
+        let ms = stop_time(&text, &format!("service {name}"));
+        assert!(ms < 1000, "{name} took {ms} ms:\n{text}");
+    }
+    assert!(stop_time(&text, "service bare") >= 3000, "{text}");
+    // Side by side: the shutdown took the bare service's grace period, not more.
+    let total = stop_time(&text, "every service");
+    assert!((3000..6000).contains(&total), "{text}");
     assert!(out.status.success(), "{text}");
 }

@@ -72,6 +72,8 @@ fn every_field_of_the_schema_is_accepted() {
     );
     let ext = m.services[1].slipway.as_ref().unwrap();
     assert_eq!(ext.healthcheck.as_ref().unwrap().retries, Some(3));
+    assert_eq!(ext.stop_grace_period.as_deref(), Some("500ms"));
+    assert_eq!(ext.init, Some(false));
     assert_eq!(m.files.len(), 5);
     assert_eq!(m.volumes[2].format.as_deref(), Some("oci"));
     assert_eq!(m.trust.as_ref().unwrap().org, vec!["linuxkit"]);
@@ -410,6 +412,34 @@ fn bad_dependency() {
     rejects(
         &format!("{SVC}    x-slipway:\n      dependsOn: [db]\n"),
         "bad.yml:5:19: services[0].x-slipway.dependsOn[0]: `db` is not a service of this manifest",
+    );
+}
+
+#[test]
+fn bad_stop_grace_period() {
+    rejects(
+        &format!("{SVC}    x-slipway:\n      stopGracePeriod: forever\n"),
+        "bad.yml:5:24: services[0].x-slipway.stopGracePeriod: invalid duration \"forever\": expected number at 0 (write it like 1s or 500ms)",
+    );
+}
+
+#[test]
+fn stop_settings_apply_to_services_only() {
+    rejects(
+        "onboot:\n  - name: o\n    image: busybox\n    x-slipway:\n      stopGracePeriod: 1s\n",
+        "bad.yml:5:24: onboot[0].x-slipway.stopGracePeriod: `stopGracePeriod` applies to services only",
+    );
+    rejects(
+        "onboot:\n  - name: o\n    image: busybox\n    x-slipway:\n      init: false\n",
+        "bad.yml:5:13: onboot[0].x-slipway.init: `init` applies to services only",
+    );
+}
+
+#[test]
+fn bad_init_flag() {
+    rejects(
+        &format!("{SVC}    x-slipway:\n      init: sometimes\n"),
+        "bad.yml:5:13: services[0].x-slipway.init: invalid boolean",
     );
 }
 

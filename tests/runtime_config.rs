@@ -211,13 +211,16 @@ fn mounts_infer_missing_types_and_destinations() {
 fn x_slipway_travels_to_the_engine_as_annotations() {
     let c = image(
         "name: api\nimage: x\nannotations: {a: b}\nx-slipway:\n  restart: on-failure:3\n  dependsOn: [db, cache]\n\
-         \x20 healthcheck:\n    test: [/bin/check, -q]\n    interval: 1s\n    retries: 2\n",
+         \x20 healthcheck:\n    test: [/bin/check, -q]\n    interval: 1s\n    retries: 2\n\
+         \x20 stopGracePeriod: 1m30s\n  init: false\n",
     );
     let spec = runtime_config(&c, None, &BTreeMap::new());
     let a = &spec["annotations"];
     assert_eq!(a["a"], "b");
     assert_eq!(a["org.slipway.restart"], "on-failure:3");
     assert_eq!(a["org.slipway.dependsOn"], "db,cache");
+    assert_eq!(a["org.slipway.stopGracePeriod"], "1m30s");
+    assert_eq!(a["org.slipway.init"], "false");
     let hc: Value = serde_json::from_str(a["org.slipway.healthcheck"].as_str().unwrap()).unwrap();
     assert_eq!(
         hc,

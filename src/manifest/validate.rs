@@ -436,6 +436,16 @@ impl Checker<'_> {
                 return Err(self.err(&dp, format!("`{dep}` is not a service of this manifest")));
             }
         }
+        if let Some(grace) = &ext.stop_grace_period {
+            let gp = p.key("stopGracePeriod");
+            if !is_service {
+                return Err(self.err(&gp, "`stopGracePeriod` applies to services only"));
+            }
+            parse_duration(grace).map_err(|e| self.err(&gp, e))?;
+        }
+        if ext.init.is_some() && !is_service {
+            return Err(self.err(&p.key("init"), "`init` applies to services only"));
+        }
         if let Some(hc) = &ext.healthcheck {
             let hp = p.key("healthcheck");
             if hc.test.is_empty() {

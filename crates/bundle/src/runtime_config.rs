@@ -162,6 +162,8 @@ pub fn runtime_config(
 pub const RESTART_ANNOTATION: &str = "org.slipway.restart";
 pub const DEPENDS_ON_ANNOTATION: &str = "org.slipway.dependsOn";
 pub const HEALTHCHECK_ANNOTATION: &str = "org.slipway.healthcheck";
+pub const STOP_GRACE_PERIOD_ANNOTATION: &str = "org.slipway.stopGracePeriod";
+pub const INIT_ANNOTATION: &str = "org.slipway.init";
 
 /// The manifest's annotations plus `x-slipway`, which travels to the engine in the bundle (the
 /// OCI spec's place for runtime-specific settings).
@@ -177,6 +179,12 @@ fn annotations(c: &Image) -> BTreeMap<String, String> {
         if let Some(hc) = &ext.healthcheck {
             let json = serde_json::to_string(hc).expect("a health check serialises");
             out.insert(HEALTHCHECK_ANNOTATION.into(), json);
+        }
+        if let Some(grace) = &ext.stop_grace_period {
+            out.insert(STOP_GRACE_PERIOD_ANNOTATION.into(), grace.clone());
+        }
+        if let Some(init) = ext.init {
+            out.insert(INIT_ANNOTATION.into(), init.to_string());
         }
     }
     out

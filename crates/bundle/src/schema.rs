@@ -158,7 +158,7 @@ pub struct Image {
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
-    /// Slipway's additions (restart policy, dependencies, health check), kept under one key so
+    /// Slipway's additions (restart policy, dependencies, health check, stop), kept under one key so
     /// that the LinuxKit schema stays intact.
     #[serde(default, rename = "x-slipway", skip_serializing_if = "Option::is_none")]
     pub slipway: Option<Extension>,
@@ -424,6 +424,13 @@ pub struct Extension {
     pub depends_on: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
+    /// Time between SIGTERM and SIGKILL when the service is stopped (humantime; default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<String>,
+    /// `false` runs the command as the container's first process, without the engine's
+    /// reaping init in front of it (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

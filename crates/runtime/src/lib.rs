@@ -11,12 +11,17 @@
 //!   [`Container::delete`];
 //! - stdout and stderr given as open files or pipes (log files, the init's console tee);
 //! - waiting for the container's process, which `libcontainer` makes a child of the caller
-//!   (`CLONE_PARENT`), with the exit status decoded ([`ExitStatus`]).
+//!   (`CLONE_PARENT`), with the exit status decoded ([`ExitStatus`]);
+//! - an init program (the engine's reaping shim) run as a container's first process, in front of
+//!   its command, without a file in the container ([`Runtime::with_init`]).
 
+use std::ffi::{CString, OsString};
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use libcontainer::container::Container as LcContainer;
 use libcontainer::container::builder::ContainerBuilder;
@@ -83,6 +88,8 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("init program {path}: {source}")]
+    Init { path: PathBuf, source: io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -144,6 +151,18 @@ pub struct Stdio {
 pub struct Runtime {
     state_dir: PathBuf,
     no_pivot: bool,
+    init: Option<Arc<InitProgram>>,
+}
+
+/// The program containers can run under as their first process, held open: a container
+/// executes it from this descriptor (`execveat`), so nothing is created in or mounted into its
+/// root, which may be read-only, shared with other containers, or a squashfs.
+#[derive(Debug)]
+struct InitProgram {
+    /// O_PATH, close-on-exec: inherited by a container's process up to its exec, by no command.
+    fd: OwnedFd,
+    /// Its argv[0], which selects the shim in a multi-call binary.
+    name: CString,
 }
 
 /// True when `/` is a tmpfs or ramfs, as in a Slipway image booted from its initrd. There
@@ -177,7 +196,33 @@ impl Runtime {
         Ok(Self {
             state_dir,
             no_pivot: root_is_ramdisk(),
+            init: None,
         })
+    }
+
+    /// Lets containers run under `program` (started as `name COMMAND [ARG]...`, their command
+    /// as its arguments): see [`Runtime::create_and_start_with`]. The program is opened now,
+    /// through a private read-only bind mount when the caller may mount: a container's
+    /// processes can open their PID 1's executable as `/proc/1/exe`, and that must not be a
+    /// way to write to the host's file (runc's CVE-2019-5736).
+    pub fn with_init(mut self, program: &Path, name: &str) -> Result<Self> {
+        let err = |source: io::Error| Error::Init {
+            path: program.to_owned(),
+            source,
+        };
+        let name = CString::new(name).map_err(|e| err(io::Error::other(e)))?;
+        let fd = match open_read_only(&self.state_dir.join("init"), program) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(
+                    "init program {}: no read-only bind mount ({e}); opening it in place",
+                    program.display()
+                );
+                open_path(program).map_err(err)?
+            }
+        };
+        self.init = Some(Arc::new(InitProgram { fd, name }));
+        Ok(self)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -188,6 +233,22 @@ impl Runtime {
     /// child of the calling process: reap it with [`Container::wait`] (or hand the status of
     /// a `waitpid(-1)` to the caller's own bookkeeping, as the init does).
     pub fn create_and_start(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<Container> {
+        self.create_and_start_with(id, bundle, stdio, false)
+    }
+
+    /// [`Runtime::create_and_start`], with the container's command run under the init program
+    /// when `init` is set and the runtime has one ([`Runtime::with_init`]). The command is
+    /// checked as usual (found, executable) before the init is started in front of it; if the
+    /// init cannot be executed (a seccomp profile without `execveat`), the command runs
+    /// directly, and says so on its stderr.
+    pub fn create_and_start_with(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: Stdio,
+        init: bool,
+    ) -> Result<Container> {
+        let init = self.init.clone().filter(|_| init);
         if !bundle.join("config.json").is_file() {
             return Err(Error::NoConfig {
                 id: id.to_owned(),
@@ -195,12 +256,14 @@ impl Runtime {
             });
         }
         let overlay = self.mount_overlay_if_layered(id, bundle)?;
-        match self.create_and_start_mounted(id, bundle, stdio) {
+        let under_init = init.is_some();
+        match self.create_and_start_mounted(id, bundle, stdio, init) {
             Ok(inner) => Ok(Container {
                 id: id.to_owned(),
                 inner,
                 overlay,
                 exit: None,
+                under_init,
             }),
             Err(err) => {
                 // Leave nothing mounted behind a container that never ran; the original error
@@ -219,9 +282,10 @@ impl Runtime {
         id: &str,
         bundle: &Path,
         stdio: Stdio,
+        init: Option<Arc<InitProgram>>,
     ) -> Result<LcContainer> {
         let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-            .with_executor(UnblockSignals)
+            .with_executor(Workload { init })
             .with_root_path(&self.state_dir)
             .and_then(ContainerBuilder::validate_id)
             .map_err(|source| Error::Create {
@@ -309,20 +373,101 @@ impl Runtime {
     }
 }
 
-/// libcontainer's default executor (execvp of `process.args`), run with an empty signal mask.
-/// The mask is inherited across clone and exec, and PID 1 blocks every signal it reads from its
-/// signalfd; a container must not start with SIGTERM blocked.
-#[derive(Clone)]
-struct UnblockSignals;
+/// Opens `program` through a read-only bind mount on `point`, then detaches the mount: the
+/// descriptor keeps it alive, and nothing is left to see or clean up.
+fn open_read_only(point: &Path, program: &Path) -> io::Result<OwnedFd> {
+    // A mount point left by an earlier run of the same state directory.
+    let _ = unmount(point, UnmountFlags::DETACH);
+    fs::write(point, b"")?;
+    let opened = rustix::mount::mount_bind(program, point)
+        .and_then(|()| {
+            rustix::mount::mount_remount(point, MountFlags::BIND | MountFlags::RDONLY, c"")
+        })
+        .map_err(io::Error::from)
+        .and_then(|()| open_path(point));
+    let _ = unmount(point, UnmountFlags::DETACH);
+    let _ = fs::remove_file(point);
+    opened
+}
 
-impl Executor for UnblockSignals {
+fn open_path(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// libcontainer's default executor (execvp of `process.args`), run with an empty signal mask,
+/// or the init program with the command as its arguments. The mask is inherited across clone
+/// and exec, and PID 1 blocks every signal it reads from its signalfd; a container must not
+/// start with SIGTERM blocked.
+///
+/// The init is started with every signal blocked instead, from before the container reports
+/// itself created: a signal sent to a PID 1 that neither handles nor blocks it is dropped, so a
+/// stop that came before the init had blocked SIGTERM would be lost. Blocked, it waits for the
+/// init's signalfd.
+#[derive(Clone)]
+struct Workload {
+    init: Option<Arc<InitProgram>>,
+}
+
+fn set_signal_mask(mask: &nix::sys::signal::SigSet) -> nix::Result<()> {
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(mask), None)
+}
+
+impl Executor for Workload {
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
+        if self.init.is_some() {
+            set_signal_mask(&nix::sys::signal::SigSet::all()).map_err(|e| {
+                libcontainer::workload::ExecutorSetEnvsError::Other(format!(
+                    "blocking signals for the init: {e}"
+                ))
+            })?;
+        }
+        libcontainer::workload::default::get_executor().setup_envs(envs)
+    }
+
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_SETMASK,
-            Some(&nix::sys::signal::SigSet::empty()),
-            None,
-        )
-        .map_err(|e| ExecutorError::Other(format!("clearing the signal mask: {e}")))?;
+        if let Some(init) = &self.init {
+            let args = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().as_ref())
+                .ok_or(ExecutorError::InvalidArg)?;
+            let argv = std::iter::once(Ok(init.name.clone()))
+                .chain(args.iter().map(|a| CString::new(a.as_bytes())))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| ExecutorError::InvalidArg)?;
+            // The environment libcontainer set up for the command (`setup_envs` ran).
+            let env: Vec<CString> = std::env::vars_os()
+                .filter_map(|(key, value)| {
+                    let mut pair: OsString = key;
+                    pair.push("=");
+                    pair.push(value);
+                    CString::new(pair.into_vec()).ok()
+                })
+                .collect();
+            let Err(error) = nix::unistd::execveat(
+                Some(init.fd.as_raw_fd()),
+                c"",
+                &argv,
+                &env,
+                nix::fcntl::AtFlags::AT_EMPTY_PATH,
+            );
+            // Its stderr is the container's log.
+            use std::io::Write;
+            let _ = writeln!(
+                io::stderr(),
+                "slipway: cannot execute the container's init ({error}); running the command directly"
+            );
+        }
+        set_signal_mask(&nix::sys::signal::SigSet::empty())
+            .map_err(|e| ExecutorError::Other(format!("clearing the signal mask: {e}")))?;
         libcontainer::workload::default::get_executor().exec(spec)
     }
 
@@ -358,11 +503,19 @@ pub struct Container {
     inner: LcContainer,
     overlay: Option<Overlay>,
     exit: Option<ExitStatus>,
+    under_init: bool,
 }
 
 impl Container {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether the container was started under the runtime's init program, which passes the
+    /// signals it gets on to the command (unless it could not be executed, see
+    /// [`Runtime::create_and_start_with`]).
+    pub fn under_init(&self) -> bool {
+        self.under_init
     }
 
     /// The container's main process, as seen from the caller's pid namespace.

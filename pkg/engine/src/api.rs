@@ -9,7 +9,8 @@
 //! DELETE /v1/containers/NAME               body {"timeout": SECS} optional: stop (when it
 //!                                          runs) and remove a container made by run
 //! POST /v1/containers/NAME/start           start it (after its dependencies)
-//! POST /v1/containers/NAME/stop            body {"timeout": SECS} optional (default 10)
+//! POST /v1/containers/NAME/stop            body {"timeout": SECS} optional (default: the
+//!                                          service's grace period, 10 s unless it sets one)
 //! POST /v1/containers/NAME/restart         body {"timeout": SECS} optional
 //! POST /v1/containers/NAME/kill            body {"signal": "SIGKILL" | "KILL" | 9}
 //! GET  /v1/containers/NAME/logs[?follow=1] text, one timestamped line per line of output
@@ -42,8 +43,6 @@ use crate::supervisor::{Engine, EngineError, RunRequest};
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Grace period between SIGTERM and SIGKILL when a stop request gives none.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an exec request's command may run when the request gives no timeout.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies are tiny JSON objects.
@@ -245,9 +244,7 @@ async fn route(engine: &Engine, request: Request<Incoming>) -> Result<Response<B
     }
     if action.is_empty() && method == Method::DELETE {
         let body: Option<StopBody> = read_body(request).await?;
-        let grace = body
-            .and_then(|b| b.timeout)
-            .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_secs);
+        let grace = body.and_then(|b| b.timeout).map(Duration::from_secs);
         return Ok(json(StatusCode::OK, &engine.remove(&name, grace).await?));
     }
     if method != expected {
@@ -265,9 +262,7 @@ async fn route(engine: &Engine, request: Request<Incoming>) -> Result<Response<B
         }
         "stop" | "restart" => {
             let body: Option<StopBody> = read_body(request).await?;
-            let grace = body
-                .and_then(|b| b.timeout)
-                .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_secs);
+            let grace = body.and_then(|b| b.timeout).map(Duration::from_secs);
             let info = if action == "stop" {
                 engine.stop(&name, grace).await?
             } else {

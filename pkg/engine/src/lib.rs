@@ -10,6 +10,7 @@ pub mod client;
 pub mod exec;
 pub mod logs;
 pub mod run;
+pub mod shim;
 pub mod spec;
 pub mod supervisor;
 

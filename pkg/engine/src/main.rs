@@ -1,5 +1,6 @@
 //! `slipway-engine`: the daemon (`daemon`, the default) and its client subcommands.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use slipway_engine::client::{Client, container_path};
+use slipway_engine::shim;
 use slipway_engine::{ContainerInfo, DEFAULT_SOCKET, Engine, EngineConfig};
 use slipway_layout as layout;
 
@@ -42,15 +44,16 @@ enum Command {
     Start { name: String },
     /// Stop a container: SIGTERM, then SIGKILL after the timeout.
     Stop {
-        /// Seconds between SIGTERM and SIGKILL.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
+        /// Seconds between SIGTERM and SIGKILL (default: the service's stopGracePeriod).
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
         name: String,
     },
     /// Stop and start a container.
     Restart {
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
+        /// Seconds between SIGTERM and SIGKILL (default: the service's stopGracePeriod).
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
         name: String,
     },
     /// Run a command inside a running container; exits with the command's exit code.
@@ -77,9 +80,9 @@ enum Command {
     },
     /// Stop (when it runs) and remove a container made by `run`.
     Rm {
-        /// Seconds between SIGTERM and SIGKILL.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
-        time: u64,
+        /// Seconds between SIGTERM and SIGKILL (default: the engine's grace period).
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
         name: String,
     },
     /// Pull and unpack an image (run by the daemon; prints {"reference","digest","config"}).
@@ -121,7 +124,8 @@ struct DaemonArgs {
     /// The OCI store `run` pulls images into.
     #[arg(long, default_value = layout::RUN_STORE)]
     store: PathBuf,
-    /// Seconds each service gets between SIGTERM and SIGKILL when the engine stops.
+    /// Seconds a service gets between SIGTERM and SIGKILL when it is stopped, unless its bundle
+    /// sets its own (org.slipway.stopGracePeriod) or the stop request gives one.
     #[arg(long, default_value_t = 10)]
     grace: u64,
 }
@@ -140,6 +144,14 @@ impl Default for DaemonArgs {
 }
 
 fn main() -> ExitCode {
+    // Run as a container's init, this program is that and nothing else.
+    let mut args = std::env::args_os();
+    if args
+        .next()
+        .is_some_and(|arg0| Path::new(&arg0).file_name() == Some(OsStr::new(shim::NAME)))
+    {
+        std::process::exit(shim::run(&args.collect::<Vec<_>>()));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -221,6 +233,7 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let program = std::env::current_exe().context("finding this program (pull-image, init)")?;
     let engine = Engine::load(&EngineConfig {
         bundles: args.bundles.clone(),
         log_dir: args.log_dir.clone(),
@@ -228,7 +241,9 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
         containers: args.containers.clone(),
         images: args.images.clone(),
         store: args.store.clone(),
-        puller: std::env::current_exe().context("finding this program for pull-image")?,
+        puller: program.clone(),
+        init: Some(program),
+        stop_grace: Duration::from_secs(args.grace),
     })?;
     let listener = bind(socket)?;
     tracing::info!(
@@ -242,10 +257,10 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping the services"),
         _ = int.recv() => tracing::info!("SIGINT: stopping the services"),
     }
-    engine.shutdown(Duration::from_secs(args.grace)).await;
+    let took = engine.shutdown().await;
     server.abort();
     let _ = std::fs::remove_file(socket);
-    tracing::info!("every service stopped; exiting");
+    tracing::info!("every service stopped in {} ms; exiting", took.as_millis());
     Ok(())
 }
 

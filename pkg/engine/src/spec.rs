@@ -1,7 +1,8 @@
 //! What the engine reads from a service bundle before running it: the service's name (its
-//! directory under `/containers/services`), its restart policy and its dependencies, both from
-//! annotations the builder writes into `config.json` (from the manifest's `x-slipway` key), and
-//! the order in which services start and stop.
+//! directory under `/containers/services`), its restart policy, dependencies, health check,
+//! grace period and whether it runs under the engine's init, all from annotations the builder
+//! writes into `config.json` (from the manifest's `x-slipway` key), and the order in which
+//! services start and stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -18,6 +19,11 @@ pub const RESTART_ANNOTATION: &str = "org.slipway.restart";
 pub const DEPENDS_ANNOTATION: &str = "org.slipway.dependsOn";
 /// JSON `{"test": [...], "interval": "1s", "timeout": "500ms", "retries": 3, "startPeriod": "2s"}`.
 pub const HEALTH_ANNOTATION: &str = "org.slipway.healthcheck";
+/// How long the service gets between SIGTERM and SIGKILL when it is stopped (humantime: `10s`,
+/// `500ms`).
+pub const STOP_GRACE_ANNOTATION: &str = "org.slipway.stopGracePeriod";
+/// `false` runs the command as the container's first process, without the engine's init.
+pub const INIT_ANNOTATION: &str = "org.slipway.init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -162,6 +168,10 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     pub depends_on: Vec<String>,
     pub health: Option<HealthCheck>,
+    /// Its own grace period; the engine's default when it gives none.
+    pub stop_grace: Option<Duration>,
+    /// Whether its command runs under the engine's init (see [`crate::shim`]).
+    pub init: bool,
 }
 
 /// Service names are directory names and appear in URLs, log file names and container ids:
@@ -239,12 +249,36 @@ impl ServiceSpec {
                 message,
             })?),
         };
+        let stop_grace =
+            match annotation(STOP_GRACE_ANNOTATION)? {
+                None => None,
+                Some(s) => Some(humantime::parse_duration(s.trim()).map_err(|e| {
+                    SpecError::Annotation {
+                        path: path.clone(),
+                        key: STOP_GRACE_ANNOTATION,
+                        message: format!("{s:?} is not a duration (10s, 500ms): {e}"),
+                    }
+                })?),
+            };
+        let init = match annotation(INIT_ANNOTATION)?.map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(SpecError::Annotation {
+                    path: path.clone(),
+                    key: INIT_ANNOTATION,
+                    message: format!("{other:?} is neither true nor false"),
+                });
+            }
+        };
         Ok(Self {
             name: name.to_owned(),
             bundle: bundle.to_owned(),
             restart,
             depends_on,
             health,
+            stop_grace,
+            init,
         })
     }
 }
@@ -332,6 +366,8 @@ mod tests {
             restart: RestartPolicy::No,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
             health: None,
+            stop_grace: None,
+            init: true,
         }
     }
 
@@ -413,6 +449,36 @@ mod tests {
         let s = ServiceSpec::load("web", dir.path()).unwrap();
         assert_eq!(s.restart, RestartPolicy::No);
         assert_eq!(s.health, None);
+        assert_eq!((s.stop_grace, s.init), (None, true));
+    }
+
+    #[test]
+    fn grace_period_and_init_annotations_are_read_and_bad_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |annotations: serde_json::Value| {
+            fs::write(
+                dir.path().join("config.json"),
+                serde_json::json!({ "annotations": annotations }).to_string(),
+            )
+            .unwrap();
+            ServiceSpec::load("web", dir.path()).map_err(|e| e.to_string())
+        };
+        let s = load(serde_json::json!({STOP_GRACE_ANNOTATION: "1m30s", INIT_ANNOTATION: "false"}))
+            .unwrap();
+        assert_eq!(s.stop_grace, Some(Duration::from_secs(90)));
+        assert!(!s.init);
+        let s = load(serde_json::json!({STOP_GRACE_ANNOTATION: "0s", INIT_ANNOTATION: "true"}))
+            .unwrap();
+        assert_eq!((s.stop_grace, s.init), (Some(Duration::ZERO), true));
+        for (key, bad) in [
+            (STOP_GRACE_ANNOTATION, "soon"),
+            (STOP_GRACE_ANNOTATION, "-1s"),
+            (INIT_ANNOTATION, "no"),
+            (INIT_ANNOTATION, ""),
+        ] {
+            let err = load(serde_json::json!({ key: bad })).unwrap_err();
+            assert!(err.contains(key) && err.contains("config.json"), "{err}");
+        }
     }
 
     #[test]

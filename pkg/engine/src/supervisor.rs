@@ -1,8 +1,12 @@
 //! The engine proper: one supervising task per service container. A task starts its container
 //! once the dependencies run, watches its process (a pidfd, readable when it ends), logs its
 //! output, restarts it by its policy with exponential backoff, and obeys start, stop and
-//! restart commands from the API. [`Engine::shutdown`] stops every service in reverse
-//! dependency order.
+//! restart commands from the API. [`Engine::shutdown`] stops every service once its dependents
+//! have stopped, independent ones at the same time, so a shutdown takes as long as the longest
+//! chain of grace periods rather than their sum.
+//! A container's command runs under the engine's init ([`crate::shim`]) unless its bundle says
+//! `org.slipway.init: false`: a stop then reaches the command even when, as PID 1 of its pid
+//! namespace, it would ignore SIGTERM.
 //! While a container with a health check runs, a second task runs the check inside it (see
 //! [`crate::exec`]) and records `starting`/`healthy`/`unhealthy`; dependents wait for `healthy`.
 //!
@@ -157,6 +161,12 @@ pub struct EngineConfig {
     pub store: PathBuf,
     /// The program run as `PROGRAM pull-image ...` to pull (this binary).
     pub puller: PathBuf,
+    /// The program containers run under as their init, started as [`crate::shim::NAME`] (this
+    /// binary); `None` runs every command as its container's first process.
+    pub init: Option<PathBuf>,
+    /// The grace period between SIGTERM and SIGKILL of a service whose bundle sets none
+    /// (`org.slipway.stopGracePeriod`) when a stop request gives none either.
+    pub stop_grace: Duration,
 }
 
 /// What `run` is asked to create (the body of `POST /v1/containers`).
@@ -175,14 +185,15 @@ pub struct RunRequest {
     pub restart: Option<String>,
 }
 
+/// A request to a supervisor. A grace period of `None` is the service's own.
 enum Command {
     Start(oneshot::Sender<()>),
     Stop {
-        grace: Duration,
+        grace: Option<Duration>,
         done: oneshot::Sender<()>,
     },
     Restart {
-        grace: Duration,
+        grace: Option<Duration>,
         done: oneshot::Sender<()>,
     },
 }
@@ -201,6 +212,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     shutting_down: std::sync::atomic::AtomicBool,
     runtime: Runtime,
+    /// The grace period of services whose bundle gives none.
+    stop_grace: Duration,
     /// Names being created by `run` or removed by `rm`: taken, but not (or no longer) usable.
     /// Locked after `entries` when both are.
     reserved: Mutex<BTreeSet<String>>,
@@ -302,10 +315,17 @@ impl Engine {
     /// Reads every bundle. Bundles that cannot run (bad annotations, unknown dependency,
     /// dependency cycle) are listed as `failed`, with the reason.
     pub fn load(config: &EngineConfig) -> Result<Self, EngineError> {
-        let runtime = Runtime::new(&config.state_dir).map_err(|e| EngineError::Bundles {
+        let mut runtime = Runtime::new(&config.state_dir).map_err(|e| EngineError::Bundles {
             dir: config.state_dir.clone(),
             source: std::io::Error::other(e),
         })?;
+        if let Some(program) = &config.init {
+            // Without it the services still run, as their containers' first process.
+            match runtime.clone().with_init(program, crate::shim::NAME) {
+                Ok(with_init) => runtime = with_init,
+                Err(e) => tracing::error!("{e}: commands run without the init"),
+            }
+        }
         let mut bundles = Vec::new();
         for dir in [&config.bundles, &config.containers] {
             let found = spec::list_bundles(dir).map_err(|source| EngineError::Bundles {
@@ -367,6 +387,7 @@ impl Engine {
                 changed: watch::channel(0).0,
                 shutting_down: false.into(),
                 runtime,
+                stop_grace: config.stop_grace,
                 reserved: Mutex::new(BTreeSet::new()),
             }),
             specs: Arc::new(specs),
@@ -511,10 +532,14 @@ impl Engine {
         self.inspect(&name)
     }
 
-    /// Removes a container made by `run`: stops it (SIGTERM, SIGKILL after `grace`) when it
-    /// runs, then deletes its bundle and log; the runtime's state went with the stop. Returns
-    /// its last information.
-    pub async fn remove(&self, name: &str, grace: Duration) -> Result<ContainerInfo, EngineError> {
+    /// Removes a container made by `run`: stops it (SIGTERM, SIGKILL after `grace`, by default
+    /// its own) when it runs, then deletes its bundle and log; the runtime's state went with the
+    /// stop. Returns its last information.
+    pub async fn remove(
+        &self,
+        name: &str,
+        grace: Option<Duration>,
+    ) -> Result<ContainerInfo, EngineError> {
         if self.shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
@@ -618,14 +643,23 @@ impl Engine {
         self.send(name, Command::Start).await
     }
 
-    /// SIGTERM to the container's processes, SIGKILL after `grace`; returns once it is gone.
-    /// It stays stopped until started again.
-    pub async fn stop(&self, name: &str, grace: Duration) -> Result<ContainerInfo, EngineError> {
+    /// SIGTERM to the container (to its init, which passes it on, or else to every process of
+    /// it), SIGKILL after `grace` (by default the service's own grace period); returns once it
+    /// is gone. It stays stopped until started again.
+    pub async fn stop(
+        &self,
+        name: &str,
+        grace: Option<Duration>,
+    ) -> Result<ContainerInfo, EngineError> {
         self.send(name, |done| Command::Stop { grace, done }).await
     }
 
     /// Stops (as [`Engine::stop`]) and starts the container again at once.
-    pub async fn restart(&self, name: &str, grace: Duration) -> Result<ContainerInfo, EngineError> {
+    pub async fn restart(
+        &self,
+        name: &str,
+        grace: Option<Duration>,
+    ) -> Result<ContainerInfo, EngineError> {
         self.send(name, |done| Command::Restart { grace, done })
             .await
     }
@@ -684,26 +718,64 @@ impl Engine {
         .map_err(EngineError::Exec)
     }
 
-    /// Stops every service, dependents before their dependencies, each with `grace` between
-    /// SIGTERM and SIGKILL. Requests that would start something are refused from now on.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Stops every container, each with its own grace period between SIGTERM and SIGKILL, and
+    /// returns how long it took. A service is stopped once every service depending on it has
+    /// stopped; services that do not wait for one another stop at the same time (concurrent
+    /// futures on the engine's one thread). Requests that would start something are refused
+    /// from now on.
+    pub async fn shutdown(&self) -> Duration {
+        use futures_util::future::{FutureExt, LocalBoxFuture, Shared, join_all};
         self.shared
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        let began = Instant::now();
         let order = lock(&self.order).clone();
+        let depends_on: BTreeMap<String, Vec<String>> = {
+            let entries = lock(&self.shared.entries);
+            order
+                .iter()
+                .filter_map(|name| {
+                    let entry = entries.get(name)?;
+                    Some((name.clone(), entry.info.depends_on.clone()))
+                })
+                .collect()
+        };
+        // In reverse start order every dependent comes before its dependencies, so the stops
+        // a service waits for exist when its own is made.
+        let mut stops: BTreeMap<&str, Shared<LocalBoxFuture<'static, ()>>> = BTreeMap::new();
         for name in order.iter().rev() {
-            let commands = {
-                let entries = lock(&self.shared.entries);
-                entries.get(name).and_then(|e| e.commands.clone())
+            let dependents: Vec<_> = depends_on
+                .iter()
+                .filter(|(_, deps)| deps.contains(name))
+                .filter_map(|(dependent, _)| stops.get(dependent.as_str()).cloned())
+                .collect();
+            let engine = self.clone();
+            let owned = name.clone();
+            let stop = async move {
+                join_all(dependents).await;
+                engine.stop_for_shutdown(&owned).await;
             };
-            if let Some(commands) = commands {
-                let (done, wait) = oneshot::channel();
-                if commands.send(Command::Stop { grace, done }).is_ok() {
-                    let _ = wait.await;
-                }
-                tracing::info!("service {name} stopped");
-            }
+            stops.insert(name, stop.boxed_local().shared());
         }
+        join_all(stops.into_values()).await;
+        began.elapsed()
+    }
+
+    async fn stop_for_shutdown(&self, name: &str) {
+        let commands = {
+            let entries = lock(&self.shared.entries);
+            entries.get(name).and_then(|e| e.commands.clone())
+        };
+        let Some(commands) = commands else { return };
+        let began = Instant::now();
+        let (done, wait) = oneshot::channel();
+        if commands.send(Command::Stop { grace: None, done }).is_ok() {
+            let _ = wait.await;
+        }
+        tracing::info!(
+            "service {name} stopped in {} ms",
+            began.elapsed().as_millis()
+        );
     }
 }
 
@@ -750,6 +822,13 @@ impl Supervisor {
     fn note(&self, message: &str) {
         tracing::info!("service {}: {message}", self.spec.name);
         self.logs.push("engine", message);
+    }
+
+    /// The grace period of a stop: the request's, else the service's, else the engine's.
+    fn grace(&self, requested: Option<Duration>) -> Duration {
+        requested
+            .or(self.spec.stop_grace)
+            .unwrap_or(self.shared.stop_grace)
     }
 
     fn set_state(&self, state: State) {
@@ -937,11 +1016,13 @@ impl Supervisor {
                     }
                     Some(Command::Stop { grace, done }) => {
                         stop_replies.push(done);
+                        let grace = self.grace(grace);
                         break self.terminate(&mut container, &pidfd, grace).await;
                     }
                     Some(Command::Restart { grace, done }) => {
                         stop_replies.push(done);
                         restart = true;
+                        let grace = self.grace(grace);
                         break self.terminate(&mut container, &pidfd, grace).await;
                     }
                     None => {
@@ -976,7 +1057,7 @@ impl Supervisor {
         let container = self
             .shared
             .runtime
-            .create_and_start(
+            .create_and_start_with(
                 &id,
                 &self.spec.bundle,
                 Stdio {
@@ -984,6 +1065,7 @@ impl Supervisor {
                     stdout: Some(out_w.into()),
                     stderr: Some(err_w.into()),
                 },
+                self.spec.init,
             )
             .map_err(|e| e.to_string())?;
         let pid = container.pid().map_err(|e| e.to_string())?;
@@ -1036,14 +1118,17 @@ impl Supervisor {
         Ok((container, pidfd))
     }
 
-    /// SIGTERM to every process of the container, then SIGKILL after `grace`.
+    /// SIGTERM, then SIGKILL to every process of the container after `grace`. Under the init
+    /// SIGTERM goes to the init alone, which passes it on to the command's process group (each
+    /// process gets it once); without, to every process, since PID 1 may ignore it.
     async fn terminate(
         &self,
         container: &mut Container,
         pidfd: &AsyncFd<OwnedFd>,
         grace: Duration,
     ) -> Option<ExitStatus> {
-        if let Err(e) = container.kill(Signal::SIGTERM, true) {
+        let all = !container.under_init();
+        if let Err(e) = container.kill(Signal::SIGTERM, all) {
             self.note(&format!("{e}"));
         }
         match tokio::time::timeout(grace, exited(pidfd, container)).await {

@@ -50,12 +50,18 @@ impl Daemon {
     }
 
     /// A service bundle running `script` under busybox sh, with the given annotations.
+    ///
+    /// The engine under test is a dynamically linked debug build (in an image it is static),
+    /// and its init runs inside the containers: they see the host's /usr, read-only, for its
+    /// loader and libraries.
     fn service(&self, name: &str, script: &str, annotations: Value) {
         let bundle = self.path("services").join(name);
         let rootfs = bundle.join("rootfs");
-        for dir in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        for dir in ["bin", "proc", "sys", "dev", "tmp", "etc", "usr"] {
             fs::create_dir_all(rootfs.join(dir)).unwrap();
         }
+        symlink("usr/lib", rootfs.join("lib")).unwrap();
+        symlink("usr/lib64", rootfs.join("lib64")).unwrap();
         fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("busybox-static is installed");
         for applet in [
             "sh", "sleep", "echo", "cat", "trap", "test", "touch", "rm", "id", "hostname", "dd",
@@ -82,7 +88,9 @@ impl Daemon {
                 {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                  "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
                 {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "nodev", "mode=1777"]}
+                 "options": ["nosuid", "nodev", "mode=1777"]},
+                {"destination": "/usr", "type": "bind", "source": "/usr",
+                 "options": ["rbind", "ro"]}
             ],
             "linux": {
                 "cgroupsPath": format!("/slipway-engine-test/{}-{name}", self.test),
@@ -265,8 +273,7 @@ fn start_stop_and_logs_through_the_api_and_the_cli() {
         "{ps}"
     );
 
-    // sleep as the namespace's PID 1 ignores SIGTERM: stop falls back to SIGKILL after 1 s.
-    let started = Instant::now();
+    // Under the engine's init, sleep is not its namespace's PID 1: SIGTERM ends it.
     let (status, info) = d.request(
         Method::POST,
         &container_path("web", "stop"),
@@ -274,7 +281,7 @@ fn start_stop_and_logs_through_the_api_and_the_cli() {
     );
     assert_eq!(status, StatusCode::OK, "{info}");
     assert_eq!(state(&info), "stopped");
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(info["last_exit"], "exit status 143", "{info}");
     assert!(!process_exists(pid));
     assert!(info["pid"].is_null());
 
@@ -638,9 +645,13 @@ fn exec_runs_in_the_containers_namespaces_as_its_user_and_returns_the_exit_code(
     assert_eq!(reply["exitCode"], 7, "{reply}");
     assert_eq!(reply["timedOut"], false);
     let output = reply["output"].as_str().unwrap();
-    // Its own hostname (UTS namespace), user, and the service's process as PID 1.
+    // Its own hostname (UTS namespace), user, and the service's process as PID 1: the
+    // engine's init, in front of the command.
     assert!(output.contains("host=svc uid=1000 gid=1001\n"), "{output}");
-    assert!(output.contains("pid1=sleep600"), "{output}");
+    assert!(
+        output.contains("pid1=slipway-shim/bin/sh-cexec sleep 600\n"),
+        "{output}"
+    );
     assert!(output.contains("oops\n"), "{output}");
     // The command ran and ended; the service goes on.
     let after = d.inspect("svc");
@@ -723,11 +734,12 @@ fn a_service_past_its_memory_limit_is_oom_killed_and_reported() {
     }
     d.start();
     let hog = d.wait_for("hog", 20, |i| state(i) == "exited");
+    // dd is killed by SIGKILL; the init in front of it exits with 128 + 9.
     assert_eq!(hog["exit_code"], 137, "{hog}");
     assert_eq!(hog["oom_killed"], true, "{hog}");
     let last = hog["last_exit"].as_str().unwrap();
     assert!(
-        last.contains("SIGKILL") && last.contains("out of memory"),
+        last.contains("137") && last.contains("out of memory"),
         "{hog}"
     );
     let fits = d.wait_for("fits", 20, |i| state(i) == "exited");
@@ -1018,4 +1030,221 @@ fn run_pulls_an_image_from_a_registry_and_rm_removes_the_container() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(entries(&d.path("containers")).is_empty());
     assert_eq!(d.terminate(), 0);
+}
+
+/// The "stopped in N ms" times the daemon logged: per service, and for the whole shutdown
+/// ("every service").
+fn stop_times(stderr: &str) -> std::collections::BTreeMap<String, u64> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" stopped in ")?;
+            // "service NAME stopped in", or "every service stopped in".
+            let mut words = head.rsplit(' ');
+            let name = match words.next()? {
+                "service" => words.next()?,
+                name => name,
+            };
+            let ms = tail.split_once(" ms")?.0.parse().ok()?;
+            Some((name.to_owned(), ms))
+        })
+        .collect()
+}
+
+fn stop_timed(d: &Daemon, name: &str, body: Option<&str>) -> (Value, Duration) {
+    let started = Instant::now();
+    let (status, info) = d.request(Method::POST, &container_path(name, "stop"), body);
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(state(&info), "stopped", "{info}");
+    (info, started.elapsed())
+}
+
+#[test]
+fn a_command_that_ignores_sigterm_as_pid_1_stops_at_once_under_the_init_and_late_without() {
+    let mut d = Daemon::new("init");
+    d.service("shimmed", "exec sleep 1000", json!({}));
+    d.service(
+        "bare",
+        "exec sleep 1000",
+        json!({"org.slipway.init": "false", "org.slipway.stopGracePeriod": "1500ms"}),
+    );
+    d.start();
+    for name in ["shimmed", "bare"] {
+        d.wait_for(name, 10, |i| state(i) == "running");
+    }
+    // The engine's grace period is 2 s; under the init the command's own SIGTERM ends it.
+    let (info, took) = stop_timed(&d, "shimmed", None);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(info["last_exit"], "exit status 143", "{info}");
+    // Without, sleep is PID 1 and ignores SIGTERM: SIGKILL after its own grace period.
+    let (info, took) = stop_timed(&d, "bare", None);
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert_eq!(info["last_exit"], "killed by SIGKILL", "{info}");
+    assert!(
+        d.logs("bare")
+            .contains("still running 1s 500ms after SIGTERM: SIGKILL"),
+        "{}",
+        d.logs("bare")
+    );
+    // A timeout in the request wins over the service's grace period.
+    d.request(Method::POST, &container_path("bare", "start"), None);
+    d.wait_for("bare", 10, |i| state(i) == "running");
+    let (_, took) = stop_timed(&d, "bare", Some(r#"{"timeout": 0}"#));
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+
+    // The same at the engine's shutdown.
+    for name in ["shimmed", "bare"] {
+        d.request(Method::POST, &container_path(name, "start"), None);
+        d.wait_for(name, 10, |i| state(i) == "running");
+    }
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+    let times = stop_times(&d.stderr());
+    assert!(times["shimmed"] < 1000, "{times:?}\n{}", d.stderr());
+    assert!(times["bare"] >= 1500, "{times:?}");
+}
+
+#[test]
+fn the_grace_period_is_honoured_and_independent_services_stop_in_parallel() {
+    let mut d = Daemon::new("parallel");
+    // SIGTERM is ignored by the shell and, inherited, by its sleep: no init can help, the
+    // grace period runs out.
+    for name in ["slow-a", "slow-b"] {
+        d.service(
+            name,
+            "trap '' TERM; sleep 1000",
+            json!({"org.slipway.stopGracePeriod": "2s"}),
+        );
+    }
+    // Stopped only once slow-a has: after one grace period, then at once.
+    d.service(
+        "after-a",
+        "exec sleep 1000",
+        json!({"org.slipway.dependsOn": "slow-a", "org.slipway.stopGracePeriod": "5s"}),
+    );
+    d.service("quick", "exec sleep 1000", json!({}));
+    d.start();
+    for name in ["slow-a", "slow-b", "after-a", "quick"] {
+        d.wait_for(name, 10, |i| state(i) == "running");
+    }
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+    let err = d.stderr();
+    let times = stop_times(&err);
+    for name in ["slow-a", "slow-b"] {
+        assert!((2000..3500).contains(&times[name]), "{times:?}\n{err}");
+    }
+    assert!(times["quick"] < 1000, "{times:?}");
+    assert!(times["after-a"] < 1000, "{times:?}");
+    // One grace period for the whole shutdown, not one per slow service.
+    let total = times["every"];
+    assert!((2000..3500).contains(&total), "{times:?}\n{err}");
+    // The dependent stopped before its dependency was sent anything.
+    let dependent = err.find("service after-a stopped").expect(&err);
+    let dependency = err.find("service slow-a stopped").expect(&err);
+    assert!(dependent < dependency, "{err}");
+}
+
+/// Processes whose parent is `pid` and that are zombies.
+fn zombie_children(pid: i64) -> usize {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // "PID (COMM) STATE PPID ..."; COMM may hold spaces, so split after its ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str())
+        })
+        .count()
+}
+
+#[test]
+fn the_init_passes_signals_on_reaps_orphans_and_exits_as_its_command_did() {
+    let mut d = Daemon::new("shim");
+    d.service("three", "echo up; exit 3", json!({}));
+    d.service("signalled", "exec sleep 1000", json!({}));
+    // Each subshell leaves its sleep to PID 1, which must reap it when it ends.
+    let orphans = "(sleep 0.1 &); (sleep 0.1 &); exec sleep 1000";
+    d.service("orphans", orphans, json!({}));
+    d.service(
+        "orphans-bare",
+        orphans,
+        json!({"org.slipway.init": "false"}),
+    );
+    d.start();
+    let three = d.wait_for("three", 10, |i| state(i) == "exited");
+    assert_eq!(three["exit_code"], 3, "{three}");
+    assert_eq!(three["last_exit"], "exit status 3", "{three}");
+
+    d.wait_for("signalled", 10, |i| state(i) == "running");
+    let (status, body) = d.request(
+        Method::POST,
+        &container_path("signalled", "kill"),
+        Some(r#"{"signal": "SIGUSR1"}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let info = d.wait_for("signalled", 10, |i| state(i) == "exited");
+    assert_eq!(info["exit_code"], 128 + 10, "{info}");
+
+    let shimmed = d.wait_for("orphans", 10, |i| state(i) == "running");
+    let bare = d.wait_for("orphans-bare", 10, |i| state(i) == "running");
+    std::thread::sleep(Duration::from_secs(1));
+    let (shimmed, bare) = (
+        shimmed["pid"].as_i64().unwrap(),
+        bare["pid"].as_i64().unwrap(),
+    );
+    assert_eq!(zombie_children(shimmed), 0);
+    // Without the init, sleep is PID 1 and never waits: the orphans stay zombies.
+    assert_eq!(zombie_children(bare), 2);
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}
+
+/// Runs the engine binary as the shim (argv[0] selects it).
+fn shim(args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.arg0(slipway_engine::shim::NAME).args(args);
+    cmd
+}
+
+#[test]
+fn the_shim_alone_exits_as_its_command_did_and_passes_signals_to_it() {
+    let code = |args: &[&str]| shim(args).output().unwrap().status.code();
+    assert_eq!(code(&[BUSYBOX, "sh", "-c", "exit 3"]), Some(3));
+    assert_eq!(code(&[BUSYBOX, "sh", "-c", "kill -USR1 $$"]), Some(138));
+    assert_eq!(code(&[BUSYBOX, "sh", "-c", "kill -KILL $$"]), Some(137));
+    let missing = shim(&["/no/such/program"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(127));
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(message.contains("/no/such/program"), "{message}");
+    assert_eq!(code(&[]), Some(127));
+
+    // SIGTERM to the shim reaches the command's process group: the shell and its background
+    // sleep both die of it.
+    let mut child = shim(&[BUSYBOX, "sh", "-c", "sleep 100 & sleep 100"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_child(&child);
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let group = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| rustix::process::Pid::from_raw(p.parse().ok()?))
+        .expect("the shim has a child");
+    assert!(rustix::process::test_kill_process_group(group).is_ok());
+    let started = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rustix::process::test_kill_process_group(group).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the command's background sleep survived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
