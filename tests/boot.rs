@@ -241,6 +241,8 @@ fn ten_services_of_one_image_share_its_files_and_all_run() {
     for i in 0..10 {
         position(&text, &format!("slipway-test: shared service {i} up"));
     }
+    assert!(out.status.success(), "{text}");
+}
 
 /// N of `WHO stopped in N ms` in the engine's shutdown log on the console (`service NAME`, or
 /// `every service` for the whole shutdown).
