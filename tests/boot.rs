@@ -33,6 +33,11 @@ fn slipway(cache: &Path) -> Command {
 
 /// Builds the manifests (paths relative to the repository) into `out` and boots the result.
 fn build_and_boot(out: &Path, name: &str, manifests: &[&str]) -> Output {
+    build_and_boot_with(out, name, manifests, &[])
+}
+
+/// [`build_and_boot`], with more `slipway run qemu` options (`run_args`).
+fn build_and_boot_with(out: &Path, name: &str, manifests: &[&str], run_args: &[&str]) -> Output {
     let cache = cache();
     let mut build = slipway(cache);
     build
@@ -42,10 +47,51 @@ fn build_and_boot(out: &Path, name: &str, manifests: &[&str]) -> Output {
     build.assert().success();
     slipway(cache)
         .args(["run", "qemu", "--mem", "1024", "--timeout", "240"])
+        .args(run_args)
         .arg(out.join(name))
         .timeout(std::time::Duration::from_secs(300))
         .output()
         .unwrap()
+}
+
+/// Builds `manifest` (text) in the `tar` format and returns the names of the kernel modules in
+/// it, and its `modules.dep`.
+fn shipped_modules(manifest: &str) -> (Vec<String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yml");
+    std::fs::write(&path, manifest).unwrap();
+    slipway(cache())
+        .args(["build", "-f", "tar", "--name", "m", "--dir"])
+        .arg(dir.path())
+        .arg(&path)
+        .assert()
+        .success();
+    let file = std::fs::File::open(dir.path().join("m.tar")).unwrap();
+    let mut archive = tar::Archive::new(file);
+    let (mut names, mut dep) = (Vec::new(), String::new());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        if !path.starts_with("lib/modules/") {
+            continue;
+        }
+        if let Some(name) = path.strip_suffix(".ko") {
+            names.push(name.rsplit('/').next().unwrap().replace('-', "_"));
+        } else if path.ends_with("/modules.dep") {
+            std::io::Read::read_to_string(&mut entry, &mut dep).unwrap();
+        }
+    }
+    names.sort();
+    (names, dep)
+}
+
+/// A manifest with the kernel and the init, and `extra` (YAML) appended.
+fn kernel_manifest(extra: &str) -> String {
+    format!(
+        "kernel:\n  image: \"@pkg:{root}/kernel\"\n  cmdline: \"console=ttyS0\"\n{extra}\
+         init:\n  - \"@pkg:{root}/pkg/init\"\n",
+        root = root().display()
+    )
 }
 
 fn console(out: &Output) -> String {
@@ -304,4 +350,115 @@ fn a_poweroff_stops_services_that_ignore_sigterm_at_once() {
     let total = stop_time(&text, "every service");
     assert!((3000..6000).contains(&total), "{text}");
     assert!(out.status.success(), "{text}");
+}
+
+#[test]
+fn a_module_in_etc_modules_is_loaded_and_the_disk_and_nic_work_on_ahci_and_e1000() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = build_and_boot_with(
+        dir.path(),
+        "modules",
+        &["tests/data/modules.yml", "examples/poweroff.yml"],
+        &["--disk", "size=64M,bus=ahci", "--nic-model", "e1000"],
+    );
+    let text = console(&out);
+    position(&text, "slipway-test: module dummy loaded");
+    position(&text, "slipway-test: disk sda present");
+    position(&text, "slipway-test: eth0 driver e1000");
+    assert!(out.status.success(), "{text}");
+}
+
+#[test]
+fn the_default_module_set_holds_drivers_for_common_machines_and_nothing_unasked() {
+    let (names, dep) = shipped_modules(&kernel_manifest(""));
+    for needed in [
+        "virtio_net",
+        "virtio_blk",
+        "virtio_scsi",
+        "ahci",
+        "nvme",
+        "sr_mod",
+        "e1000",
+        "e1000e",
+        "vmxnet3",
+        "vmw_pvscsi",
+        "hv_netvsc",
+        "xen_blkfront",
+        "ena",
+        "gve",
+        "ext4",
+        "vfat",
+        "nls_cp437",
+        "squashfs",
+        "isofs",
+        "overlay",
+    ] {
+        assert!(
+            names.iter().any(|n| n == needed),
+            "{needed} not shipped: {names:?}"
+        );
+    }
+    assert!(!names.iter().any(|n| n == "dummy"), "dummy shipped unasked");
+    assert!(names.len() < 300, "{} modules shipped", names.len());
+    // The index lists exactly what is shipped, dependencies included.
+    let mut listed: Vec<String> = dep
+        .lines()
+        .flat_map(|l| l.split([':', ' ']))
+        .filter(|p| p.ends_with(".ko"))
+        .map(|p| {
+            p.rsplit('/')
+                .next()
+                .unwrap()
+                .trim_end_matches(".ko")
+                .replace('-', "_")
+        })
+        .collect();
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed, names);
+
+    let (with_dummy, _) = shipped_modules(&kernel_manifest(
+        "files:\n  - path: etc/modules-load.d/test.conf\n    contents: \"dummy\\n\"\n",
+    ));
+    assert!(with_dummy.iter().any(|n| n == "dummy"));
+    let (listed, _) = shipped_modules(&kernel_manifest("  x-slipway:\n    modules: [tun]\n"));
+    assert!(listed.iter().any(|n| n == "tun"));
+    assert_eq!(listed.len(), names.len() + 1, "tun needs nothing else");
+    let (all, _) = shipped_modules(&kernel_manifest("  x-slipway:\n    modules: all\n"));
+    assert!(all.len() > 3000, "`all` ships {} modules", all.len());
+    let (default, _) = shipped_modules(&kernel_manifest("  x-slipway:\n    modules: default\n"));
+    assert_eq!(default, names);
+}
+
+#[test]
+fn a_named_module_the_kernel_lacks_fails_the_build_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            kernel_manifest("  x-slipway:\n    modules: [e1000, no_such_driver]\n"),
+            "kernel.x-slipway.modules[1]: kernel 6.",
+        ),
+        (
+            kernel_manifest(
+                "files:\n  - path: etc/modules\n    contents: \"tun\\nno_such_driver\\n\"\n",
+            ),
+            "files[0]: /etc/modules line 2: kernel 6.",
+        ),
+    ];
+    for (i, (manifest, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("m{i}.yml"));
+        std::fs::write(&path, manifest).unwrap();
+        let out = slipway(cache())
+            .args(["build", "--name", "m", "--dir"])
+            .arg(dir.path().join("out"))
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{manifest}");
+        assert!(
+            err.contains(expected) && err.contains("has no module `no_such_driver`"),
+            "{err}"
+        );
+    }
 }

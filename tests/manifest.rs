@@ -35,6 +35,13 @@ fn every_field_of_the_schema_is_accepted() {
     let k = m.kernel.as_ref().unwrap();
     assert_eq!(k.cmdline.as_deref(), Some("console=ttyS0 console=tty0"));
     assert_eq!(k.ucode.as_deref(), Some("intel-ucode.cpio"));
+    assert_eq!(
+        k.slipway.as_ref().unwrap().modules,
+        Some(manifest::ModuleSelection::List(vec![
+            "dummy".into(),
+            "tun".into()
+        ]))
+    );
     assert_eq!(m.init.len(), 2);
     assert_eq!(
         m.onboot[1].devices.as_ref().unwrap()[1].mode.as_deref(),
@@ -149,6 +156,22 @@ fn later_files_win_for_kernel_fields_and_lists_concatenate() {
             .map(|s| s.name.as_str())
             .collect::<Vec<_>>(),
         ["a", "b"]
+    );
+}
+
+#[test]
+fn a_later_kernel_module_selection_replaces_an_earlier_one() {
+    let a = "kernel:\n  image: k:1\n  x-slipway:\n    modules: [dummy]\n";
+    let b = "kernel:\n  x-slipway:\n    modules: all\n";
+    let k = load(&[("a.yml", a), ("b.yml", b)])
+        .unwrap()
+        .manifest
+        .kernel
+        .unwrap();
+    assert_eq!(k.image.as_deref(), Some("k:1"));
+    assert_eq!(
+        k.slipway.unwrap().modules,
+        Some(manifest::ModuleSelection::Set("all".into()))
     );
 }
 
@@ -459,6 +482,36 @@ fn bad_kernel_key() {
     assert!(
         err.to_string()
             .starts_with("bad.yml:3:3: kernel.cmdlin: unknown field `cmdlin`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_kernel_module_set() {
+    rejects(
+        "kernel:\n  image: k\n  x-slipway:\n    modules: some\n",
+        "bad.yml:4:14: kernel.x-slipway.modules: unknown module set `some`: expected default, all or a list of module names",
+    );
+}
+
+#[test]
+fn bad_kernel_module_name() {
+    rejects(
+        "kernel:\n  image: k\n  x-slipway:\n    modules: [e1000, ../evil]\n",
+        "bad.yml:4:22: kernel.x-slipway.modules[1]: invalid module name `../evil`: use the module's name, such as e1000e or nls_cp437",
+    );
+}
+
+#[test]
+fn bad_kernel_extension_key() {
+    let err = load(&[(
+        "bad.yml",
+        "kernel:\n  image: k\n  x-slipway:\n    module: [tun]\n",
+    )])
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("bad.yml:4:5: kernel.x-slipway.module: unknown field `module`"),
         "{err}"
     );
 }

@@ -2,6 +2,7 @@
 //! every output format is written from.
 
 mod files;
+pub mod modules;
 pub mod parts;
 pub mod root;
 pub mod shared;

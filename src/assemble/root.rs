@@ -1,5 +1,6 @@
 //! Phase 1 proper: resolve every image the manifest names, then lay out the root tree — kernel
-//! and modules, init images, container bundles, volumes, files and the pinned manifest.
+//! and modules, init images, container bundles, volumes, files and the pinned manifest — and
+//! trim the kernel's modules to those the image uses ([`super::modules`]).
 //!
 //! ```text
 //! /boot/kernel, /boot/cmdline, /boot/ucode.cpio     split out again by phase 2
@@ -37,6 +38,8 @@ pub enum AssembleError {
     Flatten(#[from] oci::FlattenError),
     #[error("kernel image {image}: {reason}")]
     Kernel { image: String, reason: String },
+    #[error("kernel modules: {0}")]
+    Modules(String),
     #[error("{container}: {source}")]
     Label {
         container: String,
@@ -167,6 +170,7 @@ pub fn assemble(
     let yaml = manifest::to_yaml(&resolved);
     tree.insert(MANIFEST_PATH, Entry::file(yaml.clone().into_bytes(), 0o644));
     super::files::add_files(&mut tree, merged, &ids, &yaml)?;
+    super::modules::trim(&mut tree, merged)?;
     if !m.files.is_empty() {
         let part = parts.add(Part {
             kind: PartKind::Files,

@@ -69,8 +69,8 @@ pub struct QemuArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
-    /// Extra disk: [file=]PATH[,size=S][,format=F]; created with qemu-img if it has a size and
-    /// does not exist. Repeatable.
+    /// Extra disk: [file=]PATH[,size=S][,format=F][,bus=virtio|ahci|nvme]; created with qemu-img
+    /// if it has a size and does not exist. Repeatable.
     #[arg(long, value_name = "DISK", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
     /// Forward a host port to the guest: [HOSTIP:]HOST:GUEST[/tcp|/udp]. Repeatable.
@@ -79,6 +79,9 @@ pub struct QemuArgs {
     /// Guest networking: user (NAT, virtio-net) or none.
     #[arg(long, default_value = "user", value_parser = parse_networking)]
     pub networking: Networking,
+    /// The network card QEMU emulates: virtio-net-pci, e1000, e1000e, vmxnet3, rtl8139, ...
+    #[arg(long, default_value = "virtio-net-pci", value_name = "MODEL", value_parser = parse_nic_model)]
+    pub nic_model: String,
     /// State folder (pid file, created disks, UEFI variables). Default: NAME-state.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
@@ -115,6 +118,18 @@ fn parse_networking(s: &str) -> Result<Networking, String> {
     s.parse().map_err(|e: crate::run::RunError| e.to_string())
 }
 
+/// A QEMU device name, so that it cannot smuggle options into `-device`.
+fn parse_nic_model(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(s.to_string())
+    } else {
+        Err("expected a QEMU network device such as e1000 or virtio-net-pci".into())
+    }
+}
+
 fn parse_accel(s: &str) -> Result<String, String> {
     if !s.is_empty() && s.split(':').all(|a| matches!(a, "tcg" | "kvm")) {
         Ok(s.to_string())
@@ -141,6 +156,7 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<()> {
         disks: args.disk,
         publish: args.publish,
         networking: args.networking,
+        nic_model: args.nic_model,
         state_dir: args
             .state
             .unwrap_or_else(|| qemu::default_state_dir(&args.target)),

@@ -80,6 +80,7 @@ fn kernel_has(k: &Kernel, field: &str) -> bool {
         "binary" => k.binary.is_some(),
         "tar" => k.tar.is_some(),
         "ucode" => k.ucode.is_some(),
+        "x-slipway" => k.slipway.is_some(),
         _ => false,
     }
 }
@@ -124,8 +125,8 @@ pub fn merge(documents: Vec<Document>) -> Merged {
     }
 }
 
-/// `image`, `cmdline` and `binary` are replaced by a later non-empty value; `tar` and `ucode` by a
-/// later value that is present at all (so `ucode: ""` clears it, as in LinuxKit).
+/// `image`, `cmdline` and `binary` are replaced by a later non-empty value; `tar`, `ucode` and
+/// `x-slipway` by a later value that is present at all (so `ucode: ""` clears it, as in LinuxKit).
 fn merge_kernel(base: Option<Kernel>, next: &Kernel) -> Kernel {
     let mut k = base.unwrap_or_default();
     let non_empty = |v: &Option<String>| v.as_ref().filter(|s| !s.is_empty()).cloned();
@@ -143,6 +144,9 @@ fn merge_kernel(base: Option<Kernel>, next: &Kernel) -> Kernel {
     }
     if next.ucode.is_some() {
         k.ucode = next.ucode.clone();
+    }
+    if next.slipway.is_some() {
+        k.slipway = next.slipway.clone();
     }
     k
 }

@@ -11,7 +11,9 @@ use super::capabilities;
 use super::error::ManifestError;
 use super::merge::Merged;
 use super::path::FieldPath;
-use super::schema::{File, IdRef, Image, Manifest, Mount, Volume, resolve_id};
+use super::schema::{
+    File, IdRef, Image, Kernel, Manifest, ModuleSelection, Mount, Volume, resolve_id,
+};
 
 /// The 16 resource limits LinuxKit accepts in `rlimits` (without the `RLIMIT_` prefix).
 const RLIMITS: &[&str] = &[
@@ -86,10 +88,11 @@ impl Checker<'_> {
 
     fn run(&self) -> Check {
         let root = FieldPath::root();
-        if let Some(k) = &self.m.kernel
-            && let Some(image) = &k.image
-        {
-            self.reference(&root.key("kernel").key("image"), image)?;
+        if let Some(k) = &self.m.kernel {
+            if let Some(image) = &k.image {
+                self.reference(&root.key("kernel").key("image"), image)?;
+            }
+            self.kernel_extension(k)?;
         }
         for (i, r) in self.m.init.iter().enumerate() {
             self.reference(&root.key("init").index(i), r)?;
@@ -118,6 +121,36 @@ impl Checker<'_> {
             self.file(&root.key("files").index(i), f)?;
         }
         Ok(())
+    }
+
+    /// `kernel: x-slipway: modules:` is `default`, `all` or a list of module names.
+    fn kernel_extension(&self, k: &Kernel) -> Check {
+        let p = FieldPath::root()
+            .key("kernel")
+            .key("x-slipway")
+            .key("modules");
+        match k.slipway.as_ref().and_then(|x| x.modules.as_ref()) {
+            None => Ok(()),
+            Some(ModuleSelection::Set(s)) if s == "default" || s == "all" => Ok(()),
+            Some(ModuleSelection::Set(s)) => Err(self.err(
+                &p,
+                format!(
+                    "unknown module set `{s}`: expected default, all or a list of module names"
+                ),
+            )),
+            Some(ModuleSelection::List(names)) => {
+                let name_re = Regex::new("^[A-Za-z0-9_-]+$").expect("static regex");
+                for (i, name) in names.iter().enumerate() {
+                    if !name_re.is_match(name) {
+                        return Err(self.err(
+                            &p.index(i),
+                            format!("invalid module name `{name}`: use the module's name, such as e1000e or nls_cp437"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     fn reference(&self, path: &FieldPath, reference: &str) -> Check {

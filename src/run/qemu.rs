@@ -7,9 +7,11 @@
 //!   trying it costs a boot attempt, and on hosts where `/dev/kvm` exists but cannot run normal
 //!   guests (nested or PVM hosts, see research/machine-probe.md) it hangs instead of failing.
 //!   The value goes to `-machine accel=`, so `kvm:tcg` asks for KVM with a TCG fallback.
-//! - Network: virtio-net-pci on user-mode networking (`--publish` becomes `hostfwd`), or none.
-//!   Disks: `if=virtio` (Debian's cloud kernel has no AHCI driver). A `--disk` with a size that
-//!   does not exist yet is created with `qemu-img create`.
+//! - Network: virtio-net-pci (or the `--nic-model` a test of other hardware asks for, such as
+//!   e1000) on user-mode networking (`--publish` becomes `hostfwd`), or none.
+//!   Disks: virtio-blk unless a `--disk` says `bus=ahci` or `bus=nvme` (each such disk gets its
+//!   own controller). A `--disk` with a size that does not exist yet is created with
+//!   `qemu-img create`.
 //! - `--uefi`: OVMF's 4M code image read-only plus a private copy of its variable store in the
 //!   state folder, so that boot entries the guest writes survive across runs of the same image.
 //! - qemu dies with slipway: it gets `PR_SET_PDEATHSIG(SIGKILL)`, so killing slipway (any
@@ -39,6 +41,8 @@ pub struct QemuConfig {
     pub disks: Vec<DiskSpec>,
     pub publish: Vec<Publish>,
     pub networking: Networking,
+    /// The QEMU device of the network card (`virtio-net-pci`, `e1000`, `vmxnet3`, ...).
+    pub nic_model: String,
     /// Holds `qemu.pid`, created disks and the UEFI variable store. Default: `<target>-state`.
     pub state_dir: PathBuf,
     pub timeout: Option<Duration>,
@@ -61,6 +65,7 @@ impl Default for QemuConfig {
             disks: Vec::new(),
             publish: Vec::new(),
             networking: Networking::User,
+            nic_model: "virtio-net-pci".into(),
             state_dir: PathBuf::from("slipway-state"),
             timeout: None,
             console: false,
@@ -78,13 +83,25 @@ pub fn default_state_dir(target: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// `--disk [file=]PATH[,size=S][,format=F]`; a size without a path means `<state>/diskN`.
+/// `--disk [file=]PATH[,size=S][,format=F][,bus=B]`; a size without a path means
+/// `<state>/diskN`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: Option<PathBuf>,
     /// Bytes.
     pub size: Option<u64>,
     pub format: Option<String>,
+    pub bus: DiskBus,
+}
+
+/// The controller a disk hangs off, as the guest sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    /// SATA (`-device ahci` + `ide-hd`): VirtualBox, VMware and most bare metal.
+    Ahci,
+    Nvme,
 }
 
 impl FromStr for DiskSpec {
@@ -107,8 +124,16 @@ impl FromStr for DiskSpec {
                 Some(("format", _)) => {
                     return Err(bad("format must be a qemu format name (raw, qcow2, ...)"));
                 }
+                Some(("bus", v)) => {
+                    disk.bus = match v {
+                        "virtio" => DiskBus::Virtio,
+                        "ahci" | "sata" => DiskBus::Ahci,
+                        "nvme" => DiskBus::Nvme,
+                        _ => return Err(bad("bus is virtio, ahci or nvme")),
+                    }
+                }
                 None if i == 0 && !part.is_empty() => disk.path = Some(part.into()),
-                _ => return Err(bad("expected [file=]PATH[,size=S][,format=F]")),
+                _ => return Err(bad("expected [file=]PATH[,size=S][,format=F][,bus=B]")),
             }
         }
         if disk.path.is_none() && disk.size.is_none() {
@@ -204,6 +229,7 @@ impl FromStr for Networking {
 pub struct ResolvedDisk {
     pub path: PathBuf,
     pub format: String,
+    pub bus: DiskBus,
 }
 
 /// The disk format a file name suggests when none is given.
@@ -230,6 +256,7 @@ pub fn prepare(config: &QemuConfig, source: &BootSource) -> Result<Vec<ResolvedD
         disks.push(ResolvedDisk {
             path: path.clone(),
             format: format_for(path).to_string(),
+            bus: DiskBus::Virtio,
         });
     }
     for (i, spec) in config.disks.iter().enumerate() {
@@ -255,7 +282,11 @@ pub fn prepare(config: &QemuConfig, source: &BootSource) -> Result<Vec<ResolvedD
                     .arg(size.to_string()),
             )?;
         }
-        disks.push(ResolvedDisk { path, format });
+        disks.push(ResolvedDisk {
+            path,
+            format,
+            bus: spec.bus,
+        });
     }
     if config.uefi {
         if !config.ovmf_code.is_file() {
@@ -355,11 +386,34 @@ pub fn command_line(
     for (index, disk) in disks.iter().enumerate() {
         let mut d = OsString::from("file=");
         d.push(qemu_escape(&disk.path));
-        d.push(format!(
-            ",format={},if=virtio,index={index},media=disk",
-            disk.format
-        ));
-        args.extend(["-drive".into(), d]);
+        let id = format!("disk{index}");
+        match disk.bus {
+            DiskBus::Virtio => {
+                d.push(format!(
+                    ",format={},if=virtio,index={index},media=disk",
+                    disk.format
+                ));
+                args.extend(["-drive".into(), d]);
+            }
+            DiskBus::Ahci => {
+                d.push(format!(",format={},if=none,id={id}", disk.format));
+                args.extend(["-drive".into(), d]);
+                for device in [
+                    format!("ahci,id=ahci{index}"),
+                    format!("ide-hd,drive={id},bus=ahci{index}.0"),
+                ] {
+                    args.extend(["-device".into(), device.into()]);
+                }
+            }
+            DiskBus::Nvme => {
+                d.push(format!(",format={},if=none,id={id}", disk.format));
+                args.extend(["-drive".into(), d]);
+                args.extend([
+                    "-device".into(),
+                    format!("nvme,drive={id},serial={id}").into(),
+                ]);
+            }
+        }
     }
     match config.networking {
         Networking::User => {
@@ -373,7 +427,7 @@ pub fn command_line(
                 "-netdev".into(),
                 netdev.into(),
                 "-device".into(),
-                "virtio-net-pci,netdev=net0".into(),
+                format!("{},netdev=net0", config.nic_model).into(),
             ]);
         }
         Networking::None => args.extend(["-nic".into(), "none".into()]),
@@ -491,15 +545,31 @@ mod tests {
             initrd: "/o/m-initrd.img".into(),
             cmdline: "console=ttyS0 quiet".into(),
         };
-        let disks = [ResolvedDisk {
-            path: "/d/a,b.qcow2".into(),
-            format: "qcow2".into(),
-        }];
+        let disks = [
+            ResolvedDisk {
+                path: "/d/a,b.qcow2".into(),
+                format: "qcow2".into(),
+                bus: DiskBus::Virtio,
+            },
+            ResolvedDisk {
+                path: "/d/sata.img".into(),
+                format: "raw".into(),
+                bus: DiskBus::Ahci,
+            },
+            ResolvedDisk {
+                path: "/d/n.img".into(),
+                format: "raw".into(),
+                bus: DiskBus::Nvme,
+            },
+        ];
         assert_eq!(
             text(&command_line(&config, &source, &disks)),
             "-machine q35,accel=tcg -smp 1 -m 1024 -no-reboot -display none -serial stdio -monitor none \
              -device virtio-rng-pci -pidfile /s/qemu.pid -kernel /o/m-kernel -initrd /o/m-initrd.img \
              -append console=ttyS0 quiet -drive file=/d/a,,b.qcow2,format=qcow2,if=virtio,index=0,media=disk \
+             -drive file=/d/sata.img,format=raw,if=none,id=disk1 -device ahci,id=ahci1 \
+             -device ide-hd,drive=disk1,bus=ahci1.0 \
+             -drive file=/d/n.img,format=raw,if=none,id=disk2 -device nvme,drive=disk2,serial=disk2 \
              -netdev user,id=net0,hostfwd=tcp::8080-:80,hostfwd=udp:127.0.0.1:5353-:53 \
              -device virtio-net-pci,netdev=net0"
         );
@@ -538,22 +608,33 @@ mod tests {
             DiskSpec {
                 path: Some("data.img".into()),
                 size: Some(2 << 30),
-                format: Some("raw".into())
+                format: Some("raw".into()),
+                bus: DiskBus::Virtio,
             }
+        );
+        assert_eq!(
+            "size=64M,bus=ahci".parse::<DiskSpec>().unwrap().bus,
+            DiskBus::Ahci
         );
         assert_eq!(
             "size=512M".parse::<DiskSpec>().unwrap(),
             DiskSpec {
                 path: None,
                 size: Some(512 << 20),
-                format: None
+                ..DiskSpec::default()
             }
         );
         assert_eq!(
             "file=a.qcow2,size=1".parse::<DiskSpec>().unwrap().size,
             Some(1 << 30)
         );
-        for bad in ["", "a,size=12Q", "a,colour=red", "a,format=qcow2;rm"] {
+        for bad in [
+            "",
+            "a,size=12Q",
+            "a,colour=red",
+            "a,format=qcow2;rm",
+            "a,bus=floppy",
+        ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad:?} must be refused");
         }
     }
@@ -592,7 +673,8 @@ mod tests {
             disks[0],
             ResolvedDisk {
                 path: dir.path().join("state/disk0.qcow2"),
-                format: "qcow2".into()
+                format: "qcow2".into(),
+                bus: DiskBus::Virtio,
             }
         );
         assert_eq!(

@@ -1,5 +1,5 @@
 //! The manifest schema: LinuxKit's YAML, field for field, plus Slipway's one extension key
-//! (`x-slipway`) on containers.
+//! (`x-slipway`) on containers and on the kernel.
 //!
 //! Every optional field is an `Option` so that "absent" and "present but empty" stay distinct:
 //! LinuxKit's precedence rules (manifest over image label over image config) depend on it, and
@@ -51,6 +51,28 @@ pub struct Kernel {
     /// CPU microcode cpio inside the image, prepended to the initrd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ucode: Option<String>,
+    /// Slipway's additions (which modules the image ships), under one key like containers'.
+    #[serde(default, rename = "x-slipway", skip_serializing_if = "Option::is_none")]
+    pub slipway: Option<KernelExtension>,
+}
+
+/// `x-slipway:` on the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KernelExtension {
+    /// `default` (the default set, also when absent), `all`, or module names added to the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules: Option<ModuleSelection>,
+}
+
+/// The kernel modules an image ships, besides those its `/etc/modules*` files name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModuleSelection {
+    /// `default` or `all` (validated).
+    Set(String),
+    /// Names (or aliases) added to the default set.
+    List(Vec<String>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

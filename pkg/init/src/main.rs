@@ -215,9 +215,7 @@ fn load_modules() {
     let named: Vec<String> = REQUIRED_MODULES
         .iter()
         .map(|m| m.to_string())
-        .chain(modules::parse_etc_modules(
-            &fs::read_to_string("/etc/modules").unwrap_or_default(),
-        ))
+        .chain(modules::named_in_etc(Path::new("/etc")))
         .chain(cmdline::modules(&cmdline::parse(&cmdline)))
         .collect();
     let mut tried: std::collections::HashSet<String> = std::collections::HashSet::new();

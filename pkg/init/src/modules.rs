@@ -3,8 +3,8 @@
 //! The image carries `/lib/modules/$(uname -r)/{modules.dep,modules.alias}` in depmod's text
 //! format and uncompressed `.ko` files. The init loads, each with its dependencies first:
 //! the modules the hardware asks for (coldplug: every `/sys/devices/**/modalias` matched
-//! against the `modules.alias` patterns), those listed in `/etc/modules` and those named by
-//! `slipway.modules=` on the kernel command line.
+//! against the `modules.alias` patterns), those listed in `/etc/modules` and
+//! `/etc/modules-load.d/*.conf` and those named by `slipway.modules=` on the kernel command line.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -215,10 +215,30 @@ pub fn device_modaliases(sys_devices: &Path) -> Vec<String> {
     found
 }
 
-/// The modules listed in /etc/modules: one per line, `#` comments.
+/// The modules `etc` names in `modules` and `modules-load.d/*.conf` (in name order), the files
+/// the builder reads to decide which modules the image ships.
+pub fn named_in_etc(etc: &Path) -> Vec<String> {
+    let mut files = vec![etc.join("modules")];
+    if let Ok(entries) = fs::read_dir(etc.join("modules-load.d")) {
+        let mut confs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        confs.sort();
+        files.extend(confs);
+    }
+    files
+        .iter()
+        .flat_map(|f| parse_etc_modules(&fs::read_to_string(f).unwrap_or_default()))
+        .collect()
+}
+
+/// The modules listed in /etc/modules: one per line, `#` (and, as modules-load.d(5) allows,
+/// `;`) comments.
 pub fn parse_etc_modules(text: &str) -> Vec<String> {
     text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .map(|l| l.split(['#', ';']).next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
         .map(|l| l.split_whitespace().next().unwrap_or(l).to_owned())
         .collect()
@@ -373,6 +393,17 @@ alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000
             parse_etc_modules("# wanted\nvirtio_net\n\n  overlay  # for containers\n"),
             ["virtio_net", "overlay"]
         );
+    }
+
+    #[test]
+    fn modules_load_d_confs_follow_etc_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("modules"), "tun\n").unwrap();
+        fs::create_dir(dir.path().join("modules-load.d")).unwrap();
+        fs::write(dir.path().join("modules-load.d/b.conf"), "; c\nbonding\n").unwrap();
+        fs::write(dir.path().join("modules-load.d/a.conf"), "dummy\n").unwrap();
+        fs::write(dir.path().join("modules-load.d/x.disabled"), "nope\n").unwrap();
+        assert_eq!(named_in_etc(dir.path()), ["tun", "dummy", "bonding"]);
     }
 
     #[test]
