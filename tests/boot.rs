@@ -31,7 +31,8 @@ fn slipway(cache: &Path) -> Command {
     cmd
 }
 
-/// Builds the manifests (paths relative to the repository) into `out` and boots the result.
+/// Builds the manifests (paths relative to the repository) into `out` and boots the result,
+/// with `--boot-report`.
 fn build_and_boot(out: &Path, name: &str, manifests: &[&str]) -> Output {
     build_and_boot_with(out, name, manifests, &[])
 }
@@ -46,7 +47,15 @@ fn build_and_boot_with(out: &Path, name: &str, manifests: &[&str], run_args: &[&
         .args(manifests);
     build.assert().success();
     slipway(cache)
-        .args(["run", "qemu", "--mem", "1024", "--timeout", "240"])
+        .args([
+            "run",
+            "qemu",
+            "--boot-report",
+            "--mem",
+            "1024",
+            "--timeout",
+            "240",
+        ])
         .args(run_args)
         .arg(out.join(name))
         .timeout(std::time::Duration::from_secs(300))
@@ -103,15 +112,94 @@ fn position(text: &str, marker: &str) -> usize {
         .unwrap_or_else(|| panic!("console lacks {marker:?}:\n{text}"))
 }
 
+/// The init's timeline line on the console, parsed, after checking that its steps are in
+/// increasing time and that `--boot-report` printed them as a table right after it.
+fn boot_timeline(text: &str) -> Vec<slipway::run::boot_report::Step> {
+    let line = text
+        .lines()
+        .find(|l| l.contains(slipway::run::boot_report::MARKER))
+        .unwrap_or_else(|| panic!("no boot timeline on the console:\n{text}"));
+    let steps = slipway::run::boot_report::parse_line(line)
+        .unwrap_or_else(|| panic!("unreadable boot timeline {line:?}"));
+    for pair in steps.windows(2) {
+        assert!(pair[0].ms < pair[1].ms, "steps out of order in {line:?}");
+    }
+    let table = slipway::run::boot_report::table(&steps);
+    let after = &text[position(text, line)..];
+    assert!(
+        after.contains(&table),
+        "--boot-report printed no table after the line:\n{text}"
+    );
+    steps
+}
+
+fn step_names(steps: &[slipway::run::boot_report::Step]) -> Vec<&str> {
+    steps.iter().map(|s| s.step.as_str()).collect()
+}
+
+/// Every container start used to print libcgroups' "Controller rdma is not yet implemented".
+fn assert_no_cgroup_noise(text: &str) {
+    assert!(
+        !text.contains("not yet implemented"),
+        "libcgroups noise on the console:\n{text}"
+    );
+}
+
 #[test]
 fn minimal_example_boots_runs_its_containers_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
     let out = build_and_boot(
         dir.path(),
         "minimal",
-        &["examples/minimal.yml", "examples/poweroff.yml"],
+        &[
+            "examples/minimal.yml",
+            "examples/poweroff.yml",
+            "tests/data/boot-json.yml",
+        ],
     );
     let text = console(&out);
+    assert_no_cgroup_noise(&text);
+    let steps = boot_timeline(&text);
+    let names = step_names(&steps);
+    let start = names.iter().position(|s| *s == "kernel");
+    assert!(
+        start.is_some_and(|k| names[k..].starts_with(&[
+            "kernel",
+            "mounts",
+            "modules",
+            "onboot 000-hello",
+            "engine"
+        ])),
+        "{names:?}"
+    );
+    assert!(
+        names
+            .last()
+            .is_some_and(|s| s.starts_with("first service ")),
+        "{names:?}"
+    );
+    // The same steps in /run/slipway/boot.json, as a service read it.
+    let json_at = position(&text, "slipway-test: boot.json ");
+    let json_line = text[json_at..].lines().next().unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        json_line
+            .trim_start_matches("slipway-test: boot.json ")
+            .trim(),
+    )
+    .unwrap_or_else(|e| panic!("boot.json: {e}: {json_line:?}"));
+    let from_json: Vec<(String, u64)> = json
+        .as_array()
+        .expect("boot.json is a list")
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().expect("step").to_owned(),
+                s["ms"].as_u64().expect("ms"),
+            )
+        })
+        .collect();
+    let from_line: Vec<(String, u64)> = steps.iter().map(|s| (s.step.clone(), s.ms)).collect();
+    assert_eq!(from_json, from_line);
     let onboot = position(&text, "slipway-onboot: hello from an onboot container");
     let web = position(&text, "slipway-service: web serving on :8080");
     let service = position(&text, "slipway-service: shell ready on the console");
@@ -165,6 +253,18 @@ fn a_failing_onboot_container_is_reported_and_boot_goes_on() {
     assert!(
         text.contains("status 1"),
         "the exit status is reported:\n{text}"
+    );
+    assert_no_cgroup_noise(&text);
+    // Without the engine, the init starts the services and knows the first start itself.
+    let steps = boot_timeline(&text);
+    let names = step_names(&steps);
+    assert!(
+        names.ends_with(&[
+            "onboot 000-broken",
+            "onboot 001-after",
+            "first service poweroff"
+        ]),
+        "{names:?}"
     );
     assert!(out.status.success(), "{text}");
 }

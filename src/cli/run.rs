@@ -94,6 +94,11 @@ pub struct QemuArgs {
     /// Boot with UEFI firmware (OVMF) instead of BIOS.
     #[arg(long)]
     pub uefi: bool,
+    /// After the guest's boot, print its timeline (ms since the kernel started for each step:
+    /// initramfs, kernel, mounts, modules, each onboot container, engine, first service), read
+    /// from the line the init prints on the console.
+    #[arg(long)]
+    pub boot_report: bool,
     /// QEMU accelerator: tcg (default), kvm, or kvm:tcg. KVM is never probed: on some hosts it
     /// exists but hangs.
     #[arg(long, env = "SLIPWAY_QEMU_ACCEL", default_value = "tcg", value_parser = parse_accel)]
@@ -163,6 +168,7 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<()> {
         timeout: args.timeout.map(Duration::from_secs),
         console: args.console,
         uefi: args.uefi,
+        boot_report: args.boot_report,
         ..QemuConfig::default()
     };
     qemu::run(&config, &source)

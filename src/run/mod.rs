@@ -5,6 +5,7 @@
 //! [`hyperv`] (Windows) only build the command line or script, since neither runs on Linux;
 //! LinuxKit's cloud backends are not implemented.
 
+pub mod boot_report;
 pub mod hyperkit;
 pub mod hyperv;
 pub mod qemu;

@@ -14,6 +14,8 @@
 //!   `qemu-img create`.
 //! - `--uefi`: OVMF's 4M code image read-only plus a private copy of its variable store in the
 //!   state folder, so that boot entries the guest writes survive across runs of the same image.
+//! - `--boot-report`: the console goes through slipway, which prints the guest's boot timeline
+//!   as a table after the init's timeline line (see [`super::boot_report`]).
 //! - qemu dies with slipway: it gets `PR_SET_PDEATHSIG(SIGKILL)`, so killing slipway (any
 //!   signal, even SIGKILL) kills the VM; a `--timeout` kills it too and fails the run.
 
@@ -50,6 +52,8 @@ pub struct QemuConfig {
     /// is not read and the console is output only, which is what scripts and CI want.
     pub console: bool,
     pub uefi: bool,
+    /// Relay the console and print the boot timeline the guest's init reports.
+    pub boot_report: bool,
     pub ovmf_code: PathBuf,
     pub ovmf_vars: PathBuf,
 }
@@ -70,6 +74,7 @@ impl Default for QemuConfig {
             timeout: None,
             console: false,
             uefi: false,
+            boot_report: false,
             ovmf_code: OVMF_CODE.into(),
             ovmf_vars: OVMF_VARS.into(),
         }
@@ -487,13 +492,40 @@ pub fn run(config: &QemuConfig, source: &BootSource) -> Result<(), RunError> {
             Ok(())
         });
     }
+    if config.boot_report {
+        cmd.stdout(Stdio::piped());
+    }
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
         program: program.clone(),
         source,
     })?;
+    // The relay ends at the pipe's end, when qemu exits (or is killed).
+    let relay = child.stdout.take().map(|console| {
+        std::thread::spawn(move || {
+            let found = super::boot_report::relay(
+                std::io::BufReader::new(console),
+                std::io::stdout().lock(),
+            );
+            if found.is_none() {
+                tracing::warn!("the guest printed no boot timeline on its console");
+            }
+        })
+    });
+    let result = wait(config, &mut child, &program);
+    if let Some(relay) = relay {
+        let _ = relay.join();
+    }
+    result
+}
+
+fn wait(
+    config: &QemuConfig,
+    child: &mut std::process::Child,
+    program: &str,
+) -> Result<(), RunError> {
     let started = Instant::now();
     let wait_err = |source| RunError::Wait {
-        program: program.clone(),
+        program: program.to_owned(),
         source,
     };
     loop {

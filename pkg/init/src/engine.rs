@@ -1,8 +1,11 @@
 //! The container engine (pkg/engine), when the image carries it: the init starts it after the
 //! onboot containers and it owns the services from then on (restarts, dependencies, health
 //! checks, the API on /run/slipway/engine.sock). At shutdown, after the onshutdown containers,
-//! the init asks it to stop them (SIGTERM) and waits for it.
+//! the init asks it to stop them (SIGTERM) and waits for it. For the boot's timeline, the init
+//! asks the engine's API when it started its first service.
 
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +18,8 @@ use crate::events::Events;
 
 /// Where an init image puts the engine (`init: [.., @pkg:../pkg/engine]`).
 pub const ENGINE: &str = slipway_layout::ENGINE;
+/// The engine's API (its default `--socket`).
+pub const SOCKET: &str = slipway_layout::ENGINE_SOCKET;
 
 pub struct Engine {
     pid: i32,
@@ -65,5 +70,116 @@ impl Engine {
         }
         let _ = kill(pid, Signal::SIGKILL);
         println!("slipway-init: engine killed after {patience:?}");
+    }
+}
+
+/// What the engine's API says of its services' starts.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstService {
+    /// The engine supervises no service.
+    None,
+    /// Services are configured, none has started yet.
+    NotYet,
+    /// The earliest start of a service: its name and the wall-clock time, ms since the epoch.
+    Started { name: String, unix_ms: i64 },
+}
+
+/// Asks the engine (`GET /v1/containers`) which service started first. Every read and write is
+/// bounded by `timeout`, so a busy or hung engine costs the caller at most that much per call.
+pub fn first_service(socket: &Path, timeout: Duration) -> io::Result<FirstService> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    // HTTP/1.0: the engine answers with a Content-Length body and closes the connection.
+    stream.write_all(b"GET /v1/containers HTTP/1.0\r\nHost: engine\r\n\r\n")?;
+    let mut response = Vec::new();
+    // A sane list is a few KiB; more is not an answer worth parsing.
+    stream.take(1 << 20).read_to_end(&mut response)?;
+    parse_containers_response(&response)
+}
+
+fn parse_containers_response(response: &[u8]) -> io::Result<FirstService> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("engine API: {why}"));
+    let text = String::from_utf8_lossy(response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(bad(&format!("GET /v1/containers: {status}")));
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| bad(&format!("GET /v1/containers: {e}")))?;
+    let list = list
+        .as_array()
+        .ok_or_else(|| bad("GET /v1/containers: not a list"))?;
+    if list.is_empty() {
+        return Ok(FirstService::None);
+    }
+    let first = list
+        .iter()
+        .filter_map(|c| {
+            let name = c.get("name")?.as_str()?;
+            let at = humantime::parse_rfc3339(c.get("started_at")?.as_str()?).ok()?;
+            let unix_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+            Some((name.to_owned(), i64::try_from(unix_ms).ok()?))
+        })
+        .min_by_key(|(_, ms)| *ms);
+    Ok(match first {
+        Some((name, unix_ms)) => FirstService::Started { name, unix_ms },
+        None => FirstService::NotYet,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.0 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn the_earliest_start_is_the_first_service() {
+        let body = r#"[{"name":"web","started_at":"2026-01-01T00:00:01.500Z"},
+                       {"name":"shell","started_at":null},
+                       {"name":"db","started_at":"2026-01-01T00:00:01.250Z"}]"#;
+        assert_eq!(
+            parse_containers_response(&response(body)).unwrap(),
+            FirstService::Started {
+                name: "db".into(),
+                unix_ms: 1_767_225_601_250
+            }
+        );
+    }
+
+    #[test]
+    fn no_services_and_no_start_yet_are_told_apart() {
+        assert_eq!(
+            parse_containers_response(&response("[]")).unwrap(),
+            FirstService::None
+        );
+        let waiting = r#"[{"name":"web","started_at":null}]"#;
+        assert_eq!(
+            parse_containers_response(&response(waiting)).unwrap(),
+            FirstService::NotYet
+        );
+    }
+
+    #[test]
+    fn errors_and_garbage_are_errors_not_panics() {
+        for bad in [
+            &b"HTTP/1.0 500 Internal Server Error\r\n\r\n{}"[..],
+            b"HTTP/1.0 200 OK\r\n\r\n{\"not\": \"a list\"}",
+            b"HTTP/1.0 200 OK\r\n\r\n[{",
+            b"no headers at all",
+            b"\xff\xfe\r\n\r\n",
+        ] {
+            assert!(parse_containers_response(bad).is_err(), "{bad:?}");
+        }
     }
 }

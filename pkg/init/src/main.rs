@@ -1,13 +1,18 @@
 //! Slipway's init: PID 1 of every image.
 //!
-//! It prepares the machine (root on a tmpfs, API filesystems, read-only /, hostname, loopback,
-//! kernel modules), runs the onboot containers in order, starts the services (until the engine
-//! does), then waits: it reaps orphans and, on poweroff, reboot, halt, SIGTERM or ctrl-alt-del,
-//! runs the onshutdown containers, stops everything, syncs, unmounts and calls reboot(2).
+//! It prepares the machine (API filesystems, read-only /, hostname, loopback, kernel modules),
+//! runs the onboot containers in order, starts the services (until the engine does), prints the
+//! boot's timeline, then waits: it reaps orphans and, on poweroff, reboot, halt, SIGTERM or
+//! ctrl-alt-del, runs the onshutdown containers, stops everything, syncs, unmounts and calls
+//! reboot(2).
+//!
+//! The initramfs stays where the kernel unpacked it: its rootfs is a tmpfs (or ramfs) already,
+//! and the only reason to copy it elsewhere, pivot_root(2) for containers, is moot because the
+//! runtime enters container roots without it on a ramdisk root (runc's `--no-pivot` way).
 //!
 //! `SLIPWAY_INIT_TEST=1` runs it as the PID 1 of a pid namespace on a host: the steps that need
-//! a real boot (root switch, sysfs/devtmpfs/cgroup mounts, read-only /, modules, unmounting,
-//! reboot(2)) are skipped and it exits instead of rebooting.
+//! a real boot (sysfs/devtmpfs/cgroup mounts, read-only /, modules, unmounting, reboot(2)) are
+//! skipped and it exits instead of rebooting.
 
 mod cmdline;
 mod containers;
@@ -19,6 +24,7 @@ mod mounts;
 mod net;
 mod services;
 mod shutdown;
+mod timeline;
 
 use std::fs;
 use std::path::Path;
@@ -27,11 +33,11 @@ use std::time::{Duration, Instant};
 use events::Events;
 use shutdown::{Action, Step};
 use slipway_runtime::Runtime;
+use timeline::Timeline;
 
 const CONTAINERS: &str = slipway_layout::CONTAINERS;
 const LOG_DIR: &str = "/run/log";
 const STATE_DIR: &str = slipway_layout::INIT_STATE;
-const ROOT_MOVED: &str = "SLIPWAY_INIT_ROOT_MOVED";
 const GRACE: Duration = Duration::from_secs(10);
 
 fn say(msg: impl std::fmt::Display) {
@@ -42,6 +48,9 @@ fn say(msg: impl std::fmt::Display) {
 /// `tracing`, often from the container's own init process where no error value reaches us: send
 /// it to the console. `slipway.log=debug` on the kernel command line says more.
 fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let level = cmdline::parse(&cmdline)
         .into_iter()
@@ -49,8 +58,15 @@ fn init_logging() {
         .and_then(|(_, v)| v)
         .and_then(|v| v.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::WARN);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
+    // libcgroups warns at every container start that it does not implement the rdma and misc
+    // controllers the kernel offers; nothing is wrong and nobody can act on it. Its errors
+    // still show, and everything does with slipway.log=info or debug.
+    let mut filter = Targets::new().with_default(level);
+    if level <= tracing::Level::WARN {
+        filter = filter.with_target("libcgroups", tracing::Level::ERROR);
+    }
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
         // Opened per message: a container's init process reports from after its stdout was
         // redirected to the container's log, and the console is where a person looks.
         .with_writer(|| -> Box<dyn std::io::Write> {
@@ -61,22 +77,17 @@ fn init_logging() {
         })
         .with_ansi(false)
         .without_time()
-        .try_init();
+        .finish()
+        .with(filter);
+    let _ = subscriber.try_init();
 }
 
 fn main() {
+    let started = timeline::now_ms();
     let test = std::env::var("SLIPWAY_INIT_TEST").as_deref() == Ok("1");
     if rustix::process::getpid().as_raw_nonzero().get() != 1 {
         eprintln!("slipway-init: must run as PID 1");
         std::process::exit(1);
-    }
-    if !test && std::env::var_os(ROOT_MOVED).is_none() && mounts::root_is_initramfs() {
-        match mounts::switch_to_tmpfs_root() {
-            Ok(()) => reexec(),
-            Err(e) => say(format_args!(
-                "{e}; containers will not be able to pivot_root"
-            )),
-        }
     }
     init_logging();
     let mut events = match Events::new() {
@@ -87,12 +98,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    boot(test);
+    let mut timeline = Timeline::default();
+    boot(test, started, &mut timeline);
     let runtime = match Runtime::new(STATE_DIR) {
         Ok(r) => r,
         Err(e) => {
             say(e);
-            wait_and_shutdown(&mut events, None, test);
+            wait_and_shutdown(&mut events, None, None, test);
         }
     };
     let root = Path::new(CONTAINERS);
@@ -108,12 +120,14 @@ fn main() {
             continue;
         }
         run_one(&runtime, &mut events, "onboot", &bundle);
+        timeline.mark(format!("onboot {}", bundle.name));
     }
     let services = if events.shutdown.is_some() {
         Running::Nothing
     } else {
         match engine::Engine::start(&mut events) {
             Some(Ok(engine)) => {
+                timeline.mark("engine");
                 say(format_args!("engine started (pid {})", engine.pid()));
                 Running::Engine(engine)
             }
@@ -125,17 +139,77 @@ fn main() {
                     ));
                 }
                 let bundles = containers::list(&root.join("services")).unwrap_or_default();
-                Running::Direct(services::Services::start(
+                let direct = services::Services::start(
                     &runtime,
                     &mut events,
                     &bundles,
                     &Path::new(LOG_DIR).join("services"),
-                ))
+                );
+                if let Some((name, ms)) = direct.first_started() {
+                    timeline.mark_at(format!("first service {name}"), ms);
+                }
+                Running::Direct(direct)
             }
         }
     };
     say("boot finished");
-    wait_and_shutdown(&mut events, Some((&runtime, services)), test);
+    // The engine starts its services on its own schedule: the timeline waits for the first.
+    let pending = match services {
+        Running::Engine(_) => Some(FirstServiceWatch::new()),
+        _ => {
+            report(&timeline);
+            None
+        }
+    };
+    wait_and_shutdown(
+        &mut events,
+        Some((&runtime, services)),
+        pending.map(|w| (w, timeline)),
+        test,
+    );
+}
+
+fn report(timeline: &Timeline) {
+    say(timeline.line());
+    if let Err(e) = timeline.save(Path::new(timeline::JSON_PATH)) {
+        say(format_args!("writing {}: {e}", timeline::JSON_PATH));
+    }
+}
+
+/// Asks the engine, between two turns of the init's loop, when its first service started.
+struct FirstServiceWatch {
+    give_up: Instant,
+}
+
+/// How often the init asks, and how long one question may take (the loop is blocked meanwhile).
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+const WATCH_TIMEOUT: Duration = Duration::from_millis(250);
+/// After this, the timeline is printed without a first service (one waiting for a dependency
+/// that never becomes healthy, say).
+const WATCH_PATIENCE: Duration = Duration::from_secs(120);
+
+impl FirstServiceWatch {
+    fn new() -> Self {
+        Self {
+            give_up: Instant::now() + WATCH_PATIENCE,
+        }
+    }
+
+    /// True once the timeline is complete (the first service is in it, or will never be).
+    fn poll(&self, timeline: &mut Timeline) -> bool {
+        use engine::FirstService;
+        match engine::first_service(Path::new(engine::SOCKET), WATCH_TIMEOUT) {
+            Ok(FirstService::Started { name, unix_ms }) => {
+                if let Some(ms) = timeline::boot_ms_of_wall_clock(unix_ms) {
+                    timeline.mark_at(format!("first service {name}"), ms);
+                }
+                true
+            }
+            Ok(FirstService::None) => true,
+            // Not listening yet, or nothing started yet.
+            Ok(FirstService::NotYet) | Err(_) => Instant::now() >= self.give_up,
+        }
+    }
 }
 
 /// Who runs the services: the engine when the image has one, else the init itself.
@@ -148,19 +222,10 @@ enum Running {
 /// How long the engine may take to stop every service (each gets its own grace period).
 const ENGINE_PATIENCE: Duration = Duration::from_secs(60);
 
-fn reexec() -> ! {
-    use std::os::unix::process::CommandExt;
-    let arg0 = std::env::args().next().unwrap_or_else(|| "/init".into());
-    let err = std::process::Command::new(&arg0)
-        .env(ROOT_MOVED, "1")
-        .exec();
-    say(format_args!("re-executing {arg0} on the new root: {err}"));
-    std::process::exit(1);
-}
-
 /// Mounts, read-only /, hostname, loopback, modules. Each failure is reported and the boot
-/// goes on: a PID 1 that stops here leaves a machine nobody can look into.
-fn boot(test: bool) {
+/// goes on: a PID 1 that stops here leaves a machine nobody can look into. `started` is when
+/// the init started, the end of the kernel's part of the boot.
+fn boot(test: bool, started: u64, timeline: &mut Timeline) {
     for mnt in mounts::EARLY {
         if test && mnt.real_boot_only {
             continue;
@@ -177,7 +242,19 @@ fn boot(test: bool) {
         if let Err(e) = rustix::system::reboot(rustix::system::RebootCommand::CadOff) {
             say(format_args!("disabling ctrl-alt-del reboot: {e}"));
         }
+        // The kernel's log (on the devtmpfs just mounted) tells when it had the initramfs
+        // unpacked; its clock is the one of CLOCK_BOOTTIME's start, give or take a tick.
+        if let Some(ms) = timeline::initramfs_unpacked_ms(Path::new("/dev/kmsg"))
+            && ms <= started
+        {
+            timeline.mark_at("initramfs", ms);
+        }
+    }
+    timeline.mark_at("kernel", started);
+    timeline.mark("mounts");
+    if !test {
         load_modules();
+        timeline.mark("modules");
     }
     let name = hostname::choose(Path::new("/"));
     match rustix::system::sethostname(name.as_bytes()) {
@@ -192,9 +269,12 @@ fn boot(test: bool) {
 /// Modules Slipway itself needs whatever the hardware: writable containers are overlays.
 const REQUIRED_MODULES: &[&str] = &["overlay"];
 
-/// How many coldplug passes: loading a bus driver (virtio_pci) makes new devices appear
-/// (virtio-net, virtio-blk) whose drivers the next pass loads.
-const COLDPLUG_PASSES: usize = 4;
+/// How many coldplug rounds at most: loading a bus driver (virtio_pci) makes new devices appear
+/// (virtio-net, virtio-blk) whose drivers the next round loads.
+const COLDPLUG_ROUNDS: usize = 4;
+
+/// How many modules load at once.
+const MODULE_THREADS: usize = 4;
 
 fn load_modules() {
     let release = rustix::system::uname()
@@ -210,6 +290,14 @@ fn load_modules() {
         }
     };
     let before = modules::loaded(Path::new("/sys/module"));
+    // Opened before anything loads, so that it hears of every device a driver adds.
+    let uevents = modules::Uevents::open()
+        .map_err(|e| {
+            say(format_args!(
+                "listening to device events: {e}; rescanning sysfs instead"
+            ))
+        })
+        .ok();
     // Modules asked for by name: a failure is worth a line on the console.
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let named: Vec<String> = REQUIRED_MODULES
@@ -219,24 +307,22 @@ fn load_modules() {
         .chain(cmdline::modules(&cmdline::parse(&cmdline)))
         .collect();
     let mut tried: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut wanted = Vec::new();
     for name in named {
         match index.resolve(&name) {
-            Ok(found) => {
-                for module in found {
-                    if tried.insert(module.clone())
-                        && let Err(e) = load_one(&index, &dir, &module)
-                    {
-                        say(e);
-                    }
-                }
-            }
+            Ok(found) => wanted.extend(found.into_iter().filter(|m| tried.insert(m.clone()))),
             Err(e) => say(e),
         }
     }
-    // Coldplug: drivers for the devices present. A driver for absent hardware refuses to load
-    // (ENODEV); like `modprobe -q` that is not reported.
-    for _ in 0..COLDPLUG_PASSES {
-        let wanted: Vec<String> = modules::device_modaliases(Path::new("/sys/devices"))
+    for e in load_together(&index, &dir, &wanted) {
+        say(e);
+    }
+    // Coldplug: drivers for the devices present, then for the devices those drivers add. A
+    // driver for absent hardware refuses to load (ENODEV); like `modprobe -q` that is not
+    // reported.
+    let mut modaliases = modules::device_modaliases(Path::new("/sys/devices"));
+    for _ in 0..COLDPLUG_ROUNDS {
+        let wanted: Vec<String> = modaliases
             .iter()
             .flat_map(|alias| index.matching(alias))
             .filter(|m| tried.insert(m.clone()))
@@ -244,9 +330,11 @@ fn load_modules() {
         if wanted.is_empty() {
             break;
         }
-        for module in wanted {
-            let _ = load_one(&index, &dir, &module);
-        }
+        let _ = load_together(&index, &dir, &wanted);
+        modaliases = match &uevents {
+            Some(events) => events.added_modaliases(),
+            None => modules::device_modaliases(Path::new("/sys/devices")),
+        };
     }
     let mut new: Vec<String> = modules::loaded(Path::new("/sys/module"))
         .difference(&before)
@@ -260,16 +348,26 @@ fn load_modules() {
     ));
 }
 
-/// Loads `module` and what it depends on, skipping what is loaded already.
-fn load_one(index: &modules::Index, dir: &Path, module: &str) -> Result<(), modules::Error> {
-    let order = index.load_order(
-        &[module.to_string()],
-        &modules::loaded(Path::new("/sys/module")),
-    )?;
-    for (name, path) in order {
-        modules::insert(&name, &dir.join(path))?;
+/// Loads `modules` and what they depend on, skipping what is loaded already, several at once.
+fn load_together(index: &modules::Index, dir: &Path, modules: &[String]) -> Vec<modules::Error> {
+    let loaded = modules::loaded(Path::new("/sys/module"));
+    let mut order = Vec::new();
+    let mut errors = Vec::new();
+    let mut queued = std::collections::HashSet::new();
+    // One at a time, so that a module missing from modules.dep does not hide the others.
+    for module in modules {
+        match index.load_order(std::slice::from_ref(module), &loaded) {
+            Ok(found) => order.extend(found.into_iter().filter(|(n, _)| queued.insert(n.clone()))),
+            Err(e) => errors.push(e),
+        }
     }
-    Ok(())
+    errors.extend(modules::insert_in_parallel(
+        index,
+        dir,
+        &order,
+        MODULE_THREADS,
+    ));
+    errors
 }
 
 fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containers::Bundle) {
@@ -288,13 +386,32 @@ fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containe
 }
 
 /// Reaps until a shutdown is requested, then winds the machine down.
-fn wait_and_shutdown(events: &mut Events, running: Option<(&Runtime, Running)>, test: bool) -> ! {
+/// `pending` is a timeline still waiting for the engine's first service: it is reported when
+/// that is known, or at the shutdown request at the latest.
+fn wait_and_shutdown(
+    events: &mut Events,
+    running: Option<(&Runtime, Running)>,
+    mut pending: Option<(FirstServiceWatch, Timeline)>,
+    test: bool,
+) -> ! {
     let action = loop {
         if let Some(action) = events.shutdown {
             break action;
         }
-        events.wait(Duration::from_secs(60));
+        match &mut pending {
+            Some((watch, timeline)) => {
+                events.wait(WATCH_INTERVAL);
+                if events.shutdown.is_none() && watch.poll(timeline) {
+                    report(timeline);
+                    pending = None;
+                }
+            }
+            None => events.wait(Duration::from_secs(60)),
+        }
     };
+    if let Some((_, timeline)) = pending {
+        report(&timeline);
+    }
     let (runtime, mut services) = match running {
         Some((r, s)) => (Some(r), s),
         None => (None, Running::Nothing),

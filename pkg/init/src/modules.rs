@@ -46,8 +46,10 @@ pub fn normalize(name: &str) -> String {
 pub struct Index {
     /// Module name -> (path relative to the modules directory, direct and indirect deps).
     deps: BTreeMap<String, (PathBuf, Vec<String>)>,
-    /// (fnmatch pattern, module name), in file order.
-    aliases: Vec<(glob::Pattern, String)>,
+    /// (fnmatch pattern, the length of its literal prefix, module name), in file order. A full
+    /// kernel has tens of thousands of patterns: the prefix turns most away without a match,
+    /// and a pattern is compiled only for a modalias that has its prefix.
+    aliases: Vec<(String, usize, String)>,
 }
 
 impl Index {
@@ -106,8 +108,9 @@ impl Index {
             else {
                 return Err(malformed());
             };
-            let pattern = glob::Pattern::new(pattern).map_err(|_| malformed())?;
-            self.aliases.push((pattern, normalize(module)));
+            let prefix = pattern.find(['*', '?', '[', '\\']).unwrap_or(pattern.len());
+            self.aliases
+                .push((pattern.to_owned(), prefix, normalize(module)));
         }
         Ok(())
     }
@@ -115,8 +118,12 @@ impl Index {
     /// The modules whose alias patterns match a device's modalias string.
     pub fn matching(&self, modalias: &str) -> Vec<String> {
         let mut found = Vec::new();
-        for (pattern, module) in &self.aliases {
-            if pattern.matches(modalias) && !found.contains(module) {
+        for (pattern, prefix, module) in &self.aliases {
+            // A pattern glob cannot read (never written by depmod) matches nothing.
+            if modalias.starts_with(&pattern[..*prefix])
+                && !found.contains(module)
+                && glob::Pattern::new(pattern).is_ok_and(|p| p.matches(modalias))
+            {
                 found.push(module.clone());
             }
         }
@@ -152,6 +159,11 @@ impl Index {
         Ok(order)
     }
 
+    /// The modules `name` needs loaded first (all of them, as modules.dep lists them).
+    pub fn deps(&self, name: &str) -> &[String] {
+        self.deps.get(name).map_or(&[], |(_, deps)| deps.as_slice())
+    }
+
     fn visit(
         &self,
         name: &str,
@@ -181,6 +193,106 @@ impl Index {
         order.push((name.to_owned(), path.clone()));
         Ok(())
     }
+}
+
+/// Loads `order` (dependencies before dependents, as [`Index::load_order`] gives it) with up to
+/// `threads` finit_module(2) calls at once: a module goes once every module it depends on is
+/// in. A driver's init often waits for its hardware (probing, firmware, timeouts), and those
+/// waits overlap. Returns the failures, by module.
+pub fn insert_in_parallel(
+    index: &Index,
+    dir: &Path,
+    order: &[(String, PathBuf)],
+    threads: usize,
+) -> Vec<Error> {
+    // A module's wave is one more than the latest of its dependencies being loaded now.
+    let mut wave_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut waves: Vec<Vec<&(String, PathBuf)>> = Vec::new();
+    for entry in order {
+        let wave = index
+            .deps(&entry.0)
+            .iter()
+            .filter_map(|d| wave_of.get(d.as_str()).map(|w| w + 1))
+            .max()
+            .unwrap_or(0);
+        wave_of.insert(&entry.0, wave);
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(entry);
+    }
+    let mut errors = Vec::new();
+    for wave in waves {
+        let chunk = wave.len().div_ceil(threads.max(1)).max(1);
+        // Scoped: every thread is joined before this returns, so no thread of PID 1 outlives
+        // module loading (containers are cloned with raw clone3 later, which only a
+        // single-threaded process survives safely).
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = wave
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .filter_map(|(name, path)| insert(name, &dir.join(path)).err())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for handle in handles {
+                if let Ok(failed) = handle.join() {
+                    errors.extend(failed);
+                }
+            }
+        });
+    }
+    errors
+}
+
+/// The kernel's device events (NETLINK_KOBJECT_UEVENT), read to learn which devices a driver
+/// just loaded brought (a bus driver such as virtio_pci adds the devices on its bus) without
+/// walking all of /sys/devices again.
+pub struct Uevents(std::os::fd::OwnedFd);
+
+impl Uevents {
+    pub fn open() -> io::Result<Self> {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, netlink};
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            Some(netlink::KOBJECT_UEVENT),
+        )?;
+        // A burst of new devices must not overflow the default buffer.
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 1 << 20);
+        // Group 1: the kernel's own events (udev re-broadcasts on group 2).
+        rustix::net::bind(&fd, &netlink::SocketAddrNetlink::new(0, 1))?;
+        Ok(Self(fd))
+    }
+
+    /// The modaliases of the devices added since the last call (the kernel sends the event
+    /// before the call that added the device returns, so nothing is waited for).
+    pub fn added_modaliases(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok((n, _)) =
+            rustix::net::recv(&self.0, &mut buf[..], rustix::net::RecvFlags::empty())
+        {
+            if let Some(alias) = added_modalias(&buf[..n.min(buf.len())]) {
+                found.push(alias);
+            }
+        }
+        found
+    }
+}
+
+/// An event is `ACTION@DEVPATH` then `KEY=VALUE` fields, NUL-separated; the MODALIAS of an
+/// `add`.
+fn added_modalias(event: &[u8]) -> Option<String> {
+    let mut fields = event.split(|b| *b == 0).map(String::from_utf8_lossy);
+    if !fields.next()?.starts_with("add@") {
+        return None;
+    }
+    fields.find_map(|f| f.strip_prefix("MODALIAS=").map(str::to_owned))
 }
 
 /// The modalias strings of every device under `sys_devices` (coldplug).
@@ -385,6 +497,42 @@ alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000
         assert!(matches!(err, Error::Cycle { .. }), "{err}");
         let err = Index::parse_dep("ok.ko:\nno colon here\n", Path::new("m.dep")).unwrap_err();
         assert_eq!(err.to_string(), "m.dep:2: malformed line \"no colon here\"");
+    }
+
+    #[test]
+    fn uevents_of_added_devices_give_their_modalias() {
+        let add = b"add@/devices/pci0000:00/0000:00:03.0/virtio0\0ACTION=add\0DEVPATH=/devices/pci0000:00/0000:00:03.0/virtio0\0SUBSYSTEM=virtio\0MODALIAS=virtio:d00000001v00001AF4\0SEQNUM=1234\0";
+        assert_eq!(
+            added_modalias(add).as_deref(),
+            Some("virtio:d00000001v00001AF4")
+        );
+        let bind = b"bind@/devices/x\0ACTION=bind\0MODALIAS=virtio:d00000001v00001AF4\0";
+        assert_eq!(added_modalias(bind), None);
+        assert_eq!(added_modalias(b"add@/devices/y\0ACTION=add\0"), None);
+        assert_eq!(added_modalias(b""), None);
+    }
+
+    #[test]
+    fn alias_prefixes_only_turn_away_what_cannot_match() {
+        let mut i = Index::default();
+        i.parse_alias(
+            "alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+             alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel\n\
+             alias *:PNP0A08:* pci_root\n\
+             alias pci:v0000[ bad_pattern\n",
+            Path::new("modules.alias"),
+        )
+        .unwrap();
+        assert_eq!(
+            i.matching("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00"),
+            ["virtio_pci"]
+        );
+        assert_eq!(
+            i.matching("cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0094,00E5"),
+            ["crc32c_intel"]
+        );
+        assert_eq!(i.matching("acpi:PNP0A08:PNP0A03:"), ["pci_root"]);
+        assert!(i.matching("pci:v0000[").is_empty());
     }
 
     #[test]

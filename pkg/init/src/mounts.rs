@@ -1,13 +1,11 @@
-//! The filesystems of a booted image: the move of the initramfs root onto a tmpfs, the API
-//! filesystems, the read-only remount of /, and the unmounts at shutdown.
+//! The filesystems of a booted image: the API filesystems, the read-only remount of / (the
+//! initramfs, used where the kernel unpacked it), and the unmounts at shutdown.
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode};
 use rustix::mount::{MountFlags, UnmountFlags};
 
 #[derive(Debug, thiserror::Error)]
@@ -112,105 +110,6 @@ pub fn remount_root_read_only() -> Result<(), Error> {
         .map_err(|e| err("remounting read-only", Path::new("/"))(e.into()))
 }
 
-/// The initramfs root is the namespace's root mount, which pivot_root cannot leave; containers
-/// need a root they can pivot away from. True when / is that rootfs (ramfs, or tmpfs without
-/// a parent mount).
-pub fn root_is_initramfs() -> bool {
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let Ok(stat) = rustix::fs::statfs("/") else {
-        return false;
-    };
-    if stat.f_type == RAMFS_MAGIC {
-        return true;
-    }
-    // A tmpfs rootfs is the first line of the init's mountinfo and is its own parent's child
-    // of nothing: its mount point is "/" and its parent id is not another line's id.
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let ids: Vec<(&str, &str, &str, &str)> = info
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            Some((f[0], f[1], f[4], *f.get(sep + 1)?))
-        })
-        .collect();
-    ids.iter().any(|(_, parent, point, fstype)| {
-        *point == "/"
-            && (*fstype == "rootfs" || *fstype == "tmpfs")
-            && !ids.iter().any(|(id, ..)| id == parent)
-    })
-}
-
-/// Copies the tree at `from` into `to` (same filesystem only: mount points are not crossed),
-/// keeping modes, owners, symlinks and device nodes. Hand-written because it must also copy
-/// device nodes and stop at mount points, which copy crates do not do.
-pub fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<(), Error> {
-    let root_dev = fs::symlink_metadata(from)
-        .map_err(err("reading", from))?
-        .dev();
-    copy_dir(from, to, root_dev, skip)
-}
-
-fn copy_dir(from: &Path, to: &Path, dev: u64, skip: &Path) -> Result<(), Error> {
-    for entry in fs::read_dir(from).map_err(err("reading", from))? {
-        let entry = entry.map_err(err("reading", from))?;
-        let src = entry.path();
-        if src == skip {
-            continue;
-        }
-        let dst = to.join(entry.file_name());
-        let meta = fs::symlink_metadata(&src).map_err(err("reading", &src))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            fs::create_dir(&dst).map_err(err("creating", &dst))?;
-            if meta.dev() == dev {
-                copy_dir(&src, &dst, dev, skip)?;
-            }
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&src).map_err(err("reading", &src))?;
-            std::os::unix::fs::symlink(target, &dst).map_err(err("creating", &dst))?;
-        } else if ft.is_file() {
-            fs::copy(&src, &dst).map_err(err("copying to", &dst))?;
-        } else {
-            let kind = FileType::from_raw_mode(meta.mode());
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                &dst,
-                kind,
-                Mode::from_raw_mode(meta.mode()),
-                meta.rdev(),
-            )
-            .map_err(|e| err("creating node", &dst)(e.into()))?;
-        }
-        std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()))
-            .map_err(err("chown", &dst))?;
-        if !ft.is_symlink() {
-            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(err("chmod", &dst))?;
-        }
-    }
-    Ok(())
-}
-
-/// Moves the initramfs onto a fresh tmpfs and makes it / (switch_root): copy, move the mount
-/// onto /, chroot. The caller re-executes itself afterwards so that nothing refers to the old
-/// root. The old files are left: their memory is small next to a rebuilt image's, and deleting
-/// them would take the only copy if anything above failed half way.
-pub fn switch_to_tmpfs_root() -> Result<(), Error> {
-    let new = Path::new("/.slipway-root");
-    fs::create_dir_all(new).map_err(err("creating", new))?;
-    rustix::mount::mount("tmpfs", new, "tmpfs", MountFlags::empty(), c"mode=0755")
-        .map_err(|e| err("mounting", new)(e.into()))?;
-    copy_tree(Path::new("/"), new, new)?;
-    std::env::set_current_dir(new).map_err(err("entering", new))?;
-    rustix::mount::mount_move(".", "/").map_err(|e| err("moving onto /", new)(e.into()))?;
-    rustix::process::chroot(".").map_err(|e| err("chroot", new)(e.into()))?;
-    std::env::set_current_dir("/").map_err(err("entering", Path::new("/")))?;
-    Ok(())
-}
-
 /// Every mount point but /, deepest first (reverse mount order), from /proc/self/mountinfo.
 pub fn mount_points_for_unmount(mountinfo: &str) -> Vec<String> {
     let mut points: Vec<String> = mountinfo
@@ -295,31 +194,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn copy_tree_keeps_modes_links_and_skips_the_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = dir.path().join("from");
-        fs::create_dir_all(from.join("bin")).unwrap();
-        fs::write(from.join("bin/tool"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(from.join("bin/tool"), fs::Permissions::from_mode(0o750)).unwrap();
-        std::os::unix::fs::symlink("bin/tool", from.join("link")).unwrap();
-        fs::create_dir(from.join("target")).unwrap();
-        let to = from.join("target");
-        copy_tree(&from, &to, &to).unwrap();
-        assert_eq!(
-            fs::read_to_string(to.join("bin/tool")).unwrap(),
-            "#!/bin/sh\n"
-        );
-        assert_eq!(
-            fs::metadata(to.join("bin/tool")).unwrap().mode() & 0o7777,
-            0o750
-        );
-        assert_eq!(
-            fs::read_link(to.join("link")).unwrap(),
-            Path::new("bin/tool")
-        );
-        assert!(!to.join("target").exists());
     }
 }

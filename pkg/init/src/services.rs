@@ -15,6 +15,8 @@ use crate::events::Events;
 
 pub struct Services {
     running: Vec<Container>,
+    /// The first service that started and when (ms since the kernel started), for the timeline.
+    first_started: Option<(String, u64)>,
 }
 
 impl Services {
@@ -27,6 +29,7 @@ impl Services {
     ) -> Self {
         let _ = fs::create_dir_all(log_dir);
         let mut running = Vec::new();
+        let mut first_started = None;
         for bundle in bundles {
             let log = log_dir.join(format!("{}.log", bundle.name));
             let started = fs::File::create(&log)
@@ -42,6 +45,9 @@ impl Services {
                 });
             match started {
                 Ok(container) => {
+                    if first_started.is_none() {
+                        first_started = Some((bundle.name.clone(), crate::timeline::now_ms()));
+                    }
                     if let Ok(pid) = container.pid() {
                         events.watch(pid);
                         println!("slipway-init: service {} started (pid {pid})", bundle.name);
@@ -57,7 +63,14 @@ impl Services {
                 }
             }
         }
-        Self { running }
+        Self {
+            running,
+            first_started,
+        }
+    }
+
+    pub fn first_started(&self) -> Option<(String, u64)> {
+        self.first_started.clone()
     }
 
     /// SIGTERM to every service's processes, `grace` to end, then SIGKILL; deletes them.

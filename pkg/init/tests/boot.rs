@@ -134,6 +134,12 @@ fn runs_onboot_in_order_reports_failures_and_powers_off_on_busybox_poweroff() {
         "slipway-init: onboot 020-poweroff finished",
         "slipway-init: shutdown requested: onboot 030-skipped skipped",
         "slipway-init: boot finished",
+        // Steps in order; 030-skipped never ran, and there is no service to start.
+        "slipway-init: boot timeline (ms since the kernel started): kernel ",
+        " | mounts ",
+        " | onboot 000-first ",
+        " | onboot 010-second ",
+        " | onboot 020-poweroff ",
         "slipway-init: onshutdown 000-bye starting",
         "onshutdown-says-bye",
         "slipway-init: power off",
