@@ -47,7 +47,7 @@ fn in_image_programs_are_static_and_fit_the_size_budget() {
         .iter()
         .map(|(n, s)| format!("{n}: {s} bytes\n"))
         .collect();
-    eprint!("{report}total: {total} bytes (budget {BUDGET})\n");
+    eprintln!("{report}total: {total} bytes (budget {BUDGET})");
     assert!(
         total <= BUDGET,
         "the in-image programs take {total} bytes, over the budget of {BUDGET}:\n{report}"
