@@ -131,21 +131,25 @@ impl Workspace {
             )
             .unwrap();
         };
+        // One module of the default set, with its index, so that the image ships it.
         let mut modules = tar::Builder::new(Vec::new());
-        let module = noise(20_000, 7);
-        let mut header = tar::Header::new_gnu();
-        header.set_size(module.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        modules
-            .append_data(
-                &mut header,
-                "lib/modules/6.1.0-test/extra/a.ko",
-                &module[..],
-            )
-            .unwrap();
+        let dir_of_modules = "lib/modules/6.1.0-test";
+        let module_path = "kernel/drivers/block/virtio_blk.ko";
+        let dep = format!("{module_path}:\n");
+        for (path, data) in [
+            (module_path, noise(20_000, 7)),
+            ("modules.dep", dep.into_bytes()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            modules
+                .append_data(&mut header, format!("{dir_of_modules}/{path}"), &data[..])
+                .unwrap();
+        }
         let modules = modules.into_inner().unwrap();
         package(
             "kernel",
@@ -344,7 +348,8 @@ fn the_size_report_lists_every_part_with_shared_content_counted_once() {
             .to_string()
     };
     assert!(row("kernel").contains("test/kernel:"), "{table}");
-    assert!(row("modules").contains("19.5 KiB"), "{table}");
+    // The module (20,000 bytes) and the indexes rewritten for it.
+    assert!(row("modules").contains("19.6 KiB"), "{table}");
     assert!(row("init").contains("test/init:"), "{table}");
     assert!(row("services/s0").contains("1.0 MiB"), "{table}");
     // s0 holds the app's file first; s1 and s2 link to it (their config.json is their own).
@@ -378,7 +383,11 @@ fn the_size_report_lists_every_part_with_shared_content_counted_once() {
     assert!(shared >= 1 << 20 && bytes - shared < 4096, "{s1}");
     assert_eq!(parts[3]["shared"], 0);
     assert_eq!(parts[0]["bytes"], 300_000 + "console=ttyS0".len() as u64);
-    assert_eq!(parts[1]["bytes"], 20_000);
+    // The module and its modules.dep line.
+    assert_eq!(
+        parts[1]["bytes"],
+        20_000 + "kernel/drivers/block/virtio_blk.ko:\n".len() as u64
+    );
     let counted: u64 = parts[1..]
         .iter()
         .map(|p| p["bytes"].as_u64().unwrap() - p["shared"].as_u64().unwrap())

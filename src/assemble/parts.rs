@@ -9,6 +9,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use super::tree::normalise;
+
 /// What kind of manifest part a [`Part`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,15 +85,16 @@ impl Parts {
     pub fn claim<'a>(&mut self, part: usize, paths: impl IntoIterator<Item = &'a str>) {
         let order = self.bump();
         for path in paths {
-            self.exact.insert(path.to_string(), (order, part));
+            self.exact.insert(normalise(path), (order, part));
         }
     }
 
     /// `part` owns everything below `folder`, and the folder itself.
     pub fn claim_folder(&mut self, part: usize, folder: &str) {
         let order = self.bump();
+        // Paths as the tree keeps them: relative, whatever the caller spelled.
         self.prefixes
-            .push((format!("{}/", folder.trim_end_matches('/')), order, part));
+            .push((format!("{}/", normalise(folder)), order, part));
     }
 
     /// The part that last placed `path`, if any did.
