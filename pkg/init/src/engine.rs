@@ -55,8 +55,9 @@ impl Engine {
         self.pid
     }
 
-    /// SIGTERM: the engine stops its services in reverse dependency order and exits. It gets
-    /// `patience` for that, then SIGKILL (the init's final kill of every process follows anyway).
+    /// SIGTERM: the engine stops its services (each once its dependents have, the others side
+    /// by side) and exits. It gets `patience` for that, then SIGKILL (the init's final kill of
+    /// every process follows anyway).
     pub fn stop(self, events: &mut Events, patience: Duration) {
         let pid = Pid::from_raw(self.pid);
         let _ = kill(pid, Signal::SIGTERM);
