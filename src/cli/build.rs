@@ -171,8 +171,8 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         && !over.is_empty()
     {
         anyhow::bail!(
-            "over the size budget of {max} bytes (--max-size {}): {}; no output was written",
-            args.max_size.map(|s| s.to_string()).unwrap_or_default(),
+            "over the --max-size budget of {max} bytes ({}): {}; no output was written",
+            bytesize::ByteSize(max).display().iec(),
             over.join(", ")
         );
     }
