@@ -429,7 +429,7 @@ fn max_size_fails_an_image_over_budget_with_the_report_and_writes_nothing() {
     );
     assert!(
         stderr.contains("over 1.0 MiB")
-            && stderr.contains("over the size budget of 1048576 bytes")
+            && stderr.contains("over the --max-size budget of 1048576 bytes (1.0 MiB)")
             && stderr.contains("budget-initrd.img is "),
         "{stderr}"
     );

@@ -88,13 +88,18 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     let store = global.store()?;
     // `@pkg:` images are this checkout's own packages: build the ones the store lacks (an
     // unchanged package is never rebuilt: its tag is the hash of its inputs).
-    let package_dirs: Vec<PathBuf> = tags
+    let packages: Vec<(PathBuf, String)> = tags
         .borrow()
         .iter()
-        .filter(|(_, tag)| tag.is_ok())
-        .map(|(dir, _)| dir.clone())
+        .filter_map(|(dir, tag)| Some((dir.clone(), tag.as_ref().ok()?.clone())))
         .collect();
-    for dir in package_dirs {
+    for (dir, tag) in packages {
+        // The tag was computed for the manifest a moment ago; computing it again (apt's lists for
+        // Debian packages) cost a warm build as much as writing the image.
+        if in_store(&store, &tag) {
+            tracing::info!("{tag} is in the store already");
+            continue;
+        }
         let built = crate::pkg::build(&store, &dir, &crate::pkg::BuildOptions::default())
             .with_context(|| format!("building package {}", dir.display()))?;
         if !built.cached {
@@ -171,12 +176,21 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         && !over.is_empty()
     {
         anyhow::bail!(
-            "over the size budget of {max} bytes (--max-size {}): {}; no output was written",
-            args.max_size.map(|s| s.to_string()).unwrap_or_default(),
+            "over the --max-size budget of {max} bytes ({}): {}; no output was written",
+            bytesize::ByteSize(max).display().iec(),
             over.join(", ")
         );
     }
     Ok(())
+}
+
+/// Whether the store holds an image named `tag`, with its manifest.
+fn in_store(store: &crate::oci::Store, tag: &str) -> bool {
+    crate::oci::resolve::full_reference(tag)
+        .ok()
+        .and_then(|reference| store.lookup(&reference).ok().flatten())
+        .and_then(|desc| crate::oci::Digest::try_from(desc.digest()).ok())
+        .is_some_and(|digest| store.has_blob(&digest))
 }
 
 /// One output of a format: staged for renaming into place, or already streamed (`-o -`).
