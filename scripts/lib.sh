@@ -36,6 +36,7 @@ slipway_bin() {
         echo "$SLIPWAY_BIN"
         return
     fi
+    log "building slipway (release; the first build takes several minutes, later ones seconds)"
     (cd "$SLIPWAY_ROOT" && cargo build --release -q -p slipway) >&2
     echo "$SLIPWAY_ROOT/target/release/slipway"
 }
