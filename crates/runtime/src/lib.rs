@@ -3,7 +3,7 @@
 //! The init (onboot and onshutdown containers) and the engine (services) both start containers
 //! through this crate, so it stays a small library with no policy: it knows bundles, stdio and
 //! processes, not boot order or restart rules. The isolation itself (namespaces, capabilities,
-//! read-only root, mounts and binds, devices, rlimits, sysctls, cgroup v1 and v2 limits, seccomp)
+//! read-only root, mounts and binds, devices, rlimits, sysctls, cgroup v1 and v2 limits)
 //! is done by youki's `libcontainer`; this crate adds what Slipway bundles need around it:
 //!
 //! - the LinuxKit layout for writable containers: when a bundle holds `lower/`, a tmpfs upper

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cgroup;
+pub mod cli;
 pub mod client;
 pub mod exec;
 pub mod logs;

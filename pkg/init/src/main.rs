@@ -82,8 +82,22 @@ fn init_logging() {
     let _ = subscriber.try_init();
 }
 
+/// The engine's names: one binary is both the init and the engine (and the engine's reaping
+/// shim), so the image carries one copy of the runtime, the standard library and libc. Called
+/// by any other name (`/init`, `/sbin/init`), it is the init.
+const ENGINE_NAMES: [&str; 2] = ["slipway-engine", slipway_engine::shim::NAME];
+
 fn main() {
     let started = timeline::now_ms();
+    if std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|arg0| Path::new(arg0).file_name())
+        .is_some_and(|name| ENGINE_NAMES.iter().any(|n| name == *n))
+    {
+        let failed = slipway_engine::cli::main() != std::process::ExitCode::SUCCESS;
+        std::process::exit(i32::from(failed));
+    }
     let test = std::env::var("SLIPWAY_INIT_TEST").as_deref() == Ok("1");
     if rustix::process::getpid().as_raw_nonzero().get() != 1 {
         eprintln!("slipway-init: must run as PID 1");
