@@ -184,7 +184,7 @@ fn an_unreadable_raw_disk_is_named_in_the_error() {
 #[test]
 fn the_gcp_archive_unpacks_to_the_raw_disk_with_gnu_tar() {
     let dir = tempfile::tempdir().unwrap();
-    let size = 40 * MIB;
+    let size = 1024 * MIB;
     let raw = pattern_disk(dir.path(), size);
     let out = slipway::format::gcp::convert(&raw, &dir.path().join("x.img.tar.gz"))
         .unwrap()
@@ -213,9 +213,24 @@ fn the_gcp_archive_unpacks_to_the_raw_disk_with_gnu_tar() {
     assert!(x.status.success(), "{}", text(&x));
     let unpacked = unpack.join("disk.raw");
     assert_eq!(std::fs::metadata(&unpacked).unwrap().len(), size);
+    let cmp = run(Command::new("cmp").arg(&unpacked).arg(&raw));
     assert!(
-        std::fs::read(&unpacked).unwrap() == std::fs::read(&raw).unwrap(),
-        "disk.raw differs from the raw disk"
+        cmp.status.success(),
+        "disk.raw differs from the raw disk: {}",
+        text(&cmp)
+    );
+    // Sparse in, sparse out: the archive holds the data, not the gigabyte.
+    let archived = std::fs::metadata(&out).unwrap().len();
+    assert!(archived < MIB, "the archive is {archived} bytes");
+
+    let small = dir.path().join("small.raw");
+    File::create(&small).unwrap().set_len(64 * MIB).unwrap();
+    let err = slipway::format::gcp::convert(&small, &dir.path().join("s.img.tar.gz"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("small.raw") && err.contains("whole number of GiB"),
+        "{err}"
     );
 }
 

@@ -6,6 +6,10 @@
 //! they go, and a mostly empty disk costs no time to compress. GNU tar and Google's importer
 //! restore the holes as zeros. The member's time is the fixed [`super::vdisk::TIMESTAMP`], its
 //! owner root, and the gzip header has no name or time, so the archive is reproducible.
+//!
+//! Compute Engine takes only disks whose size is a whole number of GiB, so [`convert`] refuses
+//! any other size (the raw disk for `gcp` is built that large; being sparse, it costs nothing)
+//! rather than padding it, which would leave a GPT's backup header short of the disk's end.
 
 use std::io::Write;
 use std::path::Path;
@@ -124,9 +128,19 @@ pub fn write_gcp<W: Write>(raw: &RawDisk, w: W) -> Result<W, VdiskError> {
     gz.finish().map_err(VdiskError::write("gcp archive"))
 }
 
+/// Compute Engine's unit of disk size.
+pub const GIB: u64 = 1 << 30;
+
 /// Writes the raw disk at `raw` as `NAME.img.tar.gz`, staged at `out`.
 pub fn convert(raw: &Path, out: &Path) -> Result<Staged, VdiskError> {
     let disk = RawDisk::open(raw)?;
+    if !disk.size().is_multiple_of(GIB) {
+        return Err(VdiskError::BadSize {
+            path: raw.to_path_buf(),
+            size: disk.size(),
+            why: "Compute Engine imports only disks of a whole number of GiB".into(),
+        });
+    }
     let mut failure = None;
     let staged = Staged::write(out, |w| {
         write_gcp(&disk, w).map(|_| ()).map_err(|e| {
