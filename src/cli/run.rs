@@ -57,7 +57,8 @@ pub struct HypervArgs {
     /// The virtual switch to connect the VM to; without it the VM has no network.
     #[arg(long, value_name = "SWITCH")]
     pub switch: Option<String>,
-    /// The build output: an .iso or disk image, or a NAME that has one.
+    /// The build output: a VHDX (generation 2), a VHD (generation 1) or an ISO, or a NAME that
+    /// has one (NAME.vhdx, NAME.vhd, NAME-dynamic.vhd, then the ISOs).
     pub target: PathBuf,
 }
 
@@ -91,7 +92,9 @@ pub struct QemuArgs {
     /// Interactive console: the terminal's input goes to the guest (Ctrl-A X quits).
     #[arg(long)]
     pub console: bool,
-    /// Boot with UEFI firmware (OVMF) instead of BIOS.
+    /// Boot with UEFI firmware (OVMF) even when the image could boot BIOS. Without it the image
+    /// decides: OVMF when it boots UEFI only (an EFI-only ISO, a GPT disk with an ESP and no
+    /// BIOS boot code), SeaBIOS otherwise.
     #[arg(long)]
     pub uefi: bool,
     /// After the guest's boot, print its timeline (ms since the kernel started for each step:
@@ -106,8 +109,9 @@ pub struct QemuArgs {
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
     pub qemu: PathBuf,
-    /// The build output: a NAME or PATH prefix (NAME-kernel, NAME-initrd.img, NAME-cmdline), or
-    /// the path of an .iso or disk image.
+    /// The build output: a NAME or PATH prefix (kernel+squashfs, kernel+iso, kernel+initrd, then
+    /// the ISO and disk formats, as LinuxKit looks for them), or the path of an ISO or a disk
+    /// image (raw, qcow2, VHD, VHDX, VMDK; recognised by its contents).
     pub target: PathBuf,
 }
 
@@ -193,7 +197,7 @@ fn print_hyperkit(args: HyperkitArgs) -> anyhow::Result<()> {
 }
 
 fn print_hyperv(args: HypervArgs) -> anyhow::Result<()> {
-    let source = crate::run::find_boot_source(&args.target)?;
+    let source = hyperv::find_source(&args.target)?;
     let name = args.name.unwrap_or_else(|| {
         let stem = args
             .target

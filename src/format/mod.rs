@@ -9,11 +9,14 @@
 
 pub mod compress;
 pub mod cpio;
+pub mod docker;
+pub mod gcp;
 pub mod initrd;
 pub mod kernel_initrd;
 pub mod parallel_gzip;
 pub mod staged;
 pub mod tar;
+pub mod vdisk;
 
 use std::path::PathBuf;
 

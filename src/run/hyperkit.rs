@@ -3,6 +3,8 @@
 //! HyperKit runs only on macOS, so Slipway does not start it: it builds the command line, which
 //! `slipway run hyperkit` prints for the user to run there. HyperKit boots a kernel directly
 //! (`-f kexec,KERNEL,INITRD,CMDLINE`); it has no BIOS or UEFI, so ISOs and disk images cannot boot.
+//! The root image of kernel+squashfs or kernel+iso is the first virtio-blk disk (`/dev/vda`, as
+//! the command line's `root=` says).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,16 +29,23 @@ pub fn command_line(
     config: &HyperkitConfig,
     source: &BootSource,
 ) -> Result<Vec<OsString>, RunError> {
-    let BootSource::KernelInitrd {
-        kernel,
-        initrd,
-        cmdline,
-    } = source
-    else {
-        return Err(RunError::Unsupported {
-            backend: "hyperkit",
-            why: "it boots kernel+initrd only (it has no firmware to boot an ISO or a disk)".into(),
-        });
+    let (kernel, initrd, cmdline, root) = match source {
+        BootSource::KernelInitrd {
+            kernel,
+            initrd,
+            cmdline,
+            root,
+        } => (kernel, initrd, cmdline, root),
+        BootSource::Iso { path, .. } | BootSource::Disk { path, .. } => {
+            return Err(RunError::Unsupported {
+                backend: "hyperkit",
+                why: format!(
+                    "{} is an ISO or disk image, and HyperKit boots kernel+initrd only (it has \
+                     no firmware to boot an ISO or a disk): build `-f kernel+initrd`",
+                    path.display()
+                ),
+            });
+        }
     };
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
@@ -61,7 +70,8 @@ pub fn command_line(
     if config.networking == Networking::User {
         push(&["-s", "2:0,virtio-net"]);
     }
-    for (slot, disk) in (3..).zip(&config.disks) {
+    let root = root.as_ref().map(|r| &r.path);
+    for (slot, disk) in (3..).zip(root.into_iter().chain(&config.disks)) {
         args.extend(["-s".into(), slot_arg(slot, "virtio-blk", disk)]);
     }
     args.extend([
@@ -104,6 +114,7 @@ mod tests {
             kernel: "/o/m-kernel".into(),
             initrd: "/o/m-initrd.img".into(),
             cmdline: "console=ttyS0 a=b,c".into(),
+            root: None,
         };
         assert_eq!(
             shell_words(&config.hyperkit, &command_line(&config, &source).unwrap()),
@@ -123,7 +134,50 @@ mod tests {
             disks: vec![],
             networking: Networking::None,
         };
-        let err = command_line(&config, &BootSource::Iso("x.iso".into())).unwrap_err();
+        let iso = BootSource::Iso {
+            path: "x.iso".into(),
+            boots: crate::run::Boots::default(),
+        };
+        let err = command_line(&config, &iso).unwrap_err();
+        assert!(
+            err.to_string().contains("x.iso is an ISO or disk image"),
+            "{err}"
+        );
+        let disk = BootSource::Disk {
+            path: "x.qcow2".into(),
+            container: crate::run::Container::Qcow2,
+            boots: crate::run::Boots::default(),
+        };
+        let err = command_line(&config, &disk).unwrap_err();
         assert!(err.to_string().contains("kernel+initrd only"), "{err}");
+    }
+
+    #[test]
+    fn a_squashfs_root_is_the_first_virtio_disk() {
+        let config = HyperkitConfig {
+            hyperkit: "hyperkit".into(),
+            cpus: 1,
+            mem_mib: 1024,
+            state_dir: "/s".into(),
+            disks: vec!["/d/data.img".into()],
+            networking: Networking::None,
+        };
+        let source = BootSource::KernelInitrd {
+            kernel: "/o/m-kernel".into(),
+            initrd: "/o/m-initrd.img".into(),
+            cmdline: "console=ttyS0 root=/dev/vda rootfstype=squashfs".into(),
+            root: Some(crate::run::RootImage {
+                path: "/o/m-squashfs.img".into(),
+                fstype: "squashfs",
+            }),
+        };
+        let line = shell_words(&config.hyperkit, &command_line(&config, &source).unwrap());
+        assert!(
+            line.contains(
+                "-s 3:0,virtio-blk,/o/m-squashfs.img -s 4:0,virtio-blk,/d/data.img -F /s/hyperkit.pid \
+                 -f 'kexec,/o/m-kernel,/o/m-initrd.img,console=ttyS0 root=/dev/vda rootfstype=squashfs'"
+            ),
+            "{line}"
+        );
     }
 }

@@ -12,8 +12,13 @@
 //!   Disks: virtio-blk unless a `--disk` says `bus=ahci` or `bus=nvme` (each such disk gets its
 //!   own controller). A `--disk` with a size that does not exist yet is created with
 //!   `qemu-img create`.
-//! - `--uefi`: OVMF's 4M code image read-only plus a private copy of its variable store in the
+//! - Firmware: SeaBIOS, unless the image boots UEFI only (an ISO whose El Torito catalog has
+//!   only an EFI entry, a GPT disk with an ESP and no BIOS boot code; see [`super::probe`]) or
+//!   `--uefi` asks for it. A disk that boots both ways boots BIOS.
+//! - UEFI: OVMF's 4M code image read-only plus a private copy of its variable store in the
 //!   state folder, so that boot entries the guest writes survive across runs of the same image.
+//! - The boot disk goes in with its container's driver (`format=qcow2|vpc|vhdx|vmdk|raw`); the
+//!   root image of kernel+squashfs or kernel+iso goes in read-only as the first virtio-blk disk.
 //! - `--boot-report`: the console goes through slipway, which prints the guest's boot timeline
 //!   as a table after the init's timeline line (see [`super::boot_report`]).
 //! - qemu dies with slipway: it gets `PR_SET_PDEATHSIG(SIGKILL)`, so killing slipway (any
@@ -51,6 +56,7 @@ pub struct QemuConfig {
     /// Interactive console: stdin goes to the guest (and Ctrl-A X quits qemu). Without it, stdin
     /// is not read and the console is output only, which is what scripts and CI want.
     pub console: bool,
+    /// Boot with OVMF even when the image could boot BIOS.
     pub uefi: bool,
     /// Relay the console and print the boot timeline the guest's init reports.
     pub boot_report: bool,
@@ -235,6 +241,12 @@ pub struct ResolvedDisk {
     pub path: PathBuf,
     pub format: String,
     pub bus: DiskBus,
+    pub readonly: bool,
+}
+
+/// Whether the VM starts OVMF: `--uefi`, or an image that boots UEFI only.
+pub fn uses_uefi(config: &QemuConfig, source: &BootSource) -> bool {
+    config.uefi || source.boots().is_some_and(|b| b.wants_uefi(false))
 }
 
 /// The disk format a file name suggests when none is given.
@@ -257,12 +269,24 @@ pub fn prepare(config: &QemuConfig, source: &BootSource) -> Result<Vec<ResolvedD
     };
     std::fs::create_dir_all(&config.state_dir).map_err(state_err(&config.state_dir))?;
     let mut disks = Vec::new();
-    if let BootSource::Disk(path) = source {
-        disks.push(ResolvedDisk {
+    match source {
+        BootSource::Disk {
+            path, container, ..
+        } => disks.push(ResolvedDisk {
             path: path.clone(),
-            format: format_for(path).to_string(),
+            format: container.qemu_format().to_string(),
             bus: DiskBus::Virtio,
-        });
+            readonly: false,
+        }),
+        BootSource::KernelInitrd {
+            root: Some(root), ..
+        } => disks.push(ResolvedDisk {
+            path: root.path.clone(),
+            format: "raw".into(),
+            bus: DiskBus::Virtio,
+            readonly: true,
+        }),
+        _ => {}
     }
     for (i, spec) in config.disks.iter().enumerate() {
         let path = spec
@@ -291,9 +315,10 @@ pub fn prepare(config: &QemuConfig, source: &BootSource) -> Result<Vec<ResolvedD
             path,
             format,
             bus: spec.bus,
+            readonly: false,
         });
     }
-    if config.uefi {
+    if uses_uefi(config, source) {
         if !config.ovmf_code.is_file() {
             return Err(RunError::NoFirmware {
                 path: config.ovmf_code.clone(),
@@ -361,7 +386,7 @@ pub fn command_line(
     push(&["-device", "virtio-rng-pci"]);
     let pidfile = config.state_dir.join("qemu.pid");
     args.extend(["-pidfile".into(), pidfile.into_os_string()]);
-    if config.uefi {
+    if uses_uefi(config, source) {
         let mut code = OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
         code.push(qemu_escape(&config.ovmf_code));
         let mut vars = OsString::from("if=pflash,format=raw,unit=1,file=");
@@ -373,25 +398,29 @@ pub fn command_line(
             kernel,
             initrd,
             cmdline,
+            ..
         } => {
             args.extend(["-kernel".into(), kernel.clone().into_os_string()]);
             args.extend(["-initrd".into(), initrd.clone().into_os_string()]);
             args.extend(["-append".into(), cmdline.into()]);
         }
-        BootSource::Iso(iso) => {
+        BootSource::Iso { path, .. } => {
             args.extend([
                 "-cdrom".into(),
-                iso.clone().into_os_string(),
+                path.clone().into_os_string(),
                 "-boot".into(),
                 "d".into(),
             ]);
         }
-        BootSource::Disk(_) => {}
+        BootSource::Disk { .. } => {}
     }
     for (index, disk) in disks.iter().enumerate() {
         let mut d = OsString::from("file=");
         d.push(qemu_escape(&disk.path));
         let id = format!("disk{index}");
+        if disk.readonly {
+            d.push(",readonly=on");
+        }
         match disk.bus {
             DiskBus::Virtio => {
                 d.push(format!(
@@ -554,6 +583,138 @@ fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::{Boots, Container, RootImage};
+
+    fn iso(path: &str) -> BootSource {
+        BootSource::Iso {
+            path: path.into(),
+            boots: Boots {
+                bios: true,
+                uefi: false,
+            },
+        }
+    }
+
+    fn has_ovmf(args: &str) -> bool {
+        args.contains("if=pflash")
+    }
+
+    #[test]
+    fn the_firmware_follows_the_image_unless_uefi_is_forced() {
+        let config = QemuConfig {
+            state_dir: "/s".into(),
+            ..QemuConfig::default()
+        };
+        let efi_only = BootSource::Iso {
+            path: "/o/x-efi.iso".into(),
+            boots: Boots {
+                bios: false,
+                uefi: true,
+            },
+        };
+        assert!(has_ovmf(&text(&command_line(&config, &efi_only, &[]))));
+        assert!(!has_ovmf(&text(&command_line(
+            &config,
+            &iso("/o/x.iso"),
+            &[]
+        ))));
+        let both = BootSource::Disk {
+            path: "/o/x.vhdx".into(),
+            container: Container::Vhdx,
+            boots: Boots {
+                bios: true,
+                uefi: true,
+            },
+        };
+        assert!(!has_ovmf(&text(&command_line(&config, &both, &[]))));
+        let forced = QemuConfig {
+            uefi: true,
+            ..config.clone()
+        };
+        assert!(has_ovmf(&text(&command_line(&forced, &both, &[]))));
+    }
+
+    #[test]
+    fn a_disk_goes_in_with_its_containers_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QemuConfig {
+            state_dir: dir.path().join("s"),
+            ..QemuConfig::default()
+        };
+        for (container, format) in [
+            (Container::Qcow2, "qcow2"),
+            (Container::Vpc { fixed: true }, "vpc"),
+            (Container::Vpc { fixed: false }, "vpc"),
+            (Container::Vhdx, "vhdx"),
+            (Container::Vmdk, "vmdk"),
+            (Container::Raw, "raw"),
+        ] {
+            let source = BootSource::Disk {
+                path: "/o/disk".into(),
+                container,
+                boots: Boots {
+                    bios: true,
+                    uefi: false,
+                },
+            };
+            let disks = prepare(&config, &source).unwrap();
+            let args = text(&command_line(&config, &source, &disks));
+            assert!(
+                args.contains(&format!(
+                    "-drive file=/o/disk,format={format},if=virtio,index=0,media=disk"
+                )),
+                "{args}"
+            );
+            assert!(
+                !args.contains("-cdrom") && !args.contains("-kernel"),
+                "{args}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_root_image_is_the_first_disk_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QemuConfig {
+            state_dir: dir.path().join("s"),
+            disks: vec!["/d/data.img".parse().unwrap()],
+            ..QemuConfig::default()
+        };
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let source = BootSource::KernelInitrd {
+            kernel: "/o/m-kernel".into(),
+            initrd: "/o/m-initrd.img".into(),
+            cmdline: "console=ttyS0 root=/dev/vda rootfstype=squashfs".into(),
+            root: Some(RootImage {
+                path: "/o/m-squashfs.img".into(),
+                fstype: "squashfs",
+            }),
+        };
+        let disks = prepare(
+            &QemuConfig {
+                disks: vec![],
+                ..config.clone()
+            },
+            &source,
+        )
+        .unwrap();
+        let mut all = disks.clone();
+        all.push(ResolvedDisk {
+            path: "/d/data.img".into(),
+            format: "raw".into(),
+            bus: DiskBus::Virtio,
+            readonly: false,
+        });
+        let args = text(&command_line(&config, &source, &all));
+        assert!(
+            args.contains(
+                "-append console=ttyS0 root=/dev/vda rootfstype=squashfs \
+                 -drive file=/o/m-squashfs.img,readonly=on,format=raw,if=virtio,index=0,media=disk \
+                 -drive file=/d/data.img,format=raw,if=virtio,index=1,media=disk"
+            ),
+            "{args}"
+        );
+    }
 
     fn text(args: &[OsString]) -> String {
         args.iter()
@@ -576,22 +737,26 @@ mod tests {
             kernel: "/o/m-kernel".into(),
             initrd: "/o/m-initrd.img".into(),
             cmdline: "console=ttyS0 quiet".into(),
+            root: None,
         };
         let disks = [
             ResolvedDisk {
                 path: "/d/a,b.qcow2".into(),
                 format: "qcow2".into(),
                 bus: DiskBus::Virtio,
+                readonly: false,
             },
             ResolvedDisk {
                 path: "/d/sata.img".into(),
                 format: "raw".into(),
                 bus: DiskBus::Ahci,
+                readonly: false,
             },
             ResolvedDisk {
                 path: "/d/n.img".into(),
                 format: "raw".into(),
                 bus: DiskBus::Nvme,
+                readonly: false,
             },
         ];
         assert_eq!(
@@ -621,7 +786,10 @@ mod tests {
         };
         let args = text(&command_line(
             &config,
-            &BootSource::Iso("/o/x-efi.iso".into()),
+            &BootSource::Iso {
+                path: "/o/x-efi.iso".into(),
+                boots: Boots::default(),
+            },
             &[],
         ));
         assert_eq!(
@@ -700,13 +868,14 @@ mod tests {
             ],
             ..QemuConfig::default()
         };
-        let disks = prepare(&config, &BootSource::Iso("x.iso".into())).unwrap();
+        let disks = prepare(&config, &iso("x.iso")).unwrap();
         assert_eq!(
             disks[0],
             ResolvedDisk {
                 path: dir.path().join("state/disk0.qcow2"),
                 format: "qcow2".into(),
                 bus: DiskBus::Virtio,
+                readonly: false,
             }
         );
         assert_eq!(
@@ -723,7 +892,7 @@ mod tests {
             ..config
         };
         assert!(matches!(
-            prepare(&missing, &BootSource::Iso("x.iso".into())),
+            prepare(&missing, &iso("x.iso")),
             Err(RunError::DiskWithoutSize { .. })
         ));
     }
