@@ -658,3 +658,55 @@ fn output_name(args: &Args) -> String {
             .unwrap_or_else(|| "moby".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(name: &'static str, files: &'static [&'static str]) -> Format {
+        Format {
+            name,
+            files,
+            needs: Needs::Kernel,
+            write: |_, _| Ok(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn formats_that_would_write_the_same_file_are_refused_together() {
+        let initrd = fake(
+            "kernel+initrd",
+            &["{name}-kernel", "{name}-initrd.img", "{name}-cmdline"],
+        );
+        let squashfs = fake(
+            "kernel+squashfs",
+            &[
+                "{name}-kernel",
+                "{name}-cmdline",
+                "{name}-initrd.img",
+                "{name}-squashfs.img",
+            ],
+        );
+        let tar = fake("tar", &["{name}.tar"]);
+        let err = check_collisions(&[&initrd, &tar, &squashfs], "x")
+            .unwrap_err()
+            .to_string();
+        for file in ["x-kernel", "x-initrd.img", "x-cmdline"] {
+            assert!(
+                err.contains(&format!("{file} (kernel+initrd, kernel+squashfs)")),
+                "{err}"
+            );
+        }
+        assert!(!err.contains("x.tar"), "{err}");
+    }
+
+    #[test]
+    fn the_registered_formats_have_distinct_names_and_files() {
+        let all: Vec<&Format> = FORMATS.iter().collect();
+        check_collisions(&all, "name").unwrap();
+        let mut names: Vec<_> = FORMATS.iter().map(|f| f.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), FORMATS.len());
+    }
+}

@@ -140,6 +140,7 @@ pub fn build(
         fs.unmount().map_err(fat("closing the volume".into()))?;
         kind
     };
+    drop_dot_long_names(&mut disk)?;
     set_hidden_sectors(&mut disk, kind, options.hidden_sectors)?;
     Ok((disk, kind))
 }
@@ -177,6 +178,202 @@ pub fn build_fitting(
         options,
         seed,
     )
+}
+
+/// Little-endian fields of on-disk structures (`None` past the end).
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The geometry of a FAT volume, from its boot sector.
+pub(crate) struct FatLayout {
+    sectors_per_cluster: u64,
+    fat_start: u64,
+    root_start: u64,
+    root_sectors: u64,
+    data_start: u64,
+    root_cluster: u32,
+    pub bits: u32,
+}
+
+impl FatLayout {
+    pub fn read(vol: &Disk) -> Result<FatLayout, String> {
+        let mut bs = [0u8; 512];
+        vol.read_at(0, &mut bs);
+        let u16v = |at| u16_at(&bs, at).unwrap_or(0) as u64;
+        let u32v = |at| u32_at(&bs, at).unwrap_or(0) as u64;
+        if u16v(11) != SECTOR || bs[510..] != [0x55, 0xaa] {
+            return Err("the volume has no FAT boot sector with 512-byte sectors".into());
+        }
+        let spc = bs[13] as u64;
+        let reserved = u16v(14);
+        let fats = bs[16] as u64;
+        let root_entries = u16v(17);
+        let total = if u16v(19) != 0 { u16v(19) } else { u32v(32) };
+        let fat_size = if u16v(22) != 0 { u16v(22) } else { u32v(36) };
+        let root_sectors = (root_entries * 32).div_ceil(SECTOR);
+        let data_start = reserved + fats * fat_size + root_sectors;
+        if spc == 0 || total <= data_start {
+            return Err("the volume's boot sector describes no data area".into());
+        }
+        let clusters = (total - data_start) / spc;
+        let bits = match clusters {
+            0..4085 => 12,
+            4085..65525 => 16,
+            _ => 32,
+        };
+        Ok(FatLayout {
+            sectors_per_cluster: spc,
+            fat_start: reserved,
+            root_start: reserved + fats * fat_size,
+            root_sectors,
+            data_start,
+            root_cluster: if bits == 32 { u32v(44) as u32 } else { 0 },
+            bits,
+        })
+    }
+
+    fn next(&self, vol: &Disk, cluster: u32) -> Option<u32> {
+        let base = self.fat_start * SECTOR;
+        let (value, end) = match self.bits {
+            12 => {
+                let mut b = [0u8; 2];
+                vol.read_at(base + cluster as u64 * 3 / 2, &mut b);
+                let v = u16::from_le_bytes(b) as u32;
+                (if cluster % 2 == 0 { v & 0xfff } else { v >> 4 }, 0xff8)
+            }
+            16 => {
+                let mut b = [0u8; 2];
+                vol.read_at(base + cluster as u64 * 2, &mut b);
+                (u16::from_le_bytes(b) as u32, 0xfff8)
+            }
+            _ => {
+                let mut b = [0u8; 4];
+                vol.read_at(base + cluster as u64 * 4, &mut b);
+                (u32::from_le_bytes(b) & 0x0fff_ffff, 0x0fff_fff8)
+            }
+        };
+        (2..end).contains(&value).then_some(value)
+    }
+
+    fn cluster_sectors(&self, cluster: u32) -> impl Iterator<Item = u64> {
+        let first = self.data_start + (cluster as u64 - 2) * self.sectors_per_cluster;
+        first..first + self.sectors_per_cluster
+    }
+
+    /// The sectors of a chain, at most `limit` of them.
+    pub fn chain_sectors(&self, vol: &Disk, first: u32, limit: usize) -> Vec<u64> {
+        let mut sectors = Vec::new();
+        let mut cluster = Some(first).filter(|c| *c >= 2);
+        while let Some(c) = cluster {
+            sectors.extend(self.cluster_sectors(c));
+            if sectors.len() >= limit {
+                break;
+            }
+            cluster = self.next(vol, c);
+        }
+        sectors.truncate(limit);
+        sectors
+    }
+
+    /// The first cluster of the root directory file named `name` (8.3, space-padded).
+    pub fn find_root_file(&self, vol: &Disk, name: &[u8; 11]) -> Option<u32> {
+        for sector in self.root_sectors(vol) {
+            let mut buf = [0u8; 512];
+            vol.read_at(sector * SECTOR, &mut buf);
+            for entry in buf.chunks_exact(32) {
+                if entry[0] == 0 {
+                    return None;
+                }
+                if entry[11] & 0x18 == 0 && entry[..11] == name[..] {
+                    let hi = u16_at(entry, 20)? as u32;
+                    let lo = u16_at(entry, 26)? as u32;
+                    return Some(hi << 16 | lo);
+                }
+            }
+        }
+        None
+    }
+
+    /// The sectors of the root directory.
+    fn root_sectors(&self, vol: &Disk) -> Vec<u64> {
+        if self.bits == 32 {
+            self.chain_sectors(vol, self.root_cluster, usize::MAX)
+        } else {
+            (self.root_start..self.root_start + self.root_sectors).collect()
+        }
+    }
+}
+
+/// `fatfs` 0.3 gives the `.` and `..` entries of a new directory long-name entries of their own,
+/// which `fsck.fat` rightly rejects (0.4 fixed it, unreleased). Drop them: rewrite each
+/// subdirectory without the long-name entries that precede `.` and `..`.
+fn drop_dot_long_names(vol: &mut Disk) -> Result<(), FormatError> {
+    let fat = FatLayout::read(vol).map_err(FormatError::Fat)?;
+    let mut pending = subdirectories(vol, &fat.root_sectors(vol));
+    let mut seen = BTreeSet::new();
+    while let Some(cluster) = pending.pop() {
+        if !seen.insert(cluster) {
+            continue;
+        }
+        let sectors = fat.chain_sectors(vol, cluster, usize::MAX);
+        let mut entries = Vec::new();
+        for s in &sectors {
+            let mut buf = [0u8; 512];
+            vol.read_at(s * SECTOR, &mut buf);
+            entries.extend(
+                buf.chunks_exact(32)
+                    .map(|e| <[u8; 32]>::try_from(e).expect("32")),
+            );
+        }
+        let mut kept: Vec<[u8; 32]> = Vec::new();
+        for e in entries {
+            if e[0] == 0 {
+                break;
+            }
+            let is_dot =
+                e[11] != 0x0f && (&e[..11] == b".          " || &e[..11] == b"..         ");
+            if is_dot {
+                while kept.last().is_some_and(|k| k[11] == 0x0f) {
+                    kept.pop();
+                }
+            }
+            kept.push(e);
+        }
+        let mut bytes: Vec<u8> = kept.concat();
+        bytes.resize(sectors.len() * SECTOR as usize, 0);
+        for (s, chunk) in sectors.iter().zip(bytes.chunks(SECTOR as usize)) {
+            vol.write_at(s * SECTOR, chunk)
+                .map_err(FormatError::io("a FAT directory"))?;
+        }
+        pending.extend(subdirectories(vol, &sectors));
+    }
+    Ok(())
+}
+
+/// The first clusters of the directories listed in the directory at `sectors`.
+fn subdirectories(vol: &Disk, sectors: &[u64]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for s in sectors {
+        let mut buf = [0u8; 512];
+        vol.read_at(s * SECTOR, &mut buf);
+        for e in buf.chunks_exact(32) {
+            if e[0] == 0 {
+                return out;
+            }
+            let dir = e[11] & 0x10 != 0 && e[11] != 0x0f && e[0] != b'.' && e[0] != 0xe5;
+            if dir {
+                let hi = u16_at(e, 20).unwrap_or(0) as u32;
+                let lo = u16_at(e, 26).unwrap_or(0) as u32;
+                out.push(hi << 16 | lo);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use object::{Object, ObjectSection};
 
 use super::FormatError;
 use super::disk::{Disk, SECTOR};
+use super::esp::FatLayout;
 
 /// "A random number to identify ourselves with", at the start of the patch area.
 const LDLINUX_MAGIC: u32 = 0x3eb2_02fe;
@@ -76,7 +77,7 @@ impl Embedded {
         };
         let (rodata, data) = (section(".rodata")?, section(".data")?);
         // (build time, 512), (build time, ldlinux.sys length), (build time, ldlinux.c32 length)
-        let lengths = (0..rodata.len().saturating_sub(24))
+        let lengths = (0..(rodata.len() + 1).saturating_sub(24))
             .step_by(4)
             .find_map(|at| {
                 let w: Vec<u32> = (0..6)
@@ -143,128 +144,10 @@ fn empty_adv() -> [u8; 512] {
     adv
 }
 
-/// The geometry of a FAT volume, from its boot sector.
-struct Fat {
-    sectors_per_cluster: u64,
-    fat_start: u64,
-    root_start: u64,
-    root_sectors: u64,
-    data_start: u64,
-    root_cluster: u32,
-    bits: u32,
-}
-
-impl Fat {
-    fn read(vol: &Disk) -> Result<Fat, FormatError> {
-        let mut bs = [0u8; 512];
-        vol.read_at(0, &mut bs);
-        let u16v = |at| u16_at(&bs, at).unwrap_or(0) as u64;
-        let u32v = |at| u32_at(&bs, at).unwrap_or(0) as u64;
-        if u16v(11) != SECTOR || bs[510..] != [0x55, 0xaa] {
-            return Err(bad(
-                "the volume has no FAT boot sector with 512-byte sectors",
-            ));
-        }
-        let spc = bs[13] as u64;
-        let reserved = u16v(14);
-        let fats = bs[16] as u64;
-        let root_entries = u16v(17);
-        let total = if u16v(19) != 0 { u16v(19) } else { u32v(32) };
-        let fat_size = if u16v(22) != 0 { u16v(22) } else { u32v(36) };
-        let root_sectors = (root_entries * 32).div_ceil(SECTOR);
-        let data_start = reserved + fats * fat_size + root_sectors;
-        if spc == 0 || total <= data_start {
-            return Err(bad("the volume's boot sector describes no data area"));
-        }
-        let clusters = (total - data_start) / spc;
-        let bits = match clusters {
-            0..4085 => 12,
-            4085..65525 => 16,
-            _ => 32,
-        };
-        Ok(Fat {
-            sectors_per_cluster: spc,
-            fat_start: reserved,
-            root_start: reserved + fats * fat_size,
-            root_sectors,
-            data_start,
-            root_cluster: if bits == 32 { u32v(44) as u32 } else { 0 },
-            bits,
-        })
-    }
-
-    fn next(&self, vol: &Disk, cluster: u32) -> Option<u32> {
-        let base = self.fat_start * SECTOR;
-        let (value, end) = match self.bits {
-            12 => {
-                let mut b = [0u8; 2];
-                vol.read_at(base + cluster as u64 * 3 / 2, &mut b);
-                let v = u16::from_le_bytes(b) as u32;
-                (if cluster % 2 == 0 { v & 0xfff } else { v >> 4 }, 0xff8)
-            }
-            16 => {
-                let mut b = [0u8; 2];
-                vol.read_at(base + cluster as u64 * 2, &mut b);
-                (u16::from_le_bytes(b) as u32, 0xfff8)
-            }
-            _ => {
-                let mut b = [0u8; 4];
-                vol.read_at(base + cluster as u64 * 4, &mut b);
-                (u32::from_le_bytes(b) & 0x0fff_ffff, 0x0fff_fff8)
-            }
-        };
-        (2..end).contains(&value).then_some(value)
-    }
-
-    fn cluster_sectors(&self, cluster: u32) -> impl Iterator<Item = u64> {
-        let first = self.data_start + (cluster as u64 - 2) * self.sectors_per_cluster;
-        first..first + self.sectors_per_cluster
-    }
-
-    /// The sectors of a chain, at most `limit` of them.
-    fn chain_sectors(&self, vol: &Disk, first: u32, limit: usize) -> Vec<u64> {
-        let mut sectors = Vec::new();
-        let mut cluster = Some(first).filter(|c| *c >= 2);
-        while let Some(c) = cluster {
-            sectors.extend(self.cluster_sectors(c));
-            if sectors.len() >= limit {
-                break;
-            }
-            cluster = self.next(vol, c);
-        }
-        sectors.truncate(limit);
-        sectors
-    }
-
-    /// The first cluster of the root directory file named `name` (8.3, space-padded).
-    fn find_root_file(&self, vol: &Disk, name: &[u8; 11]) -> Option<u32> {
-        let sectors = if self.bits == 32 {
-            self.chain_sectors(vol, self.root_cluster, usize::MAX)
-        } else {
-            (self.root_start..self.root_start + self.root_sectors).collect()
-        };
-        for sector in sectors {
-            let mut buf = [0u8; 512];
-            vol.read_at(sector * SECTOR, &mut buf);
-            for entry in buf.chunks_exact(32) {
-                if entry[0] == 0 {
-                    return None;
-                }
-                if entry[11] & 0x18 == 0 && entry[..11] == name[..] {
-                    let hi = u16_at(entry, 20)? as u32;
-                    let lo = u16_at(entry, 26)? as u32;
-                    return Some(hi << 16 | lo);
-                }
-            }
-        }
-        None
-    }
-}
-
 /// Installs SYSLINUX on `vol`, which already holds [`Embedded::ldlinux_sys_file`] as
 /// `ldlinux.sys` in its root directory.
 pub fn install(vol: &mut Disk, files: &Embedded) -> Result<(), FormatError> {
-    let fat = Fat::read(vol)?;
+    let fat = FatLayout::read(vol).map_err(bad)?;
     let first = fat
         .find_root_file(vol, b"LDLINUX SYS")
         .ok_or_else(|| bad("the volume has no /ldlinux.sys"))?;
