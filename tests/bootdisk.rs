@@ -354,7 +354,7 @@ fn a_size_too_small_names_both_sizes_and_writes_nothing() {
         .failure();
     let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
     assert!(
-        err.contains("--size 1048576 bytes (1 MiB) is too small for raw-efi")
+        err.contains("--size 1048576 bytes (1.0 MiB) is too small for raw-efi")
             && err.contains("need a disk of at least"),
         "{err}"
     );

@@ -244,7 +244,14 @@ impl FatLayout {
                 let mut b = [0u8; 2];
                 vol.read_at(base + cluster as u64 * 3 / 2, &mut b);
                 let v = u16::from_le_bytes(b) as u32;
-                (if cluster % 2 == 0 { v & 0xfff } else { v >> 4 }, 0xff8)
+                (
+                    if cluster.is_multiple_of(2) {
+                        v & 0xfff
+                    } else {
+                        v >> 4
+                    },
+                    0xff8,
+                )
             }
             16 => {
                 let mut b = [0u8; 2];

@@ -107,7 +107,7 @@ pub fn build(stub: &[u8], parts: UkiParts) -> Result<Vec<u8>, FormatError> {
             number_of_linenumbers: object::U16::new(LE, 0),
             characteristics: object::U32::new(
                 LE,
-                (IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ).into(),
+                IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ,
             ),
         };
         let at = table_at + (sections.len() + i) * size_of::<ImageSectionHeader>();
