@@ -393,3 +393,61 @@ fn an_unknown_format_lists_the_known_ones() {
              iso-bios, iso-efi, iso-efi-initrd, iso, raw-bios, raw-efi, aws",
         ));
 }
+
+#[test]
+fn a_build_killed_while_writing_leaves_nothing_in_the_output_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let path = work.path().join("big.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "init:\n  - \"@pkg:{}/pkg/busybox\"\nfiles:\n  - path: big\n    source: {}\n",
+            root().display(),
+            big.display()
+        ),
+    )
+    .unwrap();
+    let out = work.path().join("out");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+        .current_dir(root())
+        .env("SLIPWAY_CACHE", root().join("target/slipway-test-cache"))
+        .args(["build", "-f", "tar", "--name", "big", "--dir"])
+        .arg(&out)
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the build holds an output file open in the folder, then kill it mid-write.
+    let fds = PathBuf::from(format!("/proc/{}/fd", child.id()));
+    let started = Instant::now();
+    let writing = loop {
+        let open_there = std::fs::read_dir(&fds).ok().is_some_and(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .any(|target| target.starts_with(&out))
+        });
+        if open_there {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(300) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        writing,
+        "the build ended before it was seen writing an output"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "a killed build left {left:?}");
+}
