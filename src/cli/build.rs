@@ -76,7 +76,9 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             .clone()
     };
     let merged = manifest::load(sources, &tagger)?;
-    if merged.manifest.kernel.is_none()
+    // Refused before any image is pulled or package built (a dry run only checks the manifest).
+    if !args.dry_run
+        && merged.manifest.kernel.is_none()
         && let Some(f) = formats.iter().find(|f| f.needs != Needs::Nothing)
     {
         anyhow::bail!(
@@ -85,7 +87,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         );
     }
     // The bootloader image is one more `@pkg:` image when a bootable disk or ISO is asked for.
-    let bootloader_ref = if formats.iter().any(|f| f.needs == Needs::Bootloader) {
+    let bootloader_ref = if !args.dry_run && formats.iter().any(|f| f.needs == Needs::Bootloader) {
         Some(
             match args.bootloader.strip_prefix(manifest::template::PREFIX) {
                 Some(dir) => {
