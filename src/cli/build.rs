@@ -9,7 +9,9 @@ use super::Global;
 use super::cache::PullArgs;
 use crate::assemble::sizes::{OutputSize, SizeReport};
 use crate::assemble::{self, tree::Tree};
+use crate::format::iso::IsoKind;
 use crate::format::staged::Staged;
+use crate::format::vdisk::DiskFormat;
 use crate::format::{self, BootSpec, Compression};
 use crate::manifest::{self, Source};
 
@@ -36,6 +38,14 @@ pub struct Args {
     /// Initrd compression: gzip, zstd, xz or none.
     #[arg(long, value_name = "C", default_value = "gzip")]
     pub compress: Compression,
+    /// Size of the disk formats (raw-bios, raw-efi, aws, ...): bytes, or with a unit (`2GiB`).
+    /// Default: what the files need, rounded up to 1 MiB. Disk outputs are sparse files.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<bytesize::ByteSize>,
+    /// The bootloader image of the bootable disk and ISO formats: `@pkg:DIR` (built into the
+    /// store when missing, like any `@pkg:` image) or an image reference.
+    #[arg(long, value_name = "IMAGE", env = "SLIPWAY_BOOTLOADER", default_value = DEFAULT_BOOTLOADER)]
+    pub bootloader: String,
     /// Fail the build, writing nothing, when the initrd (or the one file of another format) is
     /// larger than SIZE: bytes, or with a unit (`5M` = 5,000,000 bytes, `5MiB` = 5 x 2^20).
     #[arg(long, value_name = "SIZE")]
@@ -47,11 +57,13 @@ pub struct Args {
     pub files: Vec<String>,
 }
 
-/// The formats this version writes, in the order they are written.
-const FORMATS: &[&str] = &["kernel+initrd", "tar-kernel-initrd", "tar"];
+/// The bootloader package of this checkout (`pkg/bootloader`), unless `--bootloader` says
+/// otherwise.
+const DEFAULT_BOOTLOADER: &str = concat!("@pkg:", env!("CARGO_MANIFEST_DIR"), "/pkg/bootloader");
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
-    let formats = formats(&args)?;
+    let name = output_name(&args);
+    let formats = formats(&args, &name)?;
     let sources = read_sources(&args.files)?;
     // Several containers usually share a package: ask for each folder's tag once.
     let tags = std::cell::RefCell::new(
@@ -65,6 +77,38 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             .clone()
     };
     let merged = manifest::load(sources, &tagger)?;
+    // Refused before any image is pulled or package built (a dry run only checks the manifest).
+    if !args.dry_run
+        && merged.manifest.kernel.is_none()
+        && let Some(f) = formats.iter().find(|f| f.needs != Needs::Nothing)
+    {
+        anyhow::bail!(
+            "format {} boots the image and needs a kernel: the manifest has no `kernel:` section",
+            f.name
+        );
+    }
+    // The bootloader image is one more `@pkg:` image when a bootable disk or ISO is asked for.
+    let bootloader_ref = if !args.dry_run && formats.iter().any(|f| f.needs == Needs::Bootloader) {
+        Some(
+            match args.bootloader.strip_prefix(manifest::template::PREFIX) {
+                Some(dir) => {
+                    let dir = Path::new(dir);
+                    if !dir.join("build.yml").is_file() {
+                        anyhow::bail!(
+                            "the bootloader package {} has no build.yml: pass --bootloader with the \
+                         folder of Slipway's pkg/bootloader or an image built from it",
+                            dir.display()
+                        );
+                    }
+                    tagger(dir)
+                        .map_err(|e| anyhow::anyhow!("bootloader package {}: {e}", dir.display()))?
+                }
+                None => args.bootloader.clone(),
+            },
+        )
+    } else {
+        None
+    };
     for doc in &merged.documents {
         if doc.manifest.trust.is_some() {
             tracing::warn!(
@@ -73,7 +117,6 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             );
         }
     }
-    let name = output_name(&args);
     if args.dry_run {
         let yaml = manifest::to_yaml(&merged.manifest);
         if args.json {
@@ -115,6 +158,18 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         assembled.shared.links,
         assembled.shared.bytes_saved
     );
+    let bootloader = match &bootloader_ref {
+        Some(reference) => {
+            let image = crate::oci::resolve(&store, reference, &args.pull.options())
+                .with_context(|| format!("resolving the bootloader image {reference}"))?;
+            let files = crate::oci::flatten_into_tree(&store, &image)
+                .with_context(|| format!("unpacking the bootloader image {reference}"))?;
+            Some(format::bootloader::Bootloader::from_tree(
+                &files, reference,
+            )?)
+        }
+        None => None,
+    };
     let mut tree = assembled.tree;
     let mut report = SizeReport::measure(&tree, &assembled.parts);
     let boot = if tree.get(format::KERNEL_PATH).is_some() {
@@ -129,14 +184,16 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     // Every output is staged first and renamed into place only once all are written and within
     // the budget, so a failed build leaves the folder as it was.
     let mut staged: Vec<Staged> = Vec::new();
+    let mut writer = Writer::new(&tree, boot.as_ref(), &args, &name, bootloader.as_ref());
+    writer.whole_gib = formats.iter().any(|f| f.name == "gcp");
     for f in &formats {
         let started = std::time::Instant::now();
-        let outputs = write_format(f, &tree, boot.as_ref(), &args, &name)?;
-        tracing::info!("wrote {f} in {:.2?}", started.elapsed());
+        let outputs = (f.write)(&mut writer, f)?;
+        tracing::info!("wrote {} in {:.2?}", f.name, started.elapsed());
         for output in outputs {
             report.outputs.push(OutputSize {
                 path: output.path.clone(),
-                format: f.clone(),
+                format: f.name.to_string(),
                 bytes: output.bytes,
                 budgeted: output.budgeted,
             });
@@ -161,7 +218,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     if args.json {
         let doc = serde_json::json!({
             "name": name,
-            "formats": formats,
+            "formats": formats.iter().map(|f| f.name).collect::<Vec<_>>(),
             "files": written,
             "size": report,
             "manifest": assembled.resolved,
@@ -212,16 +269,158 @@ impl Output {
     }
 }
 
+/// What a format needs besides the root tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    /// The kernel (the manifest's `kernel:` section).
+    Kernel,
+    /// The kernel and the bootloader image (disks and ISOs).
+    Bootloader,
+}
+
+/// One output format of `-f`: its name, the files it writes (`{name}` is `--name`), what it
+/// needs, and its writer. Adding a format is adding one entry to [`FORMATS`].
+struct Format {
+    name: &'static str,
+    files: &'static [&'static str],
+    needs: Needs,
+    write: fn(&mut Writer, &Format) -> anyhow::Result<Vec<Output>>,
+}
+
+impl Format {
+    /// The path of its `i`-th file for `--name` in `dir`.
+    fn file(&self, i: usize, dir: &Path, name: &str) -> PathBuf {
+        dir.join(self.files[i].replace("{name}", name))
+    }
+}
+
+/// Every format, with LinuxKit's `-f` names and file names, in the order they are written.
+const FORMATS: &[Format] = &[
+    Format {
+        name: "kernel+initrd",
+        files: &["{name}-kernel", "{name}-initrd.img", "{name}-cmdline"],
+        needs: Needs::Kernel,
+        write: |w, _| w.kernel_initrd(),
+    },
+    Format {
+        name: "tar-kernel-initrd",
+        files: &["{name}-initrd.tar"],
+        needs: Needs::Kernel,
+        write: |w, f| w.tar_kernel_initrd(f),
+    },
+    Format {
+        name: "tar",
+        files: &["{name}.tar"],
+        needs: Needs::Nothing,
+        write: |w, f| w.tar(f),
+    },
+    Format {
+        name: "iso-bios",
+        files: &["{name}.iso"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.iso(f, IsoKind::Bios),
+    },
+    Format {
+        name: "iso-efi",
+        files: &["{name}-efi.iso"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.iso(f, IsoKind::Efi),
+    },
+    Format {
+        name: "iso-efi-initrd",
+        files: &["{name}-efi-initrd.iso"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.iso(f, IsoKind::EfiInitrd),
+    },
+    Format {
+        name: "iso",
+        files: &["{name}-hybrid.iso"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.iso(f, IsoKind::Hybrid),
+    },
+    Format {
+        name: "raw-bios",
+        files: &["{name}-bios.img"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.raw_disk(f, DiskKind::Bios),
+    },
+    Format {
+        name: "raw-efi",
+        files: &["{name}-efi.img"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.raw_disk(f, DiskKind::Efi),
+    },
+    Format {
+        name: "aws",
+        files: &["{name}.raw"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.raw_disk(f, DiskKind::BiosEfi),
+    },
+    Format {
+        name: "qcow2-bios",
+        files: &["{name}.qcow2"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.converted(f, DiskKind::Bios, DiskFormat::Qcow2),
+    },
+    Format {
+        name: "qcow2-efi",
+        files: &["{name}-efi.qcow2"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.converted(f, DiskKind::Efi, DiskFormat::Qcow2),
+    },
+    Format {
+        name: "vhd",
+        files: &["{name}.vhd"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.converted(f, DiskKind::BiosEfi, DiskFormat::Vhd),
+    },
+    Format {
+        name: "dynamic-vhd",
+        files: &["{name}-dynamic.vhd"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.converted(f, DiskKind::BiosEfi, DiskFormat::DynamicVhd),
+    },
+    Format {
+        name: "vhdx",
+        files: &["{name}.vhdx"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.converted(f, DiskKind::BiosEfi, DiskFormat::Vhdx),
+    },
+    Format {
+        name: "vmdk",
+        files: &["{name}.vmdk"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.converted(f, DiskKind::BiosEfi, DiskFormat::Vmdk),
+    },
+    Format {
+        name: "gcp",
+        files: &["{name}.img.tar.gz"],
+        needs: Needs::Bootloader,
+        write: |w, f| w.gcp(f),
+    },
+    Format {
+        name: "docker",
+        files: &["{name}.docker"],
+        needs: Needs::Nothing,
+        write: |w, f| w.docker(f),
+    },
+];
+
+fn find_format(name: &str) -> Option<&'static Format> {
+    FORMATS.iter().find(|f| f.name == name)
+}
+
 /// `-f` values, checked; the default is kernel+initrd, or tar when `-o` names one output.
-fn formats(args: &Args) -> anyhow::Result<Vec<String>> {
-    let mut formats: Vec<String> = args
+fn formats(args: &Args, name: &str) -> anyhow::Result<Vec<&'static Format>> {
+    let mut names: Vec<String> = args
         .formats
         .iter()
         .map(|f| f.trim().to_string())
         .filter(|f| !f.is_empty())
         .collect();
-    if formats.is_empty() {
-        formats.push(
+    if names.is_empty() {
+        names.push(
             if args.output.is_some() {
                 "tar"
             } else {
@@ -230,88 +429,307 @@ fn formats(args: &Args) -> anyhow::Result<Vec<String>> {
             .to_string(),
         );
     }
-    for f in &formats {
-        if !FORMATS.contains(&f.as_str()) {
+    let mut formats: Vec<&'static Format> = Vec::new();
+    for n in &names {
+        let Some(f) = find_format(n) else {
             anyhow::bail!(
-                "unknown format `{f}`: this version writes {}",
-                FORMATS.join(", ")
+                "unknown format `{n}`: this version writes {}",
+                FORMATS
+                    .iter()
+                    .map(|f| f.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
+        };
+        if !formats.iter().any(|g| g.name == f.name) {
+            formats.push(f);
         }
     }
-    if args.output.is_some() && (formats.len() != 1 || formats[0] != "tar") {
+    if args.output.is_some() && (formats.len() != 1 || formats[0].name != "tar") {
         anyhow::bail!("-o writes one streamable output: use it with `-f tar` alone");
     }
+    check_collisions(&formats, name)?;
     Ok(formats)
 }
 
-fn need_boot<'a>(boot: Option<&'a BootSpec>, format: &str) -> anyhow::Result<&'a BootSpec> {
-    boot.ok_or_else(|| {
-        anyhow::anyhow!("format {format} needs a kernel: add `kernel: image:` to the manifest")
-    })
+/// Two formats that would write the same file are refused together, before anything is built.
+fn check_collisions(formats: &[&Format], name: &str) -> anyhow::Result<()> {
+    let mut owners: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for f in formats {
+        for i in 0..f.files.len() {
+            let file = f.file(i, Path::new(""), name).display().to_string();
+            owners.entry(file).or_default().push(f.name);
+        }
+    }
+    let clashes: Vec<String> = owners
+        .iter()
+        .filter(|(_, fs)| fs.len() > 1)
+        .map(|(file, fs)| format!("{file} ({})", fs.join(", ")))
+        .collect();
+    if !clashes.is_empty() {
+        anyhow::bail!(
+            "formats would write the same file: {}; build them in separate runs or with different --name",
+            clashes.join("; ")
+        );
+    }
+    Ok(())
 }
 
-/// Writes one format's outputs (staged, except a stream to standard output).
-fn write_format(
-    f: &str,
-    tree: &Tree,
-    boot: Option<&BootSpec>,
-    args: &Args,
-    name: &str,
-) -> anyhow::Result<Vec<Output>> {
-    match f {
-        "kernel+initrd" => {
-            let [initrd, kernel, cmdline] = format::kernel_initrd::stage_kernel_initrd(
-                tree,
-                need_boot(boot, f)?,
-                args.compress,
-                &args.dir,
-                name,
+/// Which bootable disk a format writes or converts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DiskKind {
+    /// `raw-bios`: MBR, FAT, SYSLINUX.
+    Bios,
+    /// `raw-efi`: GPT, an ESP with the UKI.
+    Efi,
+    /// `aws` (and what vhd, vmdk, gcp convert): GPT, one ESP that boots BIOS and UEFI.
+    BiosEfi,
+}
+
+/// The state of one build's phase 2: the tree and boot spec, and what several formats share
+/// (the initrd of the bootable formats, their disks), each made once, when first needed.
+struct Writer<'a> {
+    tree: &'a Tree,
+    boot: Option<&'a BootSpec>,
+    args: &'a Args,
+    name: &'a str,
+    bootloader: Option<&'a format::bootloader::Bootloader>,
+    initrd: Option<Vec<u8>>,
+    osrel: Option<Vec<u8>>,
+    disks: std::collections::HashMap<DiskKind, format::disk::Disk>,
+    /// Raw copies of the disks for the converters, in `scratch` (removed when the build ends).
+    raw_files: std::collections::HashMap<DiskKind, PathBuf>,
+    scratch: Option<tempfile::TempDir>,
+    /// gcp is among the formats: Compute Engine takes whole GiB, so the BIOS+EFI disk's
+    /// default size is rounded up to one (sparse: the extra costs no space).
+    whole_gib: bool,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        tree: &'a Tree,
+        boot: Option<&'a BootSpec>,
+        args: &'a Args,
+        name: &'a str,
+        bootloader: Option<&'a format::bootloader::Bootloader>,
+    ) -> Self {
+        Writer {
+            tree,
+            boot,
+            args,
+            name,
+            bootloader,
+            initrd: None,
+            osrel: None,
+            disks: Default::default(),
+            raw_files: Default::default(),
+            scratch: None,
+            whole_gib: false,
+        }
+    }
+
+    fn need_boot(&self, format: &str) -> anyhow::Result<&'a BootSpec> {
+        self.boot.ok_or_else(|| {
+            anyhow::anyhow!("format {format} needs a kernel: add `kernel: image:` to the manifest")
+        })
+    }
+
+    /// What the bootable formats write: kernel, initrd (made once), command line, bootloader.
+    fn media(&mut self, format: &str) -> anyhow::Result<format::bootloader::BootMedia<'_>> {
+        let boot = self.need_boot(format)?;
+        let bootloader = self
+            .bootloader
+            .ok_or_else(|| anyhow::anyhow!("format {format} needs the bootloader image"))?;
+        if self.initrd.is_none() {
+            let initrd = format::initrd::write_initrd(
+                self.tree,
+                boot.ucode.as_deref(),
+                self.args.compress,
+                Vec::new(),
             )?;
-            Ok(vec![
-                Output::staged(kernel, false),
-                Output::staged(initrd, true),
-                Output::staged(cmdline, false),
-            ])
+            self.initrd = Some(initrd);
         }
-        "tar-kernel-initrd" => {
-            let path = args.dir.join(format!("{name}-initrd.tar"));
-            let boot = need_boot(boot, f)?;
-            let staged = Staged::write(&path, |w| {
-                format::kernel_initrd::write_tar_kernel_initrd(tree, boot, args.compress, w)
-                    .map(|_| ())
-            })?;
-            Ok(vec![Output::staged(staged, true)])
+        if self.osrel.is_none() {
+            let own = match self.tree.get("etc/os-release").map(|e| &e.kind) {
+                Some(crate::assemble::tree::Kind::File(data)) => Some(data.as_ref().clone()),
+                _ => None,
+            };
+            self.osrel = Some(own.unwrap_or_else(|| format::uki::default_osrel(self.name)));
         }
-        _ => {
-            let empty = BootSpec::default();
-            let boot = boot.unwrap_or(&empty);
-            match args.output.as_deref() {
-                Some("-") => {
-                    // A stream cannot be taken back: the budget is checked after the fact.
-                    let stdout = Counted {
-                        inner: std::io::BufWriter::new(std::io::stdout().lock()),
-                        bytes: 0,
-                    };
-                    let mut w = format::tar::write_tar(tree, boot, stdout)?;
-                    std::io::Write::flush(&mut w)?;
-                    Ok(vec![Output {
-                        path: "-".into(),
-                        bytes: w.bytes,
-                        budgeted: true,
-                        staged: None,
-                    }])
+        let initrd = self.initrd.as_deref().expect("made above");
+        Ok(format::bootloader::BootMedia {
+            name: self.name,
+            kernel: &boot.kernel,
+            initrd,
+            cmdline: &boot.cmdline,
+            osrel: self.osrel.as_deref().expect("made above"),
+            bootloader,
+            mtime: format::tar::boot_mtime(self.tree),
+            seed: format::disk::Seed::of(&[&boot.kernel, initrd, boot.cmdline.as_bytes()]),
+        })
+    }
+
+    /// The bootable disk of `kind`, built once per build (raw formats write it, converters to
+    /// qcow2, VHD, VMDK and gcp read it).
+    fn disk(&mut self, kind: DiskKind, format: &str) -> anyhow::Result<&format::disk::Disk> {
+        if !self.disks.contains_key(&kind) {
+            let size = self.args.size.map(|s| s.as_u64());
+            let whole_gib = self.whole_gib;
+            let media = self.media(format)?;
+            let disk = match kind {
+                DiskKind::Bios => format::raw_bios::disk(&media, size)?,
+                DiskKind::Efi => format::raw_efi::disk(&media, size)?,
+                DiskKind::BiosEfi => {
+                    let disk = format::bios_efi::disk(&media, format, size)?;
+                    const GIB: u64 = 1 << 30;
+                    if whole_gib && size.is_none() && disk.size() % GIB != 0 {
+                        let whole = disk.size().div_ceil(GIB) * GIB;
+                        format::bios_efi::disk(&media, format, Some(whole))?
+                    } else {
+                        disk
+                    }
                 }
-                out => {
-                    let path = out
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| args.dir.join(format!("{name}.tar")));
-                    let staged = Staged::write(&path, |w| {
-                        format::tar::write_tar(tree, boot, w).map(|_| ())
-                    })?;
-                    Ok(vec![Output::staged(staged, true)])
-                }
+            };
+            self.disks.insert(kind, disk);
+        }
+        Ok(&self.disks[&kind])
+    }
+
+    fn kernel_initrd(&mut self) -> anyhow::Result<Vec<Output>> {
+        let [initrd, kernel, cmdline] = format::kernel_initrd::stage_kernel_initrd(
+            self.tree,
+            self.need_boot("kernel+initrd")?,
+            self.args.compress,
+            &self.args.dir,
+            self.name,
+        )?;
+        Ok(vec![
+            Output::staged(kernel, false),
+            Output::staged(initrd, true),
+            Output::staged(cmdline, false),
+        ])
+    }
+
+    fn tar_kernel_initrd(&mut self, f: &Format) -> anyhow::Result<Vec<Output>> {
+        let path = f.file(0, &self.args.dir, self.name);
+        let boot = self.need_boot(f.name)?;
+        let staged = Staged::write(&path, |w| {
+            format::kernel_initrd::write_tar_kernel_initrd(self.tree, boot, self.args.compress, w)
+                .map(|_| ())
+        })?;
+        Ok(vec![Output::staged(staged, true)])
+    }
+
+    fn tar(&mut self, f: &Format) -> anyhow::Result<Vec<Output>> {
+        let empty = BootSpec::default();
+        let boot = self.boot.unwrap_or(&empty);
+        match self.args.output.as_deref() {
+            Some("-") => {
+                // A stream cannot be taken back: the budget is checked after the fact.
+                let stdout = Counted {
+                    inner: std::io::BufWriter::new(std::io::stdout().lock()),
+                    bytes: 0,
+                };
+                let mut w = format::tar::write_tar(self.tree, boot, stdout)?;
+                std::io::Write::flush(&mut w)?;
+                Ok(vec![Output {
+                    path: "-".into(),
+                    bytes: w.bytes,
+                    budgeted: true,
+                    staged: None,
+                }])
+            }
+            out => {
+                let path = out
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| f.file(0, &self.args.dir, self.name));
+                let staged = Staged::write(&path, |w| {
+                    format::tar::write_tar(self.tree, boot, w).map(|_| ())
+                })?;
+                Ok(vec![Output::staged(staged, true)])
             }
         }
+    }
+
+    fn iso(&mut self, f: &Format, kind: format::iso::IsoKind) -> anyhow::Result<Vec<Output>> {
+        let path = f.file(0, &self.args.dir, self.name);
+        let bytes = format::iso::write(&self.media(f.name)?, kind)?;
+        let staged = Staged::write(&path, |w| {
+            std::io::Write::write_all(w, &bytes).map_err(format::FormatError::io(f.name))
+        })?;
+        Ok(vec![Output::staged(staged, true)])
+    }
+
+    /// A disk written as a sparse raw file.
+    fn raw_disk(&mut self, f: &Format, kind: DiskKind) -> anyhow::Result<Vec<Output>> {
+        let path = f.file(0, &self.args.dir, self.name);
+        let disk = self.disk(kind, f.name)?;
+        let staged = Staged::write(&path, |w| {
+            disk.write_sparse(w, |w, size| w.get_ref().set_len(size))
+                .map(|_| ())
+                .map_err(format::FormatError::io(f.name))
+        })?;
+        Ok(vec![Output::staged(staged, true)])
+    }
+
+    /// The disk of `kind` as a sparse raw file in a temporary folder beside the outputs, written
+    /// once per build for the converters (which read a raw disk, holes and all).
+    fn raw_file(&mut self, kind: DiskKind, format: &str) -> anyhow::Result<PathBuf> {
+        if let Some(path) = self.raw_files.get(&kind) {
+            return Ok(path.clone());
+        }
+        if self.scratch.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix(".slipway-disks-")
+                .tempdir_in(&self.args.dir)
+                .with_context(|| {
+                    format!("creating a scratch folder in {}", self.args.dir.display())
+                })?;
+            self.scratch = Some(dir);
+        }
+        let path = self
+            .scratch
+            .as_ref()
+            .expect("made above")
+            .path()
+            .join(format!("{kind:?}.raw"));
+        let disk = self.disk(kind, format)?;
+        let mut file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        disk.write_sparse(&mut file, |f, size| f.set_len(size))
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.raw_files.insert(kind, path.clone());
+        Ok(path)
+    }
+
+    /// A disk converted to a virtual machine's container (qcow2, VHD, VHDX, VMDK).
+    fn converted(
+        &mut self,
+        f: &Format,
+        kind: DiskKind,
+        to: DiskFormat,
+    ) -> anyhow::Result<Vec<Output>> {
+        let raw = self.raw_file(kind, f.name)?;
+        let staged = format::vdisk::convert(to, &raw, &f.file(0, &self.args.dir, self.name))
+            .with_context(|| format!("writing format {}", f.name))?;
+        Ok(vec![Output::staged(staged, true)])
+    }
+
+    /// `disk.raw` (the BIOS+EFI disk) in a gzipped tar, as Google's image import takes it.
+    fn gcp(&mut self, f: &Format) -> anyhow::Result<Vec<Output>> {
+        let raw = self.raw_file(DiskKind::BiosEfi, f.name)?;
+        let staged = format::gcp::convert(&raw, &f.file(0, &self.args.dir, self.name))
+            .with_context(|| format!("writing format {}", f.name))?;
+        Ok(vec![Output::staged(staged, true)])
+    }
+
+    /// The root tree as a tar for `docker import` (no kernel: the host's runs it).
+    fn docker(&mut self, f: &Format) -> anyhow::Result<Vec<Output>> {
+        let path = f.file(0, &self.args.dir, self.name);
+        let staged = Staged::write(&path, |w| {
+            format::docker::write_docker(self.tree, w).map(|_| ())
+        })?;
+        Ok(vec![Output::staged(staged, true)])
     }
 }
 
@@ -369,5 +787,57 @@ fn output_name(args: &Args) -> String {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "moby".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(name: &'static str, files: &'static [&'static str]) -> Format {
+        Format {
+            name,
+            files,
+            needs: Needs::Kernel,
+            write: |_, _| Ok(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn formats_that_would_write_the_same_file_are_refused_together() {
+        let initrd = fake(
+            "kernel+initrd",
+            &["{name}-kernel", "{name}-initrd.img", "{name}-cmdline"],
+        );
+        let squashfs = fake(
+            "kernel+squashfs",
+            &[
+                "{name}-kernel",
+                "{name}-cmdline",
+                "{name}-initrd.img",
+                "{name}-squashfs.img",
+            ],
+        );
+        let tar = fake("tar", &["{name}.tar"]);
+        let err = check_collisions(&[&initrd, &tar, &squashfs], "x")
+            .unwrap_err()
+            .to_string();
+        for file in ["x-kernel", "x-initrd.img", "x-cmdline"] {
+            assert!(
+                err.contains(&format!("{file} (kernel+initrd, kernel+squashfs)")),
+                "{err}"
+            );
+        }
+        assert!(!err.contains("x.tar"), "{err}");
+    }
+
+    #[test]
+    fn the_registered_formats_have_distinct_names_and_files() {
+        let all: Vec<&Format> = FORMATS.iter().collect();
+        check_collisions(&all, "name").unwrap();
+        let mut names: Vec<_> = FORMATS.iter().map(|f| f.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), FORMATS.len());
     }
 }

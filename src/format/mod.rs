@@ -17,6 +17,16 @@ pub mod parallel_gzip;
 pub mod staged;
 pub mod tar;
 pub mod vdisk;
+// Bootable disks and ISOs.
+pub mod bios_efi;
+pub mod bootloader;
+pub mod disk;
+pub mod esp;
+pub mod iso;
+pub mod raw_bios;
+pub mod raw_efi;
+pub mod syslinux;
+pub mod uki;
 
 use std::path::PathBuf;
 
@@ -119,12 +129,41 @@ pub enum FormatError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "--size {} is too small for {format}: its files need a disk of at least {}",
+        human(*requested), human(*needed)
+    )]
+    SizeTooSmall {
+        format: String,
+        requested: u64,
+        needed: u64,
+    },
+    #[error("the bootloader image {image}: {message}")]
+    Bootloader { image: String, message: String },
+    #[error("partition table: {0}")]
+    Partition(String),
+    #[error("FAT filesystem: {0}")]
+    Fat(String),
+    #[error("installing SYSLINUX: {0}")]
+    Syslinux(String),
+    #[error("unified kernel image: {0}")]
+    Uki(String),
+    #[error("ISO 9660 image: {0}")]
+    Iso(String),
     #[error("writing {path}")]
     Output {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// `N bytes (X MiB)`, for messages that compare sizes.
+fn human(bytes: u64) -> String {
+    format!(
+        "{bytes} bytes ({})",
+        bytesize::ByteSize(bytes).display().iec()
+    )
 }
 
 impl FormatError {

@@ -2,6 +2,9 @@
 //! agrees: a failed write, a refused size or a blown `--max-size` budget never leaves a
 //! half-written or unwanted file under an output's name (an older file of that name stays as it
 //! was until the rename replaces it).
+//!
+//! Where the filesystem allows, the temporary file has no name at all (`O_TMPFILE`) until it is
+//! persisted, so a build killed mid-write (Ctrl-C, SIGKILL) leaves nothing behind either.
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -14,8 +17,81 @@ use super::FormatError;
 #[derive(Debug)]
 pub struct Staged {
     path: PathBuf,
-    tmp: tempfile::NamedTempFile,
+    tmp: Temp,
     size: u64,
+}
+
+#[derive(Debug)]
+enum Temp {
+    /// An `O_TMPFILE` file: no name until [`Staged::persist`] links it into the folder.
+    Unnamed {
+        dir: PathBuf,
+        file: fs::File,
+    },
+    Named(tempfile::NamedTempFile),
+}
+
+impl Temp {
+    fn new(dir: &Path) -> std::io::Result<Temp> {
+        use rustix::fs::{Mode, OFlags};
+        // Linking an unnamed file goes through /proc; without it, fall back to a named file.
+        if Path::new("/proc/self/fd").is_dir()
+            && let Ok(fd) = rustix::fs::openat(
+                rustix::fs::CWD,
+                dir,
+                OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        {
+            return Ok(Temp::Unnamed {
+                dir: dir.to_path_buf(),
+                file: fs::File::from(fd),
+            });
+        }
+        tempfile::Builder::new()
+            .prefix(".slipway-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map(Temp::Named)
+    }
+
+    fn file(&self) -> &fs::File {
+        match self {
+            Temp::Unnamed { file, .. } => file,
+            Temp::Named(tmp) => tmp.as_file(),
+        }
+    }
+
+    fn persist(self, path: &Path) -> std::io::Result<()> {
+        match self {
+            Temp::Named(tmp) => tmp.persist(path).map(|_| ()).map_err(|e| e.error),
+            Temp::Unnamed { dir, file } => {
+                use std::os::fd::AsRawFd;
+                // Give it a hidden name beside the output, then rename it over the output: the
+                // output's name never shows a partial file.
+                let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                for attempt in 0u32.. {
+                    let name = dir.join(format!(".slipway-{}-{attempt}.tmp", std::process::id()));
+                    match rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        proc_path.as_str(),
+                        rustix::fs::CWD,
+                        &name,
+                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                    ) {
+                        Ok(()) => {
+                            return fs::rename(&name, path).inspect_err(|_| {
+                                let _ = fs::remove_file(&name);
+                            });
+                        }
+                        Err(rustix::io::Errno::EXIST) if attempt < 1000 => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                unreachable!("the loop returns")
+            }
+        }
+    }
 }
 
 impl Staged {
@@ -33,17 +109,13 @@ impl Staged {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".slipway-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map_err(out_err)?;
+        let tmp = Temp::new(dir).map_err(out_err)?;
         {
-            let mut w = BufWriter::new(tmp.as_file());
+            let mut w = BufWriter::new(tmp.file());
             write(&mut w)?;
             w.flush().map_err(out_err)?;
         }
-        let file = tmp.as_file();
+        let file = tmp.file();
         file.set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(out_err)?;
         let size = file.metadata().map_err(out_err)?.len();
@@ -67,9 +139,9 @@ impl Staged {
     /// Renames the output into place and returns its path.
     pub fn persist(self) -> Result<PathBuf, FormatError> {
         let Staged { path, tmp, .. } = self;
-        tmp.persist(&path).map_err(|e| FormatError::Output {
+        tmp.persist(&path).map_err(|source| FormatError::Output {
             path: path.clone(),
-            source: e.error,
+            source,
         })?;
         Ok(path)
     }
@@ -97,6 +169,8 @@ mod tests {
         );
 
         let dropped = Staged::write(&dir.path().join("other.img"), |_| Ok(())).unwrap();
+        // Until it is persisted, a staged output has no name in the folder (O_TMPFILE).
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         drop(dropped);
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use hyper::Method;
 use crate::client::{Client, container_path};
 use crate::shim;
 use crate::{ContainerInfo, DEFAULT_SOCKET, Engine, EngineConfig};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use hyper::Method;
 use slipway_layout as layout;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
