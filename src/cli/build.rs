@@ -48,7 +48,13 @@ pub struct Args {
 }
 
 /// The formats this version writes, in the order they are written.
-const FORMATS: &[&str] = &["kernel+initrd", "tar-kernel-initrd", "tar"];
+const FORMATS: &[&str] = &[
+    "kernel+initrd",
+    "tar-kernel-initrd",
+    "tar",
+    "kernel+squashfs",
+    "kernel+iso",
+];
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
     let formats = formats(&args)?;
@@ -281,6 +287,22 @@ fn write_format(
                     .map(|_| ())
             })?;
             Ok(vec![Output::staged(staged, true)])
+        }
+        "kernel+squashfs" | "kernel+iso" => {
+            let boot = need_boot(boot, f)?;
+            let stage = if f == "kernel+squashfs" {
+                format::squashfs::stage_kernel_squashfs
+            } else {
+                format::root_iso::stage_kernel_iso
+            };
+            let [root, initrd, kernel, cmdline] =
+                stage(tree, boot, args.compress, &args.dir, name)?;
+            Ok(vec![
+                Output::staged(kernel, false),
+                Output::staged(initrd, true),
+                Output::staged(cmdline, false),
+                Output::staged(root, true),
+            ])
         }
         _ => {
             let empty = BootSpec::default();
