@@ -7,12 +7,17 @@
 //! Written by the crate hadris-iso (3.0 line), which reads no clock: the volume is dated with the
 //! tree's newest time and each entry with its own, so the same tree gives the same bytes. Level 3
 //! keeps files of 4 GiB and more (several extents); the primary names are only a fallback for
-//! readers without Rock Ridge, so they keep their case.
+//! readers without Rock Ridge, so they keep their case. Directories nested deeper than ISO 9660's
+//! eight levels (a container's `usr/lib/...`) move into `/.rr_moved`, with Rock Ridge entries
+//! that put them back where they belong for every Rock Ridge reader (the kernel's included); the
+//! root thus shows one empty `/.rr_moved` more than the tree has.
 
 use std::io::Write;
 
-use hadris_fs::{Content, DateTime, DeviceNumber, FileType, Node, Owner, Permissions, SetAttr};
-use hadris_iso::{IsoId, IsoLevel, IsoOptions, NameCase};
+use hadris_fs::{
+    Content, DateTime, DeviceNumber, FileType, Node, Owner, Permissions, SetAttr, WarningKind,
+};
+use hadris_iso::{IsoId, IsoLevel, IsoOptions, NameCase, Relocation};
 
 use super::root_initrd::{RootFiles, stage_root_format};
 use super::staged::Staged;
@@ -55,6 +60,7 @@ pub fn write_root_iso(tree: &Tree, file: std::fs::File) -> Result<(), FormatErro
         .with_level(IsoLevel::L3)
         .with_name_case(NameCase::Preserve)
         .with_rock_ridge()
+        .with_relocation(Relocation::DotRrMoved)
         .with_time(time);
     let device = hadris_storage::host::FileDevice::new(file)
         .map_err(FormatError::io("the ISO root (opening it as a device)"))?;
@@ -63,14 +69,21 @@ pub fn write_root_iso(tree: &Tree, file: std::fs::File) -> Result<(), FormatErro
             what: "the ISO root".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    // A warning means something of the tree is not in the image as it was asked for (a mode,
-    // an owner, a name): a root that differs from the manifest's is not written.
-    if let Some(warning) = report.warnings().first() {
+    // Renamed primary names and relocated deep directories are how ISO 9660 with Rock Ridge
+    // works (readers see the Rock Ridge names and tree); a dropped field (a mode, an owner) or
+    // a skipped node would be a root that differs from the manifest's, and is not written.
+    let lost: Vec<String> = report
+        .warnings()
+        .iter()
+        .filter(|w| matches!(w.kind(), WarningKind::Dropped(_) | WarningKind::Skipped))
+        .map(|w| w.to_string())
+        .collect();
+    if let Some(first) = lost.first() {
         return Err(FormatError::Io {
             what: "the ISO root".into(),
             source: std::io::Error::other(format!(
-                "{warning} ({} warning(s) in all)",
-                report.warnings().len()
+                "{first} ({} such warning(s) in all)",
+                lost.len()
             )),
         });
     }
