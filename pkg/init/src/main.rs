@@ -20,6 +20,7 @@ mod containers;
 mod engine;
 mod events;
 mod hostname;
+mod modprobe;
 mod modules;
 mod mounts;
 mod net;
@@ -87,6 +88,10 @@ fn init_logging() {
 fn main() {
     let started = timeline::now_ms();
     let test = std::env::var("SLIPWAY_INIT_TEST").as_deref() == Ok("1");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(names) = modprobe::helper_call(&args) {
+        std::process::exit(if modprobe::run(&names) { 0 } else { 1 });
+    }
     if rustix::process::getpid().as_raw_nonzero().get() != 1 {
         eprintln!("slipway-init: must run as PID 1");
         std::process::exit(1);
@@ -281,6 +286,12 @@ fn boot(test: bool, started: u64, switched: Option<&root::Switched>, timeline: &
     }
     timeline.mark("mounts");
     if !test {
+        // Modules a container's mount or socket needs load on demand, through the init.
+        if let Err(e) = modprobe::register() {
+            say(format_args!(
+                "registering as the kernel's module helper: {e}"
+            ));
+        }
         load_modules();
         timeline.mark("modules");
     }
