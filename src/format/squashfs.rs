@@ -32,6 +32,9 @@ pub const ROOT_SUFFIX: &str = "squashfs.img";
 /// shared fragment blocks and never deduplicated.
 const BLOCK_SIZE: u32 = backhand::DEFAULT_BLOCK_SIZE;
 
+/// The longest name the kernel's SquashFS reader takes (`SQUASHFS_NAME_LEN`).
+const MAX_NAME: usize = 256;
+
 /// Stages the four files of `kernel+squashfs` for `NAME` in `dir`: the squashfs root, the small
 /// initrd, the kernel and the command line.
 pub fn stage_kernel_squashfs(
@@ -76,6 +79,17 @@ pub fn write_squashfs<W: Write + Seek>(
             entry.gid,
             clamp_time(entry.mtime),
         );
+        if let Some(name) = path.rsplit('/').next()
+            && name.len() > MAX_NAME
+        {
+            return Err(FormatError::Io {
+                what: format!("{path} into the squashfs root"),
+                source: std::io::Error::other(format!(
+                    "a name of {} bytes; the kernel reads SquashFS names of at most {MAX_NAME}",
+                    name.len()
+                )),
+            });
+        }
         if path.is_empty() {
             fs.set_root_mode(header.permissions);
             fs.set_root_uid(header.uid);
@@ -264,5 +278,18 @@ mod tests {
         tree.insert("a", Entry::file(big.clone(), 0o644));
         tree.insert("b", Entry::file(big, 0o644));
         assert!(!has_hash_collision(&tree));
+    }
+
+    #[test]
+    fn a_name_squashfs_cannot_hold_is_an_error_naming_it() {
+        let mut tree = sample();
+        let long = "x".repeat(300);
+        tree.insert(&format!("etc/{long}"), Entry::file(b"x".to_vec(), 0o644));
+        let result = std::panic::catch_unwind(|| {
+            write_squashfs(&tree, Compression::Gzip, Cursor::new(Vec::new())).map(|_| ())
+        });
+        let err = result.expect("no panic").unwrap_err();
+        let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(text.contains(&long) && text.contains("300 bytes"), "{text}");
     }
 }
