@@ -29,6 +29,13 @@ install_debian_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends --allow-downgrades "${wanted[@]}" >/dev/null
 }
 
+# The Rust target of the programs inside images (static musl): rustup installs it once.
+install_rust_targets() {
+    rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl && return 0
+    log "installing the Rust target x86_64-unknown-linux-musl (the in-image programs; about a minute)"
+    rustup target add x86_64-unknown-linux-musl >&2
+}
+
 # The slipway binary, built once (release: the demo and benchmarks measure the real thing).
 # SLIPWAY_BIN names another build to use instead.
 slipway_bin() {

@@ -76,6 +76,51 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "overlay",
 ];
 
+/// What the small initrd of `kernel+squashfs` and `kernel+iso` needs to find and mount a root
+/// on a block device: the disk and CD-ROM controllers of virtual machines and clouds (each with
+/// its dependencies, `scsi_mod` under `sd_mod`, `nvme_core` under `nvme`, `libata` under `ahci`)
+/// and the two root filesystems. Everything else loads from the root once it is mounted.
+pub const ROOT_DEVICE_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_scsi",
+    "sd_mod",
+    "sr_mod",
+    "nvme",
+    "ahci",
+    "ata_piix",
+    "hv_storvsc",
+    "vmw_pvscsi",
+    "xen_blkfront",
+    "squashfs",
+    "isofs",
+];
+
+/// The modules directories of `tree` cut down to [`ROOT_DEVICE_MODULES`] (those the kernel has)
+/// and what they need, with their indexes rewritten: the `lib/modules` part of the small initrd.
+/// Modules built into the kernel need nothing; a kernel without a modules tree gives an empty
+/// tree.
+pub fn root_device_modules(tree: &Tree) -> Result<Tree, AssembleError> {
+    let mut small = Tree::new();
+    for dir in module_dirs(tree) {
+        let index = Index::read(tree, &dir)?;
+        let wanted = ROOT_DEVICE_MODULES
+            .iter()
+            .flat_map(|name| index.resolve(name).unwrap_or_default())
+            .collect();
+        let keep = index.closure(wanted);
+        if let Some(entry) = tree.get(&dir) {
+            small.insert(&dir, entry.clone());
+        }
+        for (path, entry) in tree.children(&dir) {
+            small.insert(path, entry.clone());
+        }
+        index.write(&mut small, &dir, &keep);
+    }
+    Ok(small)
+}
+
 /// Where the image names modules to load at boot (read by the init, and by systemd-modules-load
 /// for the directory).
 const ETC_MODULES: &str = "etc/modules";
@@ -579,5 +624,41 @@ mod tests {
         assert_eq!(file("modules.builtin"), "kernel/fs/fat/vfat.ko\n");
         assert!(t.get(&format!("{dir}/modules.dep.bin")).is_none());
         assert!(t.get(&format!("{dir}/kernel/fs/ext4")).is_none());
+    }
+
+    #[test]
+    fn root_device_modules_keep_the_disk_drivers_and_their_needs_only() {
+        let mut t = tree();
+        let d = "lib/modules/6.1.0-1-amd64";
+        t.insert(
+            &format!("{d}/modules.dep"),
+            Entry::file(
+                b"kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko\n\
+                  kernel/fs/jbd2/jbd2.ko:\nkernel/fs/mbcache.ko:\n\
+                  kernel/fs/squashfs/squashfs.ko:\n\
+                  kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n\
+                  kernel/drivers/virtio/virtio.ko:\n"
+                    .to_vec(),
+                0o644,
+            ),
+        );
+        for m in [
+            "kernel/fs/squashfs/squashfs.ko",
+            "kernel/drivers/block/virtio_blk.ko",
+            "kernel/drivers/virtio/virtio.ko",
+        ] {
+            t.insert(&format!("{d}/{m}"), Entry::file(b"\x7fELF".to_vec(), 0o644));
+        }
+        let small = root_device_modules(&t).unwrap();
+        let mut names = shipped(&small);
+        names.sort();
+        assert_eq!(names, ["squashfs", "virtio", "virtio_blk"]);
+        assert!(
+            small.iter().all(|(p, _)| p.starts_with("lib")),
+            "only modules"
+        );
+        let dep = text(&small, &format!("{d}/modules.dep")).unwrap();
+        assert!(!dep.contains("ext4"), "{dep}");
+        assert!(root_device_modules(&Tree::new()).unwrap().is_empty());
     }
 }

@@ -316,6 +316,28 @@ const FORMATS: &[Format] = &[
         write: |w, f| w.tar(f),
     },
     Format {
+        name: "kernel+squashfs",
+        files: &[
+            "{name}-kernel",
+            "{name}-initrd.img",
+            "{name}-cmdline",
+            "{name}-squashfs.img",
+        ],
+        needs: Needs::Kernel,
+        write: |w, f| w.root_on_device(f, format::squashfs::stage_kernel_squashfs),
+    },
+    Format {
+        name: "kernel+iso",
+        files: &[
+            "{name}-kernel",
+            "{name}-initrd.img",
+            "{name}-cmdline",
+            "{name}-root.iso",
+        ],
+        needs: Needs::Kernel,
+        write: |w, f| w.root_on_device(f, format::root_iso::stage_kernel_iso),
+    },
+    Format {
         name: "iso-bios",
         files: &["{name}.iso"],
         needs: Needs::Bootloader,
@@ -474,6 +496,10 @@ fn check_collisions(formats: &[&Format], name: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A writer of a root on a block device: the root image, the initrd, the kernel, the command line.
+type StageRoot =
+    fn(&Tree, &BootSpec, Compression, &Path, &str) -> Result<[Staged; 4], format::FormatError>;
 
 /// Which bootable disk a format writes or converts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -721,6 +747,24 @@ impl<'a> Writer<'a> {
         let staged = format::gcp::convert(&raw, &f.file(0, &self.args.dir, self.name))
             .with_context(|| format!("writing format {}", f.name))?;
         Ok(vec![Output::staged(staged, true)])
+    }
+
+    /// The kernel, a small initrd that mounts the root from a block device, and that root.
+    fn root_on_device(&mut self, f: &Format, stage: StageRoot) -> anyhow::Result<Vec<Output>> {
+        let boot = self.need_boot(f.name)?;
+        let [root, initrd, kernel, cmdline] = stage(
+            self.tree,
+            boot,
+            self.args.compress,
+            &self.args.dir,
+            self.name,
+        )?;
+        Ok(vec![
+            Output::staged(kernel, false),
+            Output::staged(initrd, true),
+            Output::staged(cmdline, false),
+            Output::staged(root, true),
+        ])
     }
 
     /// The root tree as a tar for `docker import` (no kernel: the host's runs it).

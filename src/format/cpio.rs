@@ -202,7 +202,7 @@ fn hardlink_groups(tree: &Tree) -> Result<HashMap<String, Vec<String>>, FormatEr
 }
 
 /// Follows a hard link (through chains of links, which layer tars can produce) to a regular file.
-fn resolve_hardlink(tree: &Tree, path: &str) -> Result<String, FormatError> {
+pub(crate) fn resolve_hardlink(tree: &Tree, path: &str) -> Result<String, FormatError> {
     let mut current = path.to_string();
     // Each step moves to a different entry; more steps than entries means a cycle.
     for _ in 0..=tree.len() {

@@ -14,6 +14,9 @@ pub mod gcp;
 pub mod initrd;
 pub mod kernel_initrd;
 pub mod parallel_gzip;
+pub mod root_initrd;
+pub mod root_iso;
+pub mod squashfs;
 pub mod staged;
 pub mod tar;
 pub mod vdisk;
@@ -96,6 +99,10 @@ pub enum FormatError {
         "the image has no kernel: {KERNEL_PATH} is missing (does the manifest have a `kernel:` section?)"
     )]
     NoKernel,
+    #[error(
+        "the image has no /init: a root on a block device needs an init image (pkg/init) to mount it"
+    )]
+    NoInit,
     #[error("{CMDLINE_PATH} is not UTF-8 text")]
     CmdlineNotUtf8,
     #[error("{0} must be a regular file")]

@@ -150,6 +150,8 @@ fn plan(dir: &Path) -> Result<Plan, PkgError> {
                 h.field("workspace:Cargo.lock", c.locked.join("\n").as_bytes());
                 h.field("workspace:Cargo.toml", c.workspace_settings.as_bytes());
                 h.field("rustc", c.rustc.as_bytes());
+                h.field("target", cargo::TARGET.as_bytes());
+                h.field("link-script", cargo::LINK_SCRIPT.as_bytes());
                 Input::Crate(c)
             }
             Source::Deb {

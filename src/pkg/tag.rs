@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use super::PkgError;
 
 /// Bumped whenever the way an image is written changes, so that old tags are not reused.
-const FORMAT: &str = "slipway-pkg-1";
+const FORMAT: &str = "slipway-pkg-2";
 
 /// Length of the tag in hex characters (160 bits, like LinuxKit's git tree hashes).
 const TAG_LEN: usize = 40;

@@ -54,3 +54,7 @@ pub const RUN_STORE: &str = "/var/lib/slipway/store";
 pub fn volume(name: &str) -> String {
     format!("{VOLUMES}/{name}/merged")
 }
+
+/// In the small initrd of `kernel+squashfs` and `kernel+iso`: the root is on a block device that
+/// the kernel command line names (`root=`), and this initrd holds only what mounts it.
+pub const ROOT_ON_DEVICE: &str = "/etc/slipway/root-on-device";

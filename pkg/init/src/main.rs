@@ -15,13 +15,16 @@
 //! skipped and it exits instead of rebooting.
 
 mod cmdline;
+mod coldplug;
 mod containers;
 mod engine;
 mod events;
 mod hostname;
+mod modprobe;
 mod modules;
 mod mounts;
 mod net;
+mod root;
 mod services;
 mod shutdown;
 mod timeline;
@@ -82,28 +85,48 @@ fn init_logging() {
     let _ = subscriber.try_init();
 }
 
-/// The engine's names: one binary is both the init and the engine (and the engine's reaping
-/// shim), so the image carries one copy of the runtime, the standard library and libc. Called
-/// by any other name (`/init`, `/sbin/init`), it is the init.
-const ENGINE_NAMES: [&str; 2] = ["slipway-engine", slipway_engine::shim::NAME];
+/// One binary is the init, the engine (and the engine's reaping shim) and the state disk's
+/// `format` and `mountie`, told apart by the name it is called by (busybox's way), so that an
+/// image carries one copy of the runtime, the standard library and libc: the packages install
+/// the same file under each name and the builder stores identical files once. Called by any
+/// other name (`/init`, `/sbin/init`), it is the init.
+fn multi_call() -> Option<fn() -> std::process::ExitCode> {
+    let arg0 = std::env::args_os().next()?;
+    let name = Path::new(&arg0).file_name()?.to_str()?;
+    match name {
+        "slipway-engine" | slipway_engine::shim::NAME => Some(slipway_engine::cli::main),
+        "format" => Some(slipway_disk::command::main),
+        "mountie" => Some(slipway_mountie::main),
+        _ => None,
+    }
+}
 
 fn main() {
-    let started = timeline::now_ms();
-    if std::env::args_os()
-        .next()
-        .as_deref()
-        .and_then(|arg0| Path::new(arg0).file_name())
-        .is_some_and(|name| ENGINE_NAMES.iter().any(|n| name == *n))
-    {
-        let failed = slipway_engine::cli::main() != std::process::ExitCode::SUCCESS;
+    if let Some(program) = multi_call() {
+        let failed = program() != std::process::ExitCode::SUCCESS;
         std::process::exit(i32::from(failed));
     }
+    let started = timeline::now_ms();
     let test = std::env::var("SLIPWAY_INIT_TEST").as_deref() == Ok("1");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(names) = modprobe::helper_call(&args) {
+        std::process::exit(if modprobe::run(&names) { 0 } else { 1 });
+    }
     if rustix::process::getpid().as_raw_nonzero().get() != 1 {
         eprintln!("slipway-init: must run as PID 1");
         std::process::exit(1);
     }
     init_logging();
+    let switched = if test {
+        None
+    } else {
+        root::Switched::take_from_env()
+    };
+    if !test && switched.is_none() {
+        root::switch_if_asked(started, say);
+    }
+    // After a root switch, the kernel's part of the boot ended when the first init started.
+    let started = switched.as_ref().map_or(started, |s| s.started_ms);
     let mut events = match Events::new() {
         Ok(e) => e,
         Err(e) => {
@@ -113,7 +136,7 @@ fn main() {
         }
     };
     let mut timeline = Timeline::default();
-    boot(test, started, &mut timeline);
+    boot(test, started, switched.as_ref(), &mut timeline);
     let runtime = match Runtime::new(STATE_DIR) {
         Ok(r) => r,
         Err(e) => {
@@ -239,12 +262,21 @@ const ENGINE_PATIENCE: Duration = Duration::from_secs(60);
 /// Mounts, read-only /, hostname, loopback, modules. Each failure is reported and the boot
 /// goes on: a PID 1 that stops here leaves a machine nobody can look into. `started` is when
 /// the init started, the end of the kernel's part of the boot.
-fn boot(test: bool, started: u64, timeline: &mut Timeline) {
+fn boot(test: bool, started: u64, switched: Option<&root::Switched>, timeline: &mut Timeline) {
     for mnt in mounts::EARLY {
         if test && mnt.real_boot_only {
             continue;
         }
+        // A root switch moved /proc, /sys, /dev and /run here already.
+        if switched.is_some() && mounts::is_mount_point(Path::new(mnt.target)) {
+            continue;
+        }
         if let Err(e) = mounts::mount_one(mnt) {
+            say(e);
+        }
+    }
+    for target in mounts::SHARED {
+        if let Err(e) = mounts::make_shared(target) {
             say(e);
         }
     }
@@ -265,8 +297,21 @@ fn boot(test: bool, started: u64, timeline: &mut Timeline) {
         }
     }
     timeline.mark_at("kernel", started);
+    if let Some(root) = switched {
+        say(format_args!(
+            "running on the root {} ({}, read-only)",
+            root.device, root.fstype
+        ));
+        timeline.mark_at("root", root.mounted_ms);
+    }
     timeline.mark("mounts");
     if !test {
+        // Modules a container's mount or socket needs load on demand, through the init.
+        if let Err(e) = modprobe::register() {
+            say(format_args!(
+                "registering as the kernel's module helper: {e}"
+            ));
+        }
         load_modules();
         timeline.mark("modules");
     }
@@ -283,36 +328,14 @@ fn boot(test: bool, started: u64, timeline: &mut Timeline) {
 /// Modules Slipway itself needs whatever the hardware: writable containers are overlays.
 const REQUIRED_MODULES: &[&str] = &["overlay"];
 
-/// How many coldplug rounds at most: loading a bus driver (virtio_pci) makes new devices appear
-/// (virtio-net, virtio-blk) whose drivers the next round loads.
-const COLDPLUG_ROUNDS: usize = 4;
-
-/// How many modules load at once.
-const MODULE_THREADS: usize = 4;
-
 fn load_modules() {
-    let release = rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned();
-    let dir = Path::new("/lib/modules").join(&release);
-    let index = match modules::Index::load(&dir) {
-        Ok(i) => i,
+    let mut plug = match coldplug::Coldplug::open(say) {
+        Ok(p) => p,
         Err(e) => {
             say(format_args!("no kernel modules: {e}"));
             return;
         }
     };
-    let before = modules::loaded(Path::new("/sys/module"));
-    // Opened before anything loads, so that it hears of every device a driver adds.
-    let uevents = modules::Uevents::open()
-        .map_err(|e| {
-            say(format_args!(
-                "listening to device events: {e}; rescanning sysfs instead"
-            ))
-        })
-        .ok();
-    // Modules asked for by name: a failure is worth a line on the console.
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let named: Vec<String> = REQUIRED_MODULES
         .iter()
@@ -320,68 +343,16 @@ fn load_modules() {
         .chain(modules::named_in_etc(Path::new("/etc")))
         .chain(cmdline::modules(&cmdline::parse(&cmdline)))
         .collect();
-    let mut tried: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut wanted = Vec::new();
-    for name in named {
-        match index.resolve(&name) {
-            Ok(found) => wanted.extend(found.into_iter().filter(|m| tried.insert(m.clone()))),
-            Err(e) => say(e),
-        }
-    }
-    for e in load_together(&index, &dir, &wanted) {
+    for e in plug.load_named(&named) {
         say(e);
     }
-    // Coldplug: drivers for the devices present, then for the devices those drivers add. A
-    // driver for absent hardware refuses to load (ENODEV); like `modprobe -q` that is not
-    // reported.
-    let mut modaliases = modules::device_modaliases(Path::new("/sys/devices"));
-    for _ in 0..COLDPLUG_ROUNDS {
-        let wanted: Vec<String> = modaliases
-            .iter()
-            .flat_map(|alias| index.matching(alias))
-            .filter(|m| tried.insert(m.clone()))
-            .collect();
-        if wanted.is_empty() {
-            break;
-        }
-        let _ = load_together(&index, &dir, &wanted);
-        modaliases = match &uevents {
-            Some(events) => events.added_modaliases(),
-            None => modules::device_modaliases(Path::new("/sys/devices")),
-        };
-    }
-    let mut new: Vec<String> = modules::loaded(Path::new("/sys/module"))
-        .difference(&before)
-        .cloned()
-        .collect();
-    new.sort();
+    plug.settle();
+    let new = plug.loaded_since_open();
     say(format_args!(
         "loaded {} modules: {}",
         new.len(),
         new.join(" ")
     ));
-}
-
-/// Loads `modules` and what they depend on, skipping what is loaded already, several at once.
-fn load_together(index: &modules::Index, dir: &Path, modules: &[String]) -> Vec<modules::Error> {
-    let loaded = modules::loaded(Path::new("/sys/module"));
-    let mut order = Vec::new();
-    let mut errors = Vec::new();
-    let mut queued = std::collections::HashSet::new();
-    // One at a time, so that a module missing from modules.dep does not hide the others.
-    for module in modules {
-        match index.load_order(std::slice::from_ref(module), &loaded) {
-            Ok(found) => order.extend(found.into_iter().filter(|(n, _)| queued.insert(n.clone()))),
-            Err(e) => errors.push(e),
-        }
-    }
-    errors.extend(modules::insert_in_parallel(
-        index,
-        dir,
-        &order,
-        MODULE_THREADS,
-    ));
-    errors
 }
 
 fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containers::Bundle) {

@@ -105,6 +105,32 @@ pub fn mount_one(mnt: &Mount) -> Result<(), Error> {
         .map_err(|e| err("mounting", target)(e.into()))
 }
 
+/// Whether something is mounted on `path`: it is on another device than its parent. The API
+/// filesystems a root switch moved into place are, and are not mounted again.
+pub fn is_mount_point(path: &Path) -> bool {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    match (rustix::fs::stat(path), rustix::fs::stat(parent)) {
+        (Ok(p), Ok(q)) => p.st_dev != q.st_dev,
+        _ => false,
+    }
+}
+
+/// The early mount of `target` (`/proc`, `/dev`, ...).
+pub fn early(target: &str) -> Option<&'static Mount> {
+    EARLY.iter().find(|m| m.target == target)
+}
+
+/// Mount points whose mounts are shared with the containers that bind them `rshared`: a state
+/// disk that `mountie` mounts under /var in its container is the host's, and the later
+/// containers' (LinuxKit shares the whole tree; /var is where persistent disks go).
+pub const SHARED: &[&str] = &["/var"];
+
+pub fn make_shared(target: &str) -> Result<(), Error> {
+    let path = Path::new(target);
+    rustix::mount::mount_change(path, rustix::mount::MountPropagationFlags::SHARED)
+        .map_err(|e| err("making shared", path)(e.into()))
+}
+
 pub fn remount_root_read_only() -> Result<(), Error> {
     rustix::mount::mount_remount("/", MountFlags::RDONLY, "")
         .map_err(|e| err("remounting read-only", Path::new("/"))(e.into()))
