@@ -452,7 +452,8 @@ fn an_unknown_format_lists_the_known_ones() {
         .failure()
         .stderr(predicates::str::contains(
             "unknown format `floppy`: this version writes kernel+initrd, tar-kernel-initrd, tar, \
-             iso-bios, iso-efi, iso-efi-initrd, iso, raw-bios, raw-efi, aws",
+             kernel+squashfs, kernel+iso, iso-bios, iso-efi, iso-efi-initrd, iso, raw-bios, \
+             raw-efi, aws, qcow2-bios, qcow2-efi, vhd, dynamic-vhd, vhdx, vmdk, gcp, docker",
         ));
 }
 

@@ -272,6 +272,35 @@ impl FatLayout {
         first..first + self.sectors_per_cluster
     }
 
+    /// Records the free clusters and the first free one in the FSInfo sector and its backup.
+    fn set_fsinfo(&self, vol: &mut Disk) -> Result<(), FormatError> {
+        let mut bs = [0u8; 512];
+        vol.read_at(0, &mut bs);
+        let total = u32_at(&bs, 32).unwrap_or(0) as u64;
+        let clusters = (total.saturating_sub(self.data_start)) / self.sectors_per_cluster;
+        let (mut free, mut first_free) = (0u32, None);
+        let mut entry = [0u8; 4];
+        for c in 2..clusters + 2 {
+            vol.read_at(self.fat_start * SECTOR + c * 4, &mut entry);
+            if u32::from_le_bytes(entry) & 0x0fff_ffff == 0 {
+                free += 1;
+                first_free.get_or_insert(c as u32);
+            }
+        }
+        let fsinfo = u16_at(&bs, 48).unwrap_or(0) as u64;
+        let backup = u16_at(&bs, 50).unwrap_or(0) as u64;
+        let mut fields = [0u8; 8];
+        fields[..4].copy_from_slice(&free.to_le_bytes());
+        fields[4..].copy_from_slice(&first_free.unwrap_or(0xffff_ffff).to_le_bytes());
+        for sector in [fsinfo, backup + fsinfo] {
+            if sector != 0 && sector < self.fat_start {
+                vol.write_at(sector * SECTOR + 488, &fields)
+                    .map_err(FormatError::io("the FAT32 FSInfo sector"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The sectors of a chain, at most `limit` of them.
     pub fn chain_sectors(&self, vol: &Disk, first: u32, limit: usize) -> Vec<u64> {
         let mut sectors = Vec::new();
@@ -318,12 +347,18 @@ impl FatLayout {
 
 /// `fatfs` 0.3 gives the `.` and `..` entries of a new directory long-name entries of their own,
 /// which `fsck.fat` rightly rejects (0.4 fixed it, unreleased). Drop them: rewrite each
-/// subdirectory without the long-name entries that precede `.` and `..`.
+/// subdirectory without the long-name entries that precede `.` and `..`. On FAT32 it also points
+/// `..` of a directory in the root at the root's cluster, where the FAT specification wants 0,
+/// and leaves the FSInfo sector's free-cluster count unset: both are put right here.
 fn drop_dot_long_names(vol: &mut Disk) -> Result<(), FormatError> {
     let fat = FatLayout::read(vol).map_err(FormatError::Fat)?;
-    let mut pending = subdirectories(vol, &fat.root_sectors(vol));
+    // (directory, its parent's first cluster: 0 for the root, as `..` records it)
+    let mut pending: Vec<(u32, u32)> = subdirectories(vol, &fat.root_sectors(vol))
+        .into_iter()
+        .map(|c| (c, 0))
+        .collect();
     let mut seen = BTreeSet::new();
-    while let Some(cluster) = pending.pop() {
+    while let Some((cluster, parent)) = pending.pop() {
         if !seen.insert(cluster) {
             continue;
         }
@@ -349,6 +384,11 @@ fn drop_dot_long_names(vol: &mut Disk) -> Result<(), FormatError> {
                     kept.pop();
                 }
             }
+            let mut e = e;
+            if is_dot && &e[..11] == b"..         " {
+                e[20..22].copy_from_slice(&((parent >> 16) as u16).to_le_bytes());
+                e[26..28].copy_from_slice(&(parent as u16).to_le_bytes());
+            }
             kept.push(e);
         }
         let mut bytes: Vec<u8> = kept.concat();
@@ -357,7 +397,14 @@ fn drop_dot_long_names(vol: &mut Disk) -> Result<(), FormatError> {
             vol.write_at(s * SECTOR, chunk)
                 .map_err(FormatError::io("a FAT directory"))?;
         }
-        pending.extend(subdirectories(vol, &sectors));
+        pending.extend(
+            subdirectories(vol, &sectors)
+                .into_iter()
+                .map(|c| (c, cluster)),
+        );
+    }
+    if fat.bits == 32 {
+        fat.set_fsinfo(vol)?;
     }
     Ok(())
 }
