@@ -877,8 +877,16 @@ mod tests {
 
     #[test]
     fn the_registered_formats_have_distinct_names_and_files() {
-        let all: Vec<&Format> = FORMATS.iter().collect();
-        check_collisions(&all, "name").unwrap();
+        // LinuxKit's file names: the root-on-device formats write kernel+initrd's kernel,
+        // initrd and command line, so only one of the three can be asked for at a time.
+        let kernels = ["kernel+initrd", "kernel+squashfs", "kernel+iso"];
+        for kernel in kernels {
+            let all: Vec<&Format> = FORMATS
+                .iter()
+                .filter(|f| f.name == kernel || !kernels.contains(&f.name))
+                .collect();
+            check_collisions(&all, "name").unwrap();
+        }
         let mut names: Vec<_> = FORMATS.iter().map(|f| f.name).collect();
         names.sort();
         names.dedup();
