@@ -369,10 +369,10 @@ fn an_in_image_crate_tag_covers_its_own_sources_not_the_checkout() {
     // are not what the engine is built from.
     for (rel, text) in [
         (
-            "target/x86_64-unknown-linux-gnu/image/slipway-engine",
+            "target/x86_64-unknown-linux-musl/image/slipway-init",
             "binary",
         ),
-        ("pkg/init/notes.txt", "unrelated"),
+        ("pkg/bootloader/notes.txt", "unrelated"),
         ("pkg/busybox/extra/file", "unrelated"),
         ("src/extra.rs", "// the builder"),
         ("tests/extra.rs", "// a test"),
