@@ -47,10 +47,20 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies are tiny JSON objects.
 const MAX_BODY: usize = 64 * 1024;
+/// A client gets this long to send a request's headers, and again its body; a slower one is
+/// cut off, so it cannot hold one of the [`MAX_CONNECTIONS`].
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; the next waits in the socket's backlog until one ends.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, engine: Engine) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -61,11 +71,14 @@ pub async fn serve(listener: UnixListener, engine: Engine) {
         };
         let engine = engine.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let engine = engine.clone();
                 async move { Ok::<_, Infallible>(handle(&engine, request).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await
             {
@@ -114,6 +127,11 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
 async fn handle(engine: &Engine, request: Request<Incoming>) -> Response<Body> {
     match route(engine, request).await {
         Ok(response) => response,
+        // An unknown path gets Docker's answer.
+        Err(ApiError(StatusCode::NOT_FOUND, error)) if error.is_empty() => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "message": "page not found" }),
+        ),
         Err(ApiError(status, error)) => json(status, &serde_json::json!({ "error": error })),
     }
 }
@@ -170,139 +188,239 @@ pub fn parse_signal(text: &str) -> Option<Signal> {
     Signal::from_str(&full).ok()
 }
 
-async fn read_body<T: serde::de::DeserializeOwned>(
-    request: Request<Incoming>,
-) -> Result<Option<T>, ApiError> {
-    let bytes = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| bad(format!("reading the request body: {e}")))?
-        .to_bytes();
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+/// The largest timeout a request may give: a day (a larger one could overflow a deadline).
+const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+
+/// The endpoints, matched by [`ROUTES`] (matchit: a maintained radix-tree router, so no
+/// hand-written splitting of an attacker's path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Containers,
+    Container,
+    Start,
+    Stop,
+    Restart,
+    Kill,
+    Logs,
+    Exec,
+}
+
+fn routes() -> &'static matchit::Router<Endpoint> {
+    static ROUTES: std::sync::OnceLock<matchit::Router<Endpoint>> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let mut router = matchit::Router::new();
+        for (path, endpoint) in [
+            ("/v1/containers", Endpoint::Containers),
+            ("/v1/containers/", Endpoint::Containers),
+            ("/v1/containers/{name}", Endpoint::Container),
+            ("/v1/containers/{name}/start", Endpoint::Start),
+            ("/v1/containers/{name}/stop", Endpoint::Stop),
+            ("/v1/containers/{name}/restart", Endpoint::Restart),
+            ("/v1/containers/{name}/kill", Endpoint::Kill),
+            ("/v1/containers/{name}/logs", Endpoint::Logs),
+            ("/v1/containers/{name}/exec", Endpoint::Exec),
+        ] {
+            router
+                .insert(path, endpoint)
+                .expect("the API's routes do not conflict");
+        }
+        router
+    })
+}
+
+/// A request, checked completely: what the engine is asked to do.
+#[derive(Debug)]
+enum Call {
+    List,
+    Run(RunRequest),
+    Inspect(String),
+    Remove(String, Option<Duration>),
+    Start(String),
+    Stop(String, Option<Duration>),
+    Restart(String, Option<Duration>),
+    Kill(String, Signal),
+    Logs { name: String, follow: bool },
+    Exec(String, Vec<String>, Duration),
+}
+
+fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, String::new())
+}
+
+/// A percent-decoded container name from a path, checked before the path's shape and the
+/// method, so `/v1/containers/../x/stop` is a bad name rather than an unknown path.
+fn container_name(raw: &str) -> Result<String, ApiError> {
+    let name = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| bad("container names are UTF-8"))?;
+    if !valid_name(&name) {
+        return Err(bad(format!("{name:?} is not a valid container name")));
+    }
+    Ok(name.into_owned())
+}
+
+/// The error for a path no route matches: a bad name, or Docker's 404.
+fn unmatched(path: &str) -> ApiError {
+    match path
+        .strip_prefix("/v1/containers/")
+        .map(|rest| rest.split('/').next())
+    {
+        Some(Some(raw)) if !raw.is_empty() => container_name(raw).err().unwrap_or_else(not_found),
+        _ => not_found(),
+    }
+}
+
+/// Reads the body, at most [`MAX_BODY`] bytes and within `limit` ([`BODY_TIMEOUT`]).
+async fn read_body<B>(body: B, limit: Duration) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(limit, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        )),
+        Ok(Err(e)) => Err(bad(format!("reading the request body: {e}"))),
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                limit.as_secs()
+            ),
+        )),
+    }
+}
+
+/// An optional JSON body: `None` when it is empty or only whitespace.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&bytes)
+    serde_json::from_slice(body)
         .map(Some)
         .map_err(|e| bad(format!("request body: {e}")))
 }
 
-async fn route(engine: &Engine, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().unwrap_or("").to_owned();
-    let Some(rest) = path.strip_prefix("/v1/containers") else {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no such path {path}"),
-        ));
+fn timeout(secs: Option<u64>) -> Result<Option<Duration>, ApiError> {
+    match secs {
+        Some(secs) if secs > MAX_TIMEOUT_SECS => Err(bad(format!(
+            "timeout {secs} is larger than the limit, {MAX_TIMEOUT_SECS} seconds"
+        ))),
+        secs => Ok(secs.map(Duration::from_secs)),
+    }
+}
+
+fn grace(body: &[u8]) -> Result<Option<Duration>, ApiError> {
+    timeout(parse_body::<StopBody>(body)?.and_then(|b| b.timeout))
+}
+
+/// Turns a request into a [`Call`] without touching the engine: every path, method, query and
+/// body gets a call or an error, never a panic (the tests below throw random ones at it).
+fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Call, ApiError> {
+    let matched = routes().at(path).map_err(|_| unmatched(path))?;
+    let endpoint = *matched.value;
+    let name = match matched.params.get("name") {
+        None => String::new(),
+        Some(raw) => container_name(raw)?,
     };
-    let segments: Vec<&str> = rest.split('/').skip(1).collect();
-    if rest.is_empty() || rest == "/" {
-        return match *request.method() {
-            Method::GET => Ok(json(StatusCode::OK, &engine.list())),
-            Method::POST => {
-                let body: RunRequest = read_body(request)
-                    .await?
-                    .ok_or_else(|| bad("run needs a body {\"image\": ...}"))?;
-                Ok(json(StatusCode::CREATED, &engine.run(body).await?))
-            }
-            ref method => Err(method_not_allowed(method)),
-        };
+    if endpoint != Endpoint::Logs && !query.is_empty() {
+        return Err(bad(format!("unknown query {query:?}")));
     }
-    let name = percent_encoding::percent_decode_str(segments[0])
-        .decode_utf8()
-        .map_err(|_| bad("container names are UTF-8"))?;
-    // The name is checked before the path's shape, so `/v1/containers/../x` is a bad name,
-    // not an unknown path.
-    if !valid_name(&name) {
-        return Err(bad(format!("{name:?} is not a valid container name")));
+    let allowed: &[Method] = match endpoint {
+        Endpoint::Containers => &[Method::GET, Method::POST],
+        Endpoint::Container => &[Method::GET, Method::DELETE],
+        Endpoint::Logs => &[Method::GET],
+        _ => &[Method::POST],
+    };
+    if !allowed.contains(method) {
+        return Err(method_not_allowed(method));
     }
-    let name = name.into_owned();
-    let action = match segments.len() {
-        1 => "",
-        2 => segments[1],
-        _ => {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no such path {path}"),
-            ));
+    let call = match endpoint {
+        Endpoint::Containers if *method == Method::GET => Call::List,
+        Endpoint::Containers => {
+            Call::Run(parse_body(body)?.ok_or_else(|| bad("run needs a body {\"image\": ...}"))?)
         }
-    };
-    let method = request.method().clone();
-    let expected = if matches!(action, "" | "logs") {
-        Method::GET
-    } else {
-        Method::POST
-    };
-    if !matches!(
-        action,
-        "" | "logs" | "start" | "stop" | "restart" | "kill" | "exec"
-    ) {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no such path {path}"),
-        ));
-    }
-    if action.is_empty() && method == Method::DELETE {
-        let body: Option<StopBody> = read_body(request).await?;
-        let grace = body.and_then(|b| b.timeout).map(Duration::from_secs);
-        return Ok(json(StatusCode::OK, &engine.remove(&name, grace).await?));
-    }
-    if method != expected {
-        return Err(method_not_allowed(&method));
-    }
-    match action {
-        "" => Ok(json(StatusCode::OK, &engine.inspect(&name)?)),
-        "logs" => logs(engine, &name, &query),
-        "start" => {
-            read_body::<serde_json::Map<String, serde_json::Value>>(request)
-                .await?
+        Endpoint::Container if *method == Method::GET => Call::Inspect(name),
+        Endpoint::Container => Call::Remove(name, grace(body)?),
+        Endpoint::Logs => Call::Logs {
+            name,
+            follow: follow(query)?,
+        },
+        Endpoint::Start => {
+            parse_body::<serde_json::Map<String, serde_json::Value>>(body)?
                 .filter(|m| !m.is_empty())
                 .map_or(Ok(()), |_| Err(bad("start takes no parameters")))?;
-            Ok(json(StatusCode::OK, &engine.start(&name).await?))
+            Call::Start(name)
         }
-        "stop" | "restart" => {
-            let body: Option<StopBody> = read_body(request).await?;
-            let grace = body.and_then(|b| b.timeout).map(Duration::from_secs);
-            let info = if action == "stop" {
-                engine.stop(&name, grace).await?
-            } else {
-                engine.restart(&name, grace).await?
-            };
-            Ok(json(StatusCode::OK, &info))
-        }
-        "exec" => {
-            let body: ExecBody = read_body(request)
-                .await?
-                .ok_or_else(|| bad("exec needs a body {\"cmd\": [...]}"))?;
+        Endpoint::Stop => Call::Stop(name, grace(body)?),
+        Endpoint::Restart => Call::Restart(name, grace(body)?),
+        Endpoint::Exec => {
+            let body: ExecBody =
+                parse_body(body)?.ok_or_else(|| bad("exec needs a body {\"cmd\": [...]}"))?;
             if body.cmd.first().is_none_or(String::is_empty) {
                 return Err(bad("cmd must name a command"));
             }
-            let timeout = body
-                .timeout
-                .map_or(DEFAULT_EXEC_TIMEOUT, Duration::from_secs);
-            let outcome = engine.exec(&name, &body.cmd, timeout).await?;
-            Ok(json(
-                StatusCode::OK,
-                &ExecReply {
-                    exit_code: outcome.exit_code(),
-                    timed_out: outcome.status.is_none(),
-                    output: outcome.output,
-                },
-            ))
+            let limit = timeout(body.timeout)?.unwrap_or(DEFAULT_EXEC_TIMEOUT);
+            Call::Exec(name, body.cmd, limit)
         }
-        _ => {
-            let body: KillBody = read_body(request)
-                .await?
-                .ok_or_else(|| bad("kill needs a body {\"signal\": ...}"))?;
+        Endpoint::Kill => {
+            let body: KillBody =
+                parse_body(body)?.ok_or_else(|| bad("kill needs a body {\"signal\": ...}"))?;
             let signal = match &body.signal {
                 SignalArg::Number(n) => Signal::try_from(*n).ok(),
                 SignalArg::Name(s) => parse_signal(s),
             }
             .ok_or_else(|| bad("unknown signal"))?;
-            engine.kill(&name, signal)?;
-            Ok(json(StatusCode::OK, &engine.inspect(&name)?))
+            Call::Kill(name, signal)
         }
-    }
+    };
+    Ok(call)
+}
+
+async fn route<B>(engine: &Engine, request: Request<B>) -> Result<Response<Body>, ApiError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
+    // An unknown path is refused before its body is read.
+    routes().at(path).map_err(|_| unmatched(path))?;
+    let body = read_body(body, BODY_TIMEOUT).await?;
+    let call = parse(&parts.method, path, query, &body)?;
+    execute(engine, call).await
+}
+
+async fn execute(engine: &Engine, call: Call) -> Result<Response<Body>, ApiError> {
+    let ok = StatusCode::OK;
+    Ok(match call {
+        Call::List => json(ok, &engine.list()),
+        Call::Run(body) => json(StatusCode::CREATED, &engine.run(body).await?),
+        Call::Inspect(name) => json(ok, &engine.inspect(&name)?),
+        Call::Remove(name, grace) => json(ok, &engine.remove(&name, grace).await?),
+        Call::Start(name) => json(ok, &engine.start(&name).await?),
+        Call::Stop(name, grace) => json(ok, &engine.stop(&name, grace).await?),
+        Call::Restart(name, grace) => json(ok, &engine.restart(&name, grace).await?),
+        Call::Kill(name, signal) => {
+            engine.kill(&name, signal)?;
+            json(ok, &engine.inspect(&name)?)
+        }
+        Call::Logs { name, follow } => logs(engine, &name, follow)?,
+        Call::Exec(name, cmd, limit) => {
+            let outcome = engine.exec(&name, &cmd, limit).await?;
+            json(
+                ok,
+                &ExecReply {
+                    exit_code: outcome.exit_code(),
+                    timed_out: outcome.status.is_none(),
+                    output: outcome.output,
+                },
+            )
+        }
+    })
 }
 
 fn method_not_allowed(method: &Method) -> ApiError {
@@ -312,7 +430,7 @@ fn method_not_allowed(method: &Method) -> ApiError {
     )
 }
 
-fn logs(engine: &Engine, name: &str, query: &str) -> Result<Response<Body>, ApiError> {
+fn follow(query: &str) -> Result<bool, ApiError> {
     let mut follow = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=').unwrap_or((pair, "")) {
@@ -321,6 +439,10 @@ fn logs(engine: &Engine, name: &str, query: &str) -> Result<Response<Body>, ApiE
             _ => return Err(bad(format!("unknown query parameter {pair:?}"))),
         }
     }
+    Ok(follow)
+}
+
+fn logs(engine: &Engine, name: &str, follow: bool) -> Result<Response<Body>, ApiError> {
     let logs = engine.logs(name)?;
     if !follow {
         return Ok(full(StatusCode::OK, "text/plain", logs.snapshot().concat()));
@@ -351,6 +473,7 @@ fn logs(engine: &Engine, name: &str, query: &str) -> Result<Response<Body>, ApiE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn signals_parse_by_name_short_name_and_number() {
@@ -359,5 +482,177 @@ mod tests {
         assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
         assert_eq!(parse_signal("SIGNOPE"), None);
         assert_eq!(parse_signal("999"), None);
+    }
+
+    fn status(method: Method, path: &str, query: &str, body: &str) -> StatusCode {
+        match parse(&method, path, query, body.as_bytes()) {
+            Ok(_) => StatusCode::OK,
+            Err(ApiError(status, _)) => status,
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_wrong_methods_405() {
+        for path in [
+            "",
+            "*",
+            "/",
+            "/v2/containers",
+            "/v1/containers/a/b/c",
+            "/v1/containers/a/nope",
+            "/v1/containers//stop",
+            "/v1/containersx",
+        ] {
+            assert_eq!(
+                status(Method::GET, path, "", ""),
+                StatusCode::NOT_FOUND,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            status(Method::PUT, "/v1/containers/a", "", ""),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(Method::GET, "/v1/containers/a/stop", "", ""),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(Method::GET, "/v1/containers/..", "", ""),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(Method::POST, "/v1/containers/a%2F..%2Fb/stop", "", ""),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(Method::POST, "/v1/containers/%ff%fe/stop", "", ""),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(
+                Method::POST,
+                "/v1/containers/a/stop",
+                "",
+                r#"{"timeout": 1e30}"#
+            ),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(
+                Method::POST,
+                "/v1/containers/a/stop",
+                "",
+                &format!(r#"{{"timeout": {}}}"#, u64::MAX)
+            ),
+            StatusCode::BAD_REQUEST
+        );
+        assert!(matches!(
+            parse(&Method::GET, "/v1/containers/a%2Db/logs", "follow=1", b""),
+            Ok(Call::Logs { name, follow: true }) if name == "a-b"
+        ));
+        assert!(matches!(
+            parse(&Method::POST, "/v1/containers/a/kill", "", br#"{"signal": "term"}"#),
+            Ok(Call::Kill(name, Signal::SIGTERM)) if name == "a"
+        ));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bodies_are_capped_in_size_and_time() {
+        let big = Full::new(Bytes::from(vec![b' '; MAX_BODY + 1]));
+        let Err(ApiError(status, _)) = read_body(big, BODY_TIMEOUT).await else {
+            panic!("a body over the cap was read");
+        };
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let endless = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, Infallible>,
+        >());
+        let Err(ApiError(status, _)) = read_body(endless, Duration::from_millis(50)).await else {
+            panic!("a body that never ends was read");
+        };
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        let small = Full::new(Bytes::from_static(b"{}"));
+        assert_eq!(
+            &read_body(small, BODY_TIMEOUT).await.ok().unwrap()[..],
+            b"{}"
+        );
+    }
+
+    /// Pieces a hostile or careless client puts into paths, queries and bodies.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("/".to_owned()),
+            Just("v1".to_owned()),
+            Just("containers".to_owned()),
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just("%".to_owned()),
+            Just("%2F".to_owned()),
+            Just("%ff".to_owned()),
+            Just("%00".to_owned()),
+            Just("{name}".to_owned()),
+            Just("*".to_owned()),
+            Just("stop".to_owned()),
+            Just("logs".to_owned()),
+            Just("exec".to_owned()),
+            Just("kill".to_owned()),
+            Just("follow=1".to_owned()),
+            Just("&".to_owned()),
+            Just("=".to_owned()),
+            Just("{\"timeout\":".to_owned()),
+            Just("{\"cmd\": [".to_owned()),
+            Just("{\"signal\": ".to_owned()),
+            Just("18446744073709551615".to_owned()),
+            Just("-1".to_owned()),
+            Just("1e400".to_owned()),
+            Just("\"\"".to_owned()),
+            Just("}".to_owned()),
+            Just("]".to_owned()),
+            Just("é".to_owned()),
+            "\\PC{0,8}",
+            any::<String>(),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(piece(), 0..12).prop_map(|p| p.concat())
+    }
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::GET),
+            Just(Method::POST),
+            Just(Method::DELETE),
+            Just(Method::PUT),
+            Just(Method::HEAD),
+            Just(Method::OPTIONS),
+            Just(Method::CONNECT),
+            "[A-Za-z!#$%&'*+.^_`|~-]{1,12}"
+                .prop_filter_map("a token", |m| Method::from_bytes(m.as_bytes()).ok()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+        /// Any request gets a call or an error answer; none makes the router panic, and a path
+        /// outside the API is always 404.
+        #[test]
+        fn no_request_makes_the_router_panic(
+            method in method(),
+            path in text(),
+            query in text(),
+            body in prop_oneof![text().prop_map(String::into_bytes), any::<Vec<u8>>()],
+            prefix in prop_oneof![Just(""), Just("/v1/containers/"), Just("/v1/containers/a/")],
+        ) {
+            let path = format!("{prefix}{path}");
+            let answer = parse(&method, &path, &query, &body);
+            if !path.starts_with("/v1/containers") {
+                prop_assert!(matches!(answer, Err(ApiError(StatusCode::NOT_FOUND, _))));
+            }
+            if let Err(ApiError(status, message)) = answer {
+                prop_assert!(status.is_client_error(), "{status} {message}");
+            }
+        }
     }
 }

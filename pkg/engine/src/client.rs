@@ -40,9 +40,13 @@ impl Reply {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The `error` field of an error answer, or the body as text.
+    /// The `error` (or Docker's `message`) field of an error answer, or the body as text.
     pub fn error_message(&self) -> String {
-        match self.json().get("error").and_then(|e| e.as_str()) {
+        let json = self.json();
+        match ["error", "message"]
+            .iter()
+            .find_map(|key| json.get(key).and_then(|e| e.as_str()))
+        {
             Some(message) => message.to_owned(),
             None => String::from_utf8_lossy(&self.body).into_owned(),
         }

@@ -1,6 +1,11 @@
 //! A container's log: every line its stdout and stderr write (and the engine's own notes about
 //! it), timestamped, kept in a bounded in-memory ring for `logs`, appended to a file
 //! (`/var/log/NAME.log` in an image) and broadcast to the clients following it (`logs -f`).
+//! The file is rotated like Docker's json-file driver with `max-size` and `max-file`: past
+//! [`Rotation::max_size`] it becomes `NAME.log.1` (the older ones shift to `.2`, ...), and at
+//! most [`Rotation::old_files`] old files are kept, so a chatty service cannot fill `/var`.
+//! Hand-written: the rotation crates bring date and compression dependencies the image's one
+//! binary does not need for a rename chain.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -18,9 +23,29 @@ pub const RING_LINES: usize = 1000;
 /// the engine's memory.
 pub const MAX_LINE: usize = 16 * 1024;
 
+/// When a log file is rotated and how many old ones are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// A file reaching this many bytes is rotated before the next line.
+    pub max_size: u64,
+    /// Rotated files kept besides the current one (`NAME.log.1` .. `NAME.log.N`).
+    pub old_files: u32,
+}
+
+impl Default for Rotation {
+    /// Docker's usual production setting: 10 MiB, three files in all.
+    fn default() -> Self {
+        Self {
+            max_size: 10 * 1024 * 1024,
+            old_files: 2,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Logs {
     path: PathBuf,
+    rotation: Rotation,
     /// The ring and the file are behind one lock, so a follower that takes a snapshot and
     /// subscribes under it misses no line and sees none twice.
     inner: Mutex<Inner>,
@@ -31,27 +56,66 @@ pub struct Logs {
 struct Inner {
     ring: VecDeque<String>,
     file: Option<fs::File>,
+    /// Bytes in the current file.
+    size: u64,
 }
 
 impl Logs {
-    /// Opens (appending) the log file at `path`.
+    /// Opens (appending) the log file at `path`, rotated by the default [`Rotation`].
     pub fn open(path: &Path) -> io::Result<Self> {
+        Self::open_with(path, Rotation::default())
+    }
+
+    /// Opens (appending) the log file at `path`, rotated by `rotation`.
+    pub fn open_with(path: &Path, rotation: Rotation) -> io::Result<Self> {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = append(path)?;
+        let size = file.metadata()?.len();
         let (followers, _) = broadcast::channel(RING_LINES);
         Ok(Self {
             path: path.to_owned(),
+            rotation,
             inner: Mutex::new(Inner {
                 ring: VecDeque::with_capacity(RING_LINES),
                 file: Some(file),
+                size,
             }),
             followers,
         })
+    }
+
+    /// `NAME.log.N`.
+    fn old(&self, n: u32) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Shifts `NAME.log` to `NAME.log.1`, `.1` to `.2` and so on, dropping the oldest, and
+    /// opens a new empty `NAME.log`.
+    fn rotate(&self) -> io::Result<fs::File> {
+        let keep = self.rotation.old_files;
+        if keep == 0 {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&self.path)?;
+            return Ok(file);
+        }
+        match fs::remove_file(self.old(keep)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        for n in (1..keep).rev() {
+            match fs::rename(self.old(n), self.old(n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        fs::rename(&self.path, self.old(1))?;
+        append(&self.path)
     }
 
     pub fn path(&self) -> &Path {
@@ -70,9 +134,30 @@ impl Logs {
             inner.ring.pop_front();
         }
         inner.ring.push_back(line.clone());
-        if let Some(file) = &mut inner.file
-            && let Err(e) = file.write_all(line.as_bytes())
+        if inner.file.is_some()
+            && inner.size > 0
+            && inner.size + line.len() as u64 > self.rotation.max_size
         {
+            match self.rotate() {
+                Ok(file) => {
+                    inner.file = Some(file);
+                    inner.size = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "rotating {}: {e}; the file log stops here",
+                        self.path.display()
+                    );
+                    inner.file = None;
+                }
+            }
+        }
+        let written = match &mut inner.file {
+            Some(file) => file.write_all(line.as_bytes()),
+            None => Ok(()),
+        };
+        inner.size += line.len() as u64;
+        if let Err(e) = written {
             // A full /var must not stop the container; the ring still has its output.
             tracing::warn!(
                 "writing {}: {e}; the file log stops here",
@@ -95,6 +180,10 @@ impl Logs {
         let receiver = self.followers.subscribe();
         (inner.ring.iter().cloned().collect(), receiver)
     }
+}
+
+fn append(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
 /// Copies `reader` (a pipe from the container) into `logs` line by line until end of file.
@@ -152,5 +241,47 @@ mod tests {
         let lines = logs.snapshot();
         assert_eq!(lines.len(), RING_LINES);
         assert!(lines[0].ends_with(" stderr line 5\n"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn a_log_over_its_cap_is_rotated_keeping_n_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.log");
+        // An old file from an earlier run, already over the cap, is rotated first.
+        fs::write(&path, vec![b'o'; 5000]).unwrap();
+        let rotation = Rotation {
+            max_size: 4096,
+            old_files: 2,
+        };
+        let logs = Logs::open_with(&path, rotation).unwrap();
+        let text = "y".repeat(100);
+        for i in 0..1000 {
+            logs.push("stdout", &format!("{i:04} {text}"));
+        }
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["web.log", "web.log.1", "web.log.2"]);
+        let mut total = 0;
+        for name in &names {
+            let size = fs::metadata(dir.path().join(name)).unwrap().len();
+            assert!(size > 0 && size <= rotation.max_size, "{name}: {size}");
+            total += size;
+        }
+        assert!(total <= 3 * rotation.max_size);
+        // The newest lines are in the current file, the ones before them in .1, whole.
+        let current = fs::read_to_string(&path).unwrap();
+        assert!(
+            current.ends_with(&format!(" stdout 0999 {text}\n")),
+            "{current}"
+        );
+        let older = fs::read_to_string(logs.old(1)).unwrap();
+        let last_old = older.lines().last().unwrap();
+        let first_new = current.lines().next().unwrap();
+        let number = |line: &str| -> u32 { line.split(' ').nth(2).unwrap().parse().unwrap() };
+        assert_eq!(number(last_old) + 1, number(first_new));
+        assert!(!fs::read_to_string(logs.old(2)).unwrap().starts_with("ooo"));
     }
 }

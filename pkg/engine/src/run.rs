@@ -186,13 +186,14 @@ pub fn write_bundle(
         fs::create_dir_all(tmp.join("rootfs")).map_err(io(&tmp))?;
         let lower = std::path::absolute(image.dir(images)).map_err(io(images))?;
         std::os::unix::fs::symlink(&lower, tmp.join("lower")).map_err(io(&tmp.join("lower")))?;
+        let (uid, gid) = image_user(image, &lower)?;
         let manifest = slipway_bundle::Image {
             name: name.to_owned(),
             image: image.reference.clone(),
             command: cmd,
             readonly: Some(false),
             annotations: restart.map(|r| [(RESTART_ANNOTATION.to_owned(), r.to_owned())].into()),
-            ..Default::default()
+            ..safe_defaults(name, uid, gid)
         };
         let config = slipway_bundle::runtime_config(
             &manifest,
@@ -208,6 +209,146 @@ pub fn write_bundle(
         let _ = fs::remove_dir_all(&tmp);
     }
     written.map(|()| bundle)
+}
+
+/// The processes a `run` container may have at once, so a fork bomb in an arbitrary image
+/// cannot exhaust the system's (Podman's default).
+pub const RUN_PIDS_LIMIT: i64 = 2048;
+
+/// runc's default masked paths (and containerd's powercap): kernel state a container has no
+/// business reading.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's default read-only paths.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What a container of an arbitrary registry image gets, unlike a manifest's services (which
+/// keep LinuxKit's defaults: host network, IPC and UTS): its own network (loopback only), IPC
+/// and UTS namespaces (its hostname is its name), runc's masked and read-only paths, no new
+/// privileges, the image's user and a pids limit.
+fn safe_defaults(name: &str, uid: u32, gid: u32) -> slipway_bundle::Image {
+    let strings = |list: &[&str]| list.iter().map(|p| (*p).to_owned()).collect();
+    slipway_bundle::Image {
+        net: Some("new".to_owned()),
+        ipc: Some("new".to_owned()),
+        uts: Some("new".to_owned()),
+        hostname: Some(name.to_owned()),
+        masked_paths: Some(strings(MASKED_PATHS)),
+        readonly_paths: Some(strings(READONLY_PATHS)),
+        no_new_privileges: Some(true),
+        uid: Some(slipway_bundle::IdRef::Id(uid)),
+        gid: Some(slipway_bundle::IdRef::Id(gid)),
+        resources: Some(slipway_bundle::Resources {
+            pids: Some(slipway_bundle::Pids {
+                limit: RUN_PIDS_LIMIT,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The uid and gid of the image's `USER` (`user`, `uid`, `user:group`, `uid:gid`; names looked
+/// up in the image's `/etc/passwd` and `/etc/group`), root when it sets none.
+fn image_user(image: &PulledImage, root: &Path) -> Result<(u32, u32), RunError> {
+    let user = image
+        .config
+        .config()
+        .as_ref()
+        .and_then(|c| c.user().clone())
+        .unwrap_or_default();
+    let user = user.trim();
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (name, group) = match user.split_once(':') {
+        Some((name, group)) => (name, Some(group)),
+        None => (user, None),
+    };
+    let unknown = |what: &str, value: &str| RunError::Pull {
+        image: image.reference.clone(),
+        message: format!("its USER {user:?}: no {what} {value:?} in the image"),
+    };
+    let passwd = read_in_root(root, "etc/passwd");
+    let entry = |file: &Option<String>, wanted: &str| -> Option<(u32, Option<u32>)> {
+        file.as_deref()?.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 4 && fields[0] == wanted).then(|| {
+                let id = fields[2].parse().ok()?;
+                Some((id, fields[3].parse().ok()))
+            })?
+        })
+    };
+    let (uid, primary) = match name.parse::<u32>() {
+        // A number names no entry; its primary group is that of the entry with this uid.
+        Ok(uid) => {
+            let primary = passwd.as_deref().and_then(|text| {
+                text.lines().find_map(|line| {
+                    let fields: Vec<&str> = line.split(':').collect();
+                    (fields.len() >= 4 && fields[2].parse() == Ok(uid))
+                        .then(|| fields[3].parse().ok())?
+                })
+            });
+            (uid, primary)
+        }
+        Err(_) => {
+            let (uid, gid) = entry(&passwd, name).ok_or_else(|| unknown("user", name))?;
+            (uid, gid)
+        }
+    };
+    let gid = match group {
+        None => primary.unwrap_or(0),
+        Some(group) => match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = read_in_root(root, "etc/group");
+                entry(&groups, group)
+                    .map(|e| e.0)
+                    .ok_or_else(|| unknown("group", group))?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// A small file of the unpacked image, its path resolved inside `root` (a symlink in the
+/// image cannot make the engine read a host file); `None` when it is missing or unreadable.
+fn read_in_root(root: &Path, path: &str) -> Option<String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    use std::io::Read;
+    let dir = rustix::fs::open(root, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let fd = rustix::fs::openat2(
+        &dir,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    let mut text = String::new();
+    fs::File::from(fd)
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 /// A container name from an image reference: its repository's last component, cleaned to the
@@ -238,6 +379,105 @@ pub fn name_base(reference: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pulled(user: Option<&str>) -> PulledImage {
+        let mut config = oci_spec::image::Config::default();
+        config.set_user(user.map(str::to_owned));
+        config.set_cmd(Some(vec!["/bin/sh".to_owned()]));
+        let mut image = oci_spec::image::ImageConfiguration::default();
+        image.set_config(Some(config));
+        PulledImage {
+            reference: "127.0.0.1:5000/app:1".to_owned(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            config: image,
+        }
+    }
+
+    /// Writes a bundle for `image` whose tree is `images/<hex>` and returns its config.json.
+    fn bundle_config(dir: &Path, image: &PulledImage) -> Result<serde_json::Value, RunError> {
+        let images = dir.join("images");
+        let tree = image.dir(&images);
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(
+            tree.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(tree.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        let containers = dir.join("containers");
+        fs::create_dir_all(&containers).unwrap();
+        let _ = fs::remove_dir_all(containers.join("app"));
+        let bundle = write_bundle(&containers, &images, "app", image, None, None)?;
+        Ok(serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap())
+    }
+
+    #[test]
+    fn run_containers_get_safe_defaults_and_the_images_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = bundle_config(dir.path(), &pulled(Some("app"))).unwrap();
+        let types: Vec<&str> = config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        for kind in ["pid", "mount", "network", "ipc", "uts"] {
+            assert!(types.contains(&kind), "{kind}: {types:?}");
+        }
+        assert!(
+            config["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n.get("path").is_none())
+        );
+        assert_eq!(config["hostname"], "app");
+        assert_eq!(config["process"]["noNewPrivileges"], true);
+        assert_eq!(config["process"]["user"]["uid"], 1000);
+        assert_eq!(config["process"]["user"]["gid"], 1001);
+        assert_eq!(
+            config["linux"]["resources"]["pids"]["limit"],
+            RUN_PIDS_LIMIT
+        );
+        assert_eq!(
+            config["linux"]["maskedPaths"],
+            serde_json::json!(MASKED_PATHS)
+        );
+        assert_eq!(
+            config["linux"]["readonlyPaths"],
+            serde_json::json!(READONLY_PATHS)
+        );
+
+        for (user, uid, gid) in [
+            (None, 0, 0),
+            (Some("42"), 42, 0),
+            (Some("1000"), 1000, 1001),
+            (Some("app:staff"), 1000, 50),
+            (Some("7:8"), 7, 8),
+        ] {
+            let config = bundle_config(dir.path(), &pulled(user)).unwrap();
+            assert_eq!(config["process"]["user"]["uid"], uid, "{user:?}");
+            assert_eq!(config["process"]["user"]["gid"], gid, "{user:?}");
+        }
+        for user in ["nobody", "app:wheel"] {
+            let err = bundle_config(dir.path(), &pulled(Some(user))).unwrap_err();
+            assert!(err.to_string().contains("USER"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_images_passwd_is_read_inside_its_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("outside")).unwrap();
+        fs::write(dir.path().join("outside/passwd"), "evil:x:5:5::/:/bin/sh\n").unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside/passwd"), root.join("etc/passwd"))
+            .unwrap();
+        assert_eq!(read_in_root(&root, "etc/passwd"), None);
+        std::os::unix::fs::symlink("../../outside/passwd", root.join("etc/p2")).unwrap();
+        assert_eq!(read_in_root(&root, "etc/p2"), None);
+    }
 
     #[test]
     fn names_come_from_the_repository() {

@@ -522,8 +522,21 @@ fn bad_requests_are_refused_and_change_nothing() {
     // Only containers made by `run` can be removed.
     let (status, _) = d.request(Method::DELETE, &container_path("svc", ""), None);
     assert_eq!(status, StatusCode::CONFLICT);
-    let (status, _) = d.request(Method::GET, "/v2/containers", None);
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    for path in [
+        "/v2/containers",
+        "/v1/containers/svc/nope",
+        "/v1/containers/svc/stop/x",
+    ] {
+        let (status, reply) = d.request(Method::GET, path, None);
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply, json!({"message": "page not found"}), "{path}");
+    }
+    let (status, _) = d.request(
+        Method::POST,
+        &container_path("svc", "stop"),
+        Some(&" ".repeat(100_000)),
+    );
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     let after = d.inspect("svc");
     assert_eq!(state(&after), "running");
@@ -533,6 +546,43 @@ fn bad_requests_are_refused_and_change_nothing() {
     assert!(process_exists(after["pid"].as_i64().unwrap()));
     let (_, list) = d.request(Method::GET, "/v1/containers", None);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_cannot_hold_the_api() {
+    use std::io::{Read, Write};
+    let mut d = Daemon::new("slow");
+    d.service("svc", "exec sleep 600", json!({}));
+    d.start();
+    d.wait_for("svc", 10, |i| state(i) == "running");
+    // More stalled clients than the engine serves at once, each halfway through its headers.
+    let stalled: Vec<_> = (0..slipway_engine::api::MAX_CONNECTIONS + 16)
+        .map(|_| {
+            let mut stream = std::os::unix::net::UnixStream::connect(d.client.socket()).unwrap();
+            stream
+                .write_all(b"GET /v1/containers HTTP/1.1\r\nHost: x\r\nX-Slow:")
+                .unwrap();
+            stream
+        })
+        .collect();
+    let start = Instant::now();
+    let limit = slipway_engine::api::HEADER_TIMEOUT + Duration::from_secs(5);
+    let (status, list) = d.request(Method::GET, "/v1/containers", None);
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(start.elapsed() < limit, "ps took {:?}", start.elapsed());
+    // The engine has hung up on the stalled ones.
+    for mut stream in stalled.into_iter().take(4) {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = Vec::new();
+        let read = stream.read_to_end(&mut buf);
+        assert!(
+            read.is_ok() || start.elapsed() < limit,
+            "a stalled client still holds its connection after {:?}: {read:?}",
+            start.elapsed()
+        );
+        assert!(start.elapsed() < limit, "{:?}", start.elapsed());
+    }
     assert_eq!(d.terminate(), 0);
 }
 
