@@ -412,6 +412,15 @@ fn an_engine_that_dies_is_restarted_by_the_init() {
         .unwrap();
     // timeout, then unshare, then (sh exec'ing chroot exec'ing) the init.
     let timeout_pid = child.id();
+    // A failed assertion must not leave the namespace's processes running: SIGKILL to
+    // `timeout`'s group takes them all.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(-(self.0 as i32)), Signal::SIGKILL);
+        }
+    }
+    let _cleanup = KillOnDrop(timeout_pid);
     let init = wait_for("init", || {
         let unshare = children(timeout_pid).first()?.0;
         children(unshare)
