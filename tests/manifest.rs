@@ -622,3 +622,15 @@ proptest! {
         prop_assert_eq!(merged.manifest.services.len(), a.services.len() + b.services.len());
     }
 }
+
+#[test]
+fn timeout_applies_to_onboot_and_onshutdown_only_and_is_a_duration() {
+    rejects(
+        &format!("{SVC}    x-slipway:\n      timeout: 1s\n"),
+        "bad.yml:5:16: services[0].x-slipway.timeout: `timeout` applies to onboot and onshutdown containers only",
+    );
+    rejects(
+        "onboot:\n  - name: o\n    image: busybox\n    x-slipway:\n      timeout: soon\n",
+        "bad.yml:5:16: onboot[0].x-slipway.timeout: invalid duration \"soon\": expected number at 0 (write it like 1s or 500ms)",
+    );
+}

@@ -221,6 +221,9 @@ fn x_slipway_travels_to_the_engine_as_annotations() {
     assert_eq!(a["org.slipway.dependsOn"], "db,cache");
     assert_eq!(a["org.slipway.stopGracePeriod"], "1m30s");
     assert_eq!(a["org.slipway.init"], "false");
+    let onboot = image("name: setup\nimage: x\nx-slipway:\n  timeout: 2m\n");
+    let spec = runtime_config(&onboot, None, &BTreeMap::new());
+    assert_eq!(spec["annotations"]["org.slipway.timeout"], "2m");
     let hc: Value = serde_json::from_str(a["org.slipway.healthcheck"].as_str().unwrap()).unwrap();
     assert_eq!(
         hc,

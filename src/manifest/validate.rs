@@ -476,6 +476,16 @@ impl Checker<'_> {
             }
             parse_duration(grace).map_err(|e| self.err(&gp, e))?;
         }
+        if let Some(timeout) = &ext.timeout {
+            let tp = p.key("timeout");
+            if is_service {
+                return Err(self.err(
+                    &tp,
+                    "`timeout` applies to onboot and onshutdown containers only",
+                ));
+            }
+            parse_duration(timeout).map_err(|e| self.err(&tp, e))?;
+        }
         if ext.init.is_some() && !is_service {
             return Err(self.err(&p.key("init"), "`init` applies to services only"));
         }

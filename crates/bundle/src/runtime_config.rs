@@ -164,6 +164,8 @@ pub const DEPENDS_ON_ANNOTATION: &str = "org.slipway.dependsOn";
 pub const HEALTHCHECK_ANNOTATION: &str = "org.slipway.healthcheck";
 pub const STOP_GRACE_PERIOD_ANNOTATION: &str = "org.slipway.stopGracePeriod";
 pub const INIT_ANNOTATION: &str = "org.slipway.init";
+/// How long the init lets an onboot or onshutdown container run (humantime text).
+pub const TIMEOUT_ANNOTATION: &str = "org.slipway.timeout";
 
 /// The manifest's annotations plus `x-slipway`, which travels to the engine in the bundle (the
 /// OCI spec's place for runtime-specific settings).
@@ -185,6 +187,9 @@ fn annotations(c: &Image) -> BTreeMap<String, String> {
         }
         if let Some(init) = ext.init {
             out.insert(INIT_ANNOTATION.into(), init.to_string());
+        }
+        if let Some(timeout) = &ext.timeout {
+            out.insert(TIMEOUT_ANNOTATION.into(), timeout.clone());
         }
     }
     out

@@ -453,6 +453,10 @@ pub struct Extension {
     /// reaping init in front of it (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// How long an onboot or onshutdown container may run before the init kills it
+    /// (humantime; the init's defaults are 5 min onboot, 30 s onshutdown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

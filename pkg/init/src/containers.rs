@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use slipway_runtime::{ExitStatus, Runtime, Stdio};
@@ -61,6 +62,53 @@ pub fn list(dir: &Path) -> io::Result<Vec<Bundle>> {
     Ok(bundles)
 }
 
+/// The annotation through which a container's `x-slipway: timeout:` reaches the init.
+pub const TIMEOUT_ANNOTATION: &str = "org.slipway.timeout";
+/// How long an onboot container may run when its bundle names no timeout: long enough for a
+/// slow DHCP or a disk format, short enough that a hung step does not hold the boot forever.
+pub const ONBOOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Each onshutdown container's, likewise: a shutdown must end.
+pub const ONSHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an onboot container still runs after a shutdown request before it is killed:
+/// the container that asked for the poweroff (busybox `poweroff`) ends by itself at once.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The bundle's own timeout (`org.slipway.timeout` in its config.json), if it sets one.
+pub fn timeout_of(bundle: &Bundle) -> Result<Option<Duration>, String> {
+    let path = bundle.path.join("config.json");
+    let text = fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    match spec.pointer("/annotations/org.slipway.timeout") {
+        None => Ok(None),
+        Some(serde_json::Value::String(t)) => humantime::parse_duration(t.trim())
+            .map(Some)
+            .map_err(|e| format!("{}: {TIMEOUT_ANNOTATION} {t:?}: {e}", path.display())),
+        Some(other) => Err(format!(
+            "{}: {TIMEOUT_ANNOTATION} is not a string: {other}",
+            path.display()
+        )),
+    }
+}
+
+/// When the init stops waiting for a container.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    /// A shutdown request ends the wait (after [`SHUTDOWN_GRACE`]): onboot containers.
+    pub interrupted_by_shutdown: bool,
+}
+
+/// How a container run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(ExitStatus),
+    /// Killed when its timeout ran out.
+    TimedOut(Duration),
+    /// Killed because a shutdown was requested while it ran.
+    Interrupted,
+}
+
 /// Runs one bundle to completion. Its stdout and stderr go through a pipe that the init copies
 /// to `log` and, for onboot and onshutdown containers, to the console (the init's stdout).
 /// Signals that arrive meanwhile are collected in `events`.
@@ -70,7 +118,8 @@ pub fn run_to_completion(
     kind: &str,
     bundle: &Bundle,
     log: &Path,
-) -> anyhow::Result<ExitStatus> {
+    limits: Limits,
+) -> anyhow::Result<Outcome> {
     use anyhow::Context;
     if let Some(parent) = log.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -99,6 +148,12 @@ pub fn run_to_completion(
     let mut console = io::stdout();
     let mut buf = [0u8; 8192];
     let mut open = true;
+    let deadline = Instant::now() + limits.timeout;
+    let mut interrupt_at: Option<Instant> = None;
+    // Set once the container was killed, with what the kill is reported as and how long the
+    // init still waits for the exit (SIGKILL cannot be ignored, but a process in the D state
+    // does not die at once: the init must not hang on it either).
+    let mut killed: Option<(Outcome, Instant)> = None;
     let status = loop {
         if open {
             // Copy everything available before looking at exits, so that the last lines
@@ -126,21 +181,67 @@ pub fn run_to_completion(
         if let Some(status) = events.exit_of(pid) {
             // The process is gone; a child it left behind may keep the pipe open, so stop
             // copying after what is buffered now.
-            break status;
+            break Some(status);
         }
+        let now = Instant::now();
+        if limits.interrupted_by_shutdown && events.shutdown.is_some() && interrupt_at.is_none() {
+            interrupt_at = Some(now + SHUTDOWN_GRACE);
+        }
+        match killed {
+            Some((_, give_up)) if now >= give_up => break None,
+            Some(_) => {}
+            None => {
+                let why = if now >= deadline {
+                    Some(Outcome::TimedOut(limits.timeout))
+                } else if interrupt_at.is_some_and(|at| now >= at) {
+                    Some(Outcome::Interrupted)
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    // Every process of the container (its cgroup), or at least its first.
+                    if container
+                        .kill(nix::sys::signal::Signal::SIGKILL, true)
+                        .is_err()
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    killed = Some((why, now + Duration::from_secs(5)));
+                }
+            }
+        }
+        let wake = match killed {
+            Some((_, give_up)) => give_up,
+            None => interrupt_at.map_or(deadline, |at| at.min(deadline)),
+        };
+        let ms = wake
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .clamp(1, i32::MAX as u128) as i32;
         let mut fds = vec![PollFd::new(events.fd(), PollFlags::POLLIN)];
         if open {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(e).context("waiting for container output"),
         }
         events.read();
     };
+    let Some(status) = status else {
+        // Killed, and still not reaped: deleting would wait for it. Its state stays behind.
+        anyhow::bail!("{id}: still running 5 s after SIGKILL; left as it is");
+    };
     container.set_exited(status);
     container.delete()?;
-    Ok(status)
+    Ok(match killed {
+        Some((why, _)) => why,
+        None => Outcome::Exited(status),
+    })
 }
 
 /// How many lines of a container's log the console shows when it could not start: the

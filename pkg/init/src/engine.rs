@@ -25,6 +25,95 @@ pub struct Engine {
     pid: i32,
 }
 
+/// The first wait before the engine is started again, doubled after each quick death up to
+/// [`MOST_BACKOFF`]; a run of [`STEADY`] or more starts the count again.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MOST_BACKOFF: Duration = Duration::from_secs(30);
+const STEADY: Duration = Duration::from_secs(60);
+
+/// The engine under the init's watch: when it dies outside a shutdown, the init says so on the
+/// console and starts it again after a backoff. The services it ran keep running (they are the
+/// init's children now); a new engine finds them in its state directory.
+pub struct Supervised {
+    running: Option<(Engine, Instant)>,
+    next_start: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Supervised {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            running: Some((engine, Instant::now())),
+            next_start: None,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// An engine started by an earlier run of the init (before it re-executed itself).
+    pub fn adopt(pid: i32, events: &mut Events) -> Self {
+        events.watch(pid);
+        Self::new(Engine { pid })
+    }
+
+    /// The running engine's pid.
+    pub fn pid(&self) -> Option<i32> {
+        self.running.as_ref().map(|(e, _)| e.pid)
+    }
+
+    /// When [`Supervised::tend`] next has something to do.
+    pub fn next_start(&self) -> Option<Instant> {
+        self.next_start
+    }
+
+    /// Notices the engine's death and schedules its restart; starts it when the backoff has
+    /// passed. Returns true when the engine's pid changed.
+    pub fn tend(&mut self, events: &mut Events) -> bool {
+        if let Some((engine, since)) = &self.running
+            && let Some(status) = events.exit_of(engine.pid)
+        {
+            if since.elapsed() >= STEADY {
+                self.backoff = FIRST_BACKOFF;
+            }
+            println!(
+                "slipway-init: engine (pid {}) ended: {status}; restarting it in {:?}",
+                engine.pid, self.backoff
+            );
+            self.running = None;
+            self.next_start = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(MOST_BACKOFF);
+            return true;
+        }
+        match self.next_start {
+            Some(at) if Instant::now() >= at => {}
+            _ => return false,
+        }
+        self.next_start = None;
+        match Engine::start(events) {
+            Some(Ok(engine)) => {
+                println!("slipway-init: engine restarted (pid {})", engine.pid);
+                self.running = Some((engine, Instant::now()));
+            }
+            Some(Err(e)) => {
+                println!(
+                    "slipway-init: restarting {ENGINE}: {e}; trying again in {:?}",
+                    self.backoff
+                );
+                self.next_start = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MOST_BACKOFF);
+            }
+            None => println!("slipway-init: {ENGINE} is gone; the engine is not restarted"),
+        }
+        true
+    }
+
+    /// Stops the engine if it runs ([`Engine::stop`]); a pending restart is dropped.
+    pub fn stop(self, events: &mut Events, patience: Duration) {
+        if let Some((engine, _)) = self.running {
+            engine.stop(events, patience);
+        }
+    }
+}
+
 impl Engine {
     /// Starts the engine if the image has one. Its output goes to the console.
     pub fn start(events: &mut Events) -> Option<Result<Engine, std::io::Error>> {

@@ -13,12 +13,15 @@
 //! `SLIPWAY_INIT_TEST=1` runs it as the PID 1 of a pid namespace on a host: the steps that need
 //! a real boot (sysfs/devtmpfs/cgroup mounts, read-only /, modules, unmounting, reboot(2)) are
 //! skipped and it exits instead of rebooting.
+//!
+//! A panic does not end it: see `guard` (it executes itself again and carries on waiting).
 
 mod cmdline;
 mod coldplug;
 mod containers;
 mod engine;
 mod events;
+mod guard;
 mod hostname;
 mod modprobe;
 mod modules;
@@ -116,13 +119,15 @@ fn main() {
         eprintln!("slipway-init: must run as PID 1");
         std::process::exit(1);
     }
+    guard::install(test);
+    let resumed = guard::resume();
     init_logging();
-    let switched = if test {
+    let switched = if test || resumed.is_some() {
         None
     } else {
         root::Switched::take_from_env()
     };
-    if !test && switched.is_none() {
+    if !test && switched.is_none() && resumed.is_none() {
         root::switch_if_asked(started, say);
     }
     // After a root switch, the kernel's part of the boot ended when the first init started.
@@ -136,19 +141,44 @@ fn main() {
         }
     };
     let mut timeline = Timeline::default();
-    boot(test, started, switched.as_ref(), &mut timeline);
+    let mut state = match resumed {
+        Some(state) => {
+            say(format_args!(
+                "re-executed after a crash ({} so far): the boot is not repeated",
+                guard::reexecs()
+            ));
+            if state.shutdown.is_some() {
+                events.shutdown = state.shutdown;
+            }
+            state
+        }
+        None => {
+            boot(test, started, switched.as_ref(), &mut timeline);
+            let state = guard::State::default();
+            state.save();
+            state
+        }
+    };
+    let resumed = guard::reexecs() > 0;
     let runtime = match Runtime::new(STATE_DIR) {
         Ok(r) => r,
         Err(e) => {
             say(e);
-            wait_and_shutdown(&mut events, None, None, test);
+            wait_and_shutdown(&mut events, None, None, &mut state, test);
         }
     };
     let root = Path::new(CONTAINERS);
-    for bundle in containers::list(&root.join("onboot")).unwrap_or_else(|e| {
+    let onboot = containers::list(&root.join("onboot")).unwrap_or_else(|e| {
         say(format_args!("reading {}/onboot: {e}", root.display()));
         Vec::new()
-    }) {
+    });
+    for (i, bundle) in onboot.iter().enumerate() {
+        if i < state.onboot_started {
+            continue;
+        }
+        if state.services_started {
+            break;
+        }
         if events.shutdown.is_some() {
             say(format_args!(
                 "shutdown requested: onboot {} skipped",
@@ -156,17 +186,28 @@ fn main() {
             ));
             continue;
         }
-        run_one(&runtime, &mut events, "onboot", &bundle);
+        // Counted before it runs: after a crash during it, it is not run a second time.
+        state.onboot_started = i + 1;
+        state.save();
+        run_one(&runtime, &mut events, "onboot", bundle);
         timeline.mark(format!("onboot {}", bundle.name));
     }
-    let services = if events.shutdown.is_some() {
+    let services = if state.services_started {
+        match state.engine {
+            Some(pid) => {
+                say(format_args!("adopting the engine (pid {pid})"));
+                Running::Engine(engine::Supervised::adopt(pid, &mut events))
+            }
+            None => Running::Adopted(state.services.clone()),
+        }
+    } else if events.shutdown.is_some() {
         Running::Nothing
     } else {
         match engine::Engine::start(&mut events) {
             Some(Ok(engine)) => {
                 timeline.mark("engine");
                 say(format_args!("engine started (pid {})", engine.pid()));
-                Running::Engine(engine)
+                Running::Engine(engine::Supervised::new(engine))
             }
             started => {
                 if let Some(Err(e)) = started {
@@ -189,19 +230,32 @@ fn main() {
             }
         }
     };
-    say("boot finished");
+    state.services_started = true;
+    match &services {
+        Running::Engine(engine) => state.engine = engine.pid(),
+        Running::Direct(direct) => state.services = direct.pids(),
+        Running::Adopted(_) | Running::Nothing => {}
+    }
+    state.save();
     // The engine starts its services on its own schedule: the timeline waits for the first.
-    let pending = match services {
-        Running::Engine(_) => Some(FirstServiceWatch::new()),
-        _ => {
-            report(&timeline);
-            None
+    let pending = if resumed {
+        None
+    } else {
+        say("boot finished");
+        match services {
+            Running::Engine(_) => Some(FirstServiceWatch::new()),
+            _ => {
+                report(&timeline);
+                None
+            }
         }
     };
+    guard::fault_point("after-boot");
     wait_and_shutdown(
         &mut events,
         Some((&runtime, services)),
         pending.map(|w| (w, timeline)),
+        &mut state,
         test,
     );
 }
@@ -252,8 +306,10 @@ impl FirstServiceWatch {
 /// Who runs the services: the engine when the image has one, else the init itself.
 enum Running {
     Nothing,
-    Engine(engine::Engine),
+    Engine(engine::Supervised),
     Direct(services::Services),
+    /// Services the init started before it re-executed itself: their main processes.
+    Adopted(Vec<i32>),
 }
 
 /// How long the engine may take to stop every service (each gets its own grace period).
@@ -356,13 +412,42 @@ fn load_modules() {
 }
 
 fn run_one(runtime: &Runtime, events: &mut Events, kind: &str, bundle: &containers::Bundle) {
+    use containers::Outcome;
     let log = Path::new(LOG_DIR)
         .join(kind)
         .join(format!("{}.log", bundle.name));
+    let onboot = kind == "onboot";
+    let default = if onboot {
+        containers::ONBOOT_TIMEOUT
+    } else {
+        containers::ONSHUTDOWN_TIMEOUT
+    };
+    let timeout = containers::timeout_of(bundle).unwrap_or_else(|e| {
+        say(format_args!(
+            "{kind} {}: {e}; timeout {default:?}",
+            bundle.name
+        ));
+        None
+    });
+    let limits = containers::Limits {
+        timeout: timeout.unwrap_or(default),
+        interrupted_by_shutdown: onboot,
+    };
     say(format_args!("{kind} {} starting", bundle.name));
-    match containers::run_to_completion(runtime, events, kind, bundle, &log) {
-        Ok(status) if status.success() => say(format_args!("{kind} {} finished", bundle.name)),
-        Ok(status) => say(format_args!("{kind} {} failed: {status}", bundle.name)),
+    match containers::run_to_completion(runtime, events, kind, bundle, &log, limits) {
+        Ok(Outcome::Exited(status)) if status.success() => {
+            say(format_args!("{kind} {} finished", bundle.name))
+        }
+        Ok(Outcome::Exited(status)) => say(format_args!("{kind} {} failed: {status}", bundle.name)),
+        Ok(Outcome::TimedOut(after)) => say(format_args!(
+            "{kind} {} timed out after {after:?}: killed",
+            bundle.name
+        )),
+        Ok(Outcome::Interrupted) => say(format_args!(
+            "{kind} {} still running {:?} after the shutdown request: killed",
+            bundle.name,
+            containers::SHUTDOWN_GRACE
+        )),
         Err(e) => {
             say(format_args!("{kind} {} failed: {e:#}", bundle.name));
             containers::print_log_tail(&bundle.name, &log);
@@ -377,32 +462,54 @@ fn wait_and_shutdown(
     events: &mut Events,
     running: Option<(&Runtime, Running)>,
     mut pending: Option<(FirstServiceWatch, Timeline)>,
+    state: &mut guard::State,
     test: bool,
 ) -> ! {
-    let action = loop {
-        if let Some(action) = events.shutdown {
-            break action;
-        }
-        match &mut pending {
-            Some((watch, timeline)) => {
-                events.wait(WATCH_INTERVAL);
-                if events.shutdown.is_none() && watch.poll(timeline) {
-                    report(timeline);
-                    pending = None;
-                }
-            }
-            None => events.wait(Duration::from_secs(60)),
-        }
-    };
-    if let Some((_, timeline)) = pending {
-        report(&timeline);
-    }
+    // A shutdown that was under way when the init crashed: its onshutdown containers ran, or
+    // ran partly, and are not run again.
+    let resumed_shutdown = state.shutdown.is_some();
     let (runtime, mut services) = match running {
         Some((r, s)) => (Some(r), s),
         None => (None, Running::Nothing),
     };
+    let action = loop {
+        if let Some(action) = events.shutdown {
+            break action;
+        }
+        let mut wait = match pending {
+            Some(_) => WATCH_INTERVAL,
+            None => Duration::from_secs(60),
+        };
+        if let Running::Engine(engine) = &services
+            && let Some(at) = engine.next_start()
+        {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        events.wait(wait);
+        if events.shutdown.is_some() {
+            continue;
+        }
+        if let Running::Engine(engine) = &mut services
+            && engine.tend(events)
+        {
+            state.engine = engine.pid();
+            state.save();
+        }
+        if let Some((watch, timeline)) = &mut pending
+            && watch.poll(timeline)
+        {
+            report(timeline);
+            pending = None;
+        }
+    };
+    state.shutdown = Some(action);
+    state.save();
+    if let Some((_, timeline)) = pending {
+        report(&timeline);
+    }
     for step in shutdown::plan(action) {
         match step {
+            Step::RunOnShutdown if resumed_shutdown => {}
             Step::RunOnShutdown => {
                 if let Some(runtime) = runtime {
                     for bundle in containers::list(&Path::new(CONTAINERS).join("onshutdown"))
@@ -415,6 +522,7 @@ fn wait_and_shutdown(
             Step::StopServices => match std::mem::replace(&mut services, Running::Nothing) {
                 Running::Engine(engine) => engine.stop(events, ENGINE_PATIENCE),
                 Running::Direct(s) => s.stop(events, GRACE),
+                Running::Adopted(pids) => stop_adopted(events, &pids),
                 Running::Nothing => {}
             },
             Step::KillRemaining => kill_remaining(events),
@@ -430,6 +538,29 @@ fn wait_and_shutdown(
         }
     }
     unreachable!("the plan ends with Step::End");
+}
+
+/// SIGTERM to the services an earlier run of the init started, and their grace period; what
+/// is left goes with the final kill of every process.
+fn stop_adopted(events: &mut Events, pids: &[i32]) {
+    for &pid in pids {
+        events.watch(pid);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let mut left: Vec<i32> = pids.to_vec();
+    let deadline = Instant::now() + GRACE;
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|&pid| events.exit_of(pid).is_none() && pid_exists(pid));
+        events.wait(Duration::from_millis(100));
+    }
+}
+
+/// Whether `pid` is still a process (one reaped before the init re-executed is not).
+fn pid_exists(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 /// kill(-1) from PID 1 reaches every process but itself (in its pid namespace).

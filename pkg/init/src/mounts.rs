@@ -54,6 +54,14 @@ const NOSUID_NODEV_NOEXEC: MountFlags = MountFlags::NOSUID
     .union(MountFlags::NOEXEC);
 
 /// The API filesystems, parents before children.
+///
+/// `/run`, `/tmp` and `/var` are tmpfs, which the kernel lets grow to half the RAM each unless
+/// told otherwise: three of them could promise 150% of the machine and one runaway writer
+/// could take every page the services need. Their caps add up to 80% and leave a fifth of the
+/// RAM to processes whatever is written: `/run` 25% (the writable layers of containers and
+/// the engine's state live there), `/tmp` 15%, `/var` 40% (logs, and the images and stores
+/// that `slipway-engine run` pulls). A tmpfs only uses the pages it holds, so the caps cost
+/// nothing until they are reached; a state disk mounted under `/var` is not bounded by them.
 pub const EARLY: &[Mount] = &[
     m("/proc", "proc", NOSUID_NODEV_NOEXEC, "", false),
     m("/sys", "sysfs", NOSUID_NODEV_NOEXEC, "", true),
@@ -76,25 +84,45 @@ pub const EARLY: &[Mount] = &[
         "/run",
         "tmpfs",
         MountFlags::NOSUID.union(MountFlags::NODEV),
-        "mode=0755",
+        "mode=0755,size=25%",
         false,
     ),
     m(
         "/tmp",
         "tmpfs",
         MountFlags::NOSUID.union(MountFlags::NODEV),
-        "mode=1777",
+        "mode=1777,size=15%",
         false,
     ),
     m(
         "/var",
         "tmpfs",
         MountFlags::NOSUID.union(MountFlags::NODEV),
-        "mode=0755",
+        "mode=0755,size=40%",
         false,
     ),
     m("/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, "", true),
 ];
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn writable_tmpfs_mounts_are_capped_below_the_ram() {
+        let mut total = 0;
+        for target in ["/run", "/tmp", "/var"] {
+            let mnt = early(target).unwrap();
+            let size = mnt
+                .data
+                .split(',')
+                .find_map(|o| o.strip_prefix("size="))
+                .unwrap_or_else(|| panic!("{target} has no size= option"));
+            total += size.strip_suffix('%').unwrap().parse::<u32>().unwrap();
+        }
+        assert!(total <= 80, "tmpfs caps add up to {total}% of the RAM");
+    }
+}
 
 pub fn mount_one(mnt: &Mount) -> Result<(), Error> {
     let target = Path::new(mnt.target);

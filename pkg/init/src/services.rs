@@ -69,6 +69,11 @@ impl Services {
         }
     }
 
+    /// The services' main processes, for a re-executed init to stop at shutdown.
+    pub fn pids(&self) -> Vec<i32> {
+        self.running.iter().filter_map(|c| c.pid().ok()).collect()
+    }
+
     pub fn first_started(&self) -> Option<(String, u64)> {
         self.first_started.clone()
     }

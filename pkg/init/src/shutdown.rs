@@ -24,6 +24,13 @@ impl Action {
         }
     }
 
+    /// The inverse of [`Action::describe`].
+    pub fn from_description(text: &str) -> Option<Self> {
+        [Self::PowerOff, Self::Reboot, Self::Halt]
+            .into_iter()
+            .find(|a| a.describe() == text)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Self::PowerOff => "power off",
