@@ -15,6 +15,11 @@
 //! - an init program (the engine's reaping shim) run as a container's first process, in front of
 //!   its command, without a file in the container ([`Runtime::with_init`]).
 
+/// The tracing target of libcontainer's container-init warnings. Built without seccomp (see
+/// Cargo.toml), it warns at every container start that seccomp is not there to enforce
+/// `noNewPrivileges` (which the kernel's prctl does anyway): loggers raise this target to errors.
+pub const NO_SECCOMP_WARNINGS: &str = "libcontainer::process::init::process";
+
 use std::ffi::{CString, OsString};
 use std::fs;
 use std::io;

@@ -168,6 +168,7 @@ pub fn main() -> ExitCode {
                 .with_default(tracing::Level::INFO)
                 .with_target("libcgroups", tracing::Level::ERROR)
                 .with_target("libcontainer", tracing::Level::WARN)
+                .with_target(slipway_runtime::NO_SECCOMP_WARNINGS, tracing::Level::ERROR)
         });
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

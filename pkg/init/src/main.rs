@@ -69,7 +69,9 @@ fn init_logging() {
     // still show, and everything does with slipway.log=info or debug.
     let mut filter = Targets::new().with_default(level);
     if level <= tracing::Level::WARN {
-        filter = filter.with_target("libcgroups", tracing::Level::ERROR);
+        filter = filter
+            .with_target("libcgroups", tracing::Level::ERROR)
+            .with_target(slipway_runtime::NO_SECCOMP_WARNINGS, tracing::Level::ERROR);
     }
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
