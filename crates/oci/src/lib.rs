@@ -20,7 +20,10 @@ pub mod tree;
 use std::path::PathBuf;
 
 pub use digest::Digest;
-pub use flatten::{FlattenError, flatten_into_tree, unpack_to_dir};
+pub use flatten::{
+    FlattenError, Limits, flatten_into_tree, flatten_into_tree_with, unpack_to_dir,
+    unpack_to_dir_with,
+};
 pub use registry::NetOptions;
 pub use resolve::{PullOptions, ResolvedImage, push, resolve};
 pub use store::{Store, StoreError};
