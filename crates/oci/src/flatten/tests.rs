@@ -76,6 +76,8 @@ fn apply_both(layers: &[Vec<u8>]) -> (Tree, tempfile::TempDir) {
             &d,
             Box::new(Cursor::new(l.clone())),
             &mut tree,
+            &Limits::default(),
+            &mut Usage::default(),
         )
         .unwrap();
         apply_layer(
@@ -83,6 +85,8 @@ fn apply_both(layers: &[Vec<u8>]) -> (Tree, tempfile::TempDir) {
             &d,
             Box::new(Cursor::new(l.clone())),
             &mut dsink,
+            &Limits::default(),
+            &mut Usage::default(),
         )
         .unwrap();
     }
