@@ -251,6 +251,8 @@ fn gzip_zstd_and_plain_layers_are_all_read() {
             &d,
             open_layer(&store, &d).unwrap(),
             &mut tree,
+            &Limits::default(),
+            &mut Usage::default(),
         )
         .unwrap();
     }
