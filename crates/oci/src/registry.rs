@@ -542,6 +542,9 @@ impl Registry {
             // oci-client's own verification reports a digest mismatch as a stream error after
             // the last chunk; the check below names both digests.
             Some(_) if received == size => {}
+            // The answer ended early and cleanly; oci-client then reports the digest of the
+            // part it saw, but the size is what is wrong.
+            Some(e) if !transient_error(&e) => return Err(wrong_size(received, false)),
             Some(e) => {
                 let transient = transient_error(&e);
                 let err = self.io_failure(reference, &e);
