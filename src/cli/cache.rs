@@ -32,6 +32,7 @@ impl PullArgs {
             offline: self.offline,
             arch: self.arch.clone(),
             insecure_registries: self.insecure_registries.clone(),
+            ..PullOptions::default()
         }
     }
 }

@@ -11,6 +11,11 @@
 //! are resolved the way the container will see them: an absolute target starts again at the image
 //! root, never at the host's.
 //!
+//! Layers are also bounded ([`Limits`]): the size of one entry, the unpacked size and entry count
+//! of a whole image, and the length of names (whole paths and single components, link targets
+//! included). The defaults are far above any real image; a layer beyond them is refused, naming
+//! the image, layer and entry, before its content is written.
+//!
 //! Two sinks share that logic: [`flatten_into_tree`] (the image builder's in-memory tree) and
 //! [`unpack_to_dir`] (a real directory, for the container engine).
 
@@ -30,6 +35,97 @@ use super::tree::{Entry, Kind, Tree};
 
 /// How many symlinks one path may traverse (Linux's own limit).
 const MAX_SYMLINK_HOPS: usize = 40;
+
+/// Bounds on what flattening one image (all its layers together) may produce.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest single entry's content.
+    pub max_entry_size: u64,
+    /// The sum of every entry's content over all layers.
+    pub max_total_size: u64,
+    /// The longest entry path or link target, in bytes (Linux's PATH_MAX).
+    pub max_path_len: usize,
+    /// The longest path component, in bytes (Linux's NAME_MAX).
+    pub max_name_len: usize,
+    /// Entries over all layers, whiteouts included.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entry_size: 16 << 30,
+            max_total_size: 64 << 30,
+            max_path_len: 4096,
+            max_name_len: 255,
+            max_entries: 4_000_000,
+        }
+    }
+}
+
+/// What the layers applied so far used of the [`Limits`].
+#[derive(Default)]
+struct Usage {
+    bytes: u64,
+    entries: u64,
+}
+
+impl Usage {
+    /// Counts one more entry of `size` bytes named `raw`, refusing it when it passes a limit.
+    fn admit(
+        &mut self,
+        limits: &Limits,
+        ctx: &Ctx,
+        raw: &[u8],
+        size: u64,
+    ) -> Result<(), FlattenError> {
+        self.entries += 1;
+        if self.entries > limits.max_entries {
+            return Err(ctx.reject(format!(
+                "the image has more than {} entries (limit)",
+                limits.max_entries
+            )));
+        }
+        check_name(limits, ctx, "path", raw)?;
+        if size > limits.max_entry_size {
+            return Err(ctx.reject(format!(
+                "entry size {size} bytes exceeds the limit of {} bytes",
+                limits.max_entry_size
+            )));
+        }
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > limits.max_total_size {
+            return Err(ctx.reject(format!(
+                "the image unpacks to more than {} bytes (total size limit)",
+                limits.max_total_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a path or link target longer than `max_path_len` or with a component longer than
+/// `max_name_len`.
+fn check_name(limits: &Limits, ctx: &Ctx, what: &str, raw: &[u8]) -> Result<(), FlattenError> {
+    if raw.len() > limits.max_path_len {
+        return Err(ctx.reject(format!(
+            "{what} is {} bytes long, over the name length limit of {}",
+            raw.len(),
+            limits.max_path_len
+        )));
+    }
+    if let Some(c) = raw
+        .split(|b| *b == b'/')
+        .find(|c| c.len() > limits.max_name_len)
+    {
+        return Err(ctx.reject(format!(
+            "{what} has a {}-byte component, over the name length limit of {}",
+            c.len(),
+            limits.max_name_len
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlattenError {
@@ -233,7 +329,14 @@ pub fn apply_tar_to_tree(tree: Tree, name: &str, tar: Vec<u8>) -> Result<Tree, F
         tree,
         links: HashMap::new(),
     };
-    apply_layer(name, &digest, reader, &mut sink)?;
+    apply_layer(
+        name,
+        &digest,
+        reader,
+        &mut sink,
+        &Limits::default(),
+        &mut Usage::default(),
+    )?;
     Ok(sink.finish())
 }
 
@@ -241,13 +344,22 @@ fn apply_layers(
     store: &Store,
     image: &ResolvedImage,
     sink: &mut dyn Sink,
+    limits: &Limits,
 ) -> Result<(), FlattenError> {
+    let mut usage = Usage::default();
     let layers = image.layers().map_err(|e| FlattenError::Manifest {
         image: image.reference.clone(),
         reason: e.to_string(),
     })?;
     for layer in &layers {
-        apply_layer(&image.reference, layer, open_layer(store, layer)?, sink)?;
+        apply_layer(
+            &image.reference,
+            layer,
+            open_layer(store, layer)?,
+            sink,
+            limits,
+            &mut usage,
+        )?;
     }
     Ok(())
 }
@@ -257,6 +369,8 @@ fn apply_layer(
     layer: &Digest,
     reader: Box<dyn Read>,
     sink: &mut dyn Sink,
+    limits: &Limits,
+    usage: &mut Usage,
 ) -> Result<(), FlattenError> {
     let layer_err = |source| FlattenError::Layer {
         image: image.to_string(),
@@ -274,6 +388,10 @@ fn apply_layer(
             layer,
             entry: String::from_utf8_lossy(&raw).into_owned(),
         };
+        usage.admit(limits, &ctx, &raw, entry.size())?;
+        if let Some(target) = entry.link_name_bytes() {
+            check_name(limits, &ctx, "link target", &target)?;
+        }
         let path = clean_path(&raw).map_err(|r| ctx.reject(r))?;
         let Some((name, parent)) = path.split_last() else {
             continue;
@@ -503,11 +621,20 @@ impl TreeSink {
 
 /// The image's layers flattened into a tree (for the image builder).
 pub fn flatten_into_tree(store: &Store, image: &ResolvedImage) -> Result<Tree, FlattenError> {
+    flatten_into_tree_with(store, image, &Limits::default())
+}
+
+/// [`flatten_into_tree`] with other [`Limits`] than the defaults.
+pub fn flatten_into_tree_with(
+    store: &Store,
+    image: &ResolvedImage,
+    limits: &Limits,
+) -> Result<Tree, FlattenError> {
     let mut sink = TreeSink {
         tree: Tree::new(),
         links: HashMap::new(),
     };
-    apply_layers(store, image, &mut sink)?;
+    apply_layers(store, image, &mut sink, limits)?;
     Ok(sink.finish())
 }
 
@@ -706,6 +833,10 @@ impl Sink for DirSink {
                 )
                 .map_err(|e| ctx.io("mknod", e.into()))?;
                 self.owner(ctx, &dir, &name, meta)?;
+                // mknod's mode passes through the umask, and chown clears set-id bits: set the
+                // exact mode last.
+                rustix::fs::chmodat(&dir, name.as_str(), mode, AtFlags::empty())
+                    .map_err(|e| ctx.io("chmod", e.into()))?;
                 self.times(ctx, &dir, &name, meta)?;
             }
             Node::Fifo => {
@@ -809,8 +940,18 @@ pub fn unpack_to_dir(
     image: &ResolvedImage,
     dest: &Path,
 ) -> Result<(), FlattenError> {
+    unpack_to_dir_with(store, image, dest, &Limits::default())
+}
+
+/// [`unpack_to_dir`] with other [`Limits`] than the defaults.
+pub fn unpack_to_dir_with(
+    store: &Store,
+    image: &ResolvedImage,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<(), FlattenError> {
     let mut sink = open_dir_sink(dest)?;
-    apply_layers(store, image, &mut sink)
+    apply_layers(store, image, &mut sink, limits)
 }
 
 fn open_dir_sink(dest: &Path) -> Result<DirSink, FlattenError> {

@@ -20,7 +20,11 @@ pub mod tree;
 use std::path::PathBuf;
 
 pub use digest::Digest;
-pub use flatten::{FlattenError, flatten_into_tree, unpack_to_dir};
+pub use flatten::{
+    FlattenError, Limits, flatten_into_tree, flatten_into_tree_with, unpack_to_dir,
+    unpack_to_dir_with,
+};
+pub use registry::NetOptions;
 pub use resolve::{PullOptions, ResolvedImage, push, resolve};
 pub use store::{Store, StoreError};
 pub use tree::Tree;
@@ -59,6 +63,23 @@ pub enum OciError {
         reference: String,
         registry: String,
         credentials: String,
+        detail: String,
+    },
+    #[error(
+        "{reference}: blob {digest}: {detail}; the blob was discarded (descriptor size {expected})"
+    )]
+    BlobSize {
+        reference: String,
+        digest: Digest,
+        expected: u64,
+        detail: String,
+    },
+    #[error("{reference}: the registry's manifest is larger than the {limit}-byte limit")]
+    ManifestTooLarge { reference: String, limit: u64 },
+    #[error("{reference}: registry {registry}: {detail}")]
+    Network {
+        reference: String,
+        registry: String,
         detail: String,
     },
     #[error("{reference}: registry error: {source}")]

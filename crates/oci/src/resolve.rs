@@ -13,7 +13,7 @@ use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest,
 use super::OciError;
 use super::digest::Digest;
 use super::progress::Progress;
-use super::registry::Registry;
+use super::registry::{NetOptions, Registry};
 use super::store::Store;
 
 /// How many blobs download at once.
@@ -30,6 +30,8 @@ pub struct PullOptions {
     pub arch: String,
     /// Registries reached over plain HTTP besides loopback ones (`--insecure-registry HOST`).
     pub insecure_registries: Vec<String>,
+    /// Timeouts, retries and size caps of registry I/O.
+    pub net: NetOptions,
 }
 
 impl Default for PullOptions {
@@ -39,6 +41,7 @@ impl Default for PullOptions {
             offline: false,
             arch: host_arch().to_string(),
             insecure_registries: Vec::new(),
+            net: NetOptions::default(),
         }
     }
 }
@@ -141,7 +144,7 @@ pub fn push(
     let bytes = read_verified(store, &r, &top)?;
     let media_type = media_type_of(&bytes);
     block_on(async {
-        let reg = Registry::new(&t, &opts.insecure_registries);
+        let reg = Registry::new(&t, &opts.insecure_registries, &opts.net);
         reg.authenticate(&t, RegistryOperation::Push).await?;
         if is_index(&bytes) {
             let index: ImageIndex = parse_json(&r, &bytes)?;
@@ -272,7 +275,7 @@ async fn remote(
     r: &Reference,
     opts: &PullOptions,
 ) -> Result<ResolvedImage, OciError> {
-    let reg = Registry::new(r, &opts.insecure_registries);
+    let reg = Registry::new(r, &opts.insecure_registries, &opts.net);
     reg.authenticate(r, RegistryOperation::Pull).await?;
     let top_bytes = reg.manifest_raw(r).await?;
     let top = Digest::of(&top_bytes);

@@ -6,6 +6,9 @@
 //! Invariants, so that several slipway processes can share one store:
 //! - a blob is streamed to a temporary file beside its final place, verified, then renamed in, so a
 //!   blob path that exists always holds exactly the bytes of its digest;
+//! - a blob whose file changed after it was verified (size, mtime, ctime or inode differ from what
+//!   `ROOT/verified/<hex>` recorded) is hashed again when opened; one that no longer matches its
+//!   digest is refused and removed, so the next pull fetches it again;
 //! - `index.json` is only rewritten under an exclusive lock on `ROOT/index.lock`, as a temporary
 //!   file renamed into place, so readers never see a torn file and concurrent tags are not lost;
 //! - garbage collection (`rm`, `clean`) takes `ROOT/gc.lock` exclusively, while anything that writes
@@ -14,7 +17,8 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType};
@@ -33,6 +37,14 @@ pub enum StoreError {
         expected: Digest,
         actual: Digest,
         source_name: String,
+    },
+    #[error(
+        "{path}: blob {expected} changed after it was stored (its content is now {actual}); it was removed, pull the image again"
+    )]
+    Changed {
+        path: PathBuf,
+        expected: Digest,
+        actual: Digest,
     },
     #[error("blob {0} is not in the store")]
     MissingBlob(Digest),
@@ -132,11 +144,60 @@ impl Store {
     ) -> Result<(), StoreError> {
         let dest = self.blob_path(digest);
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
-        tmp.persist(&dest).map_err(|e| StoreError::Io {
-            path: dest,
+        let file = tmp.persist(&dest).map_err(|e| StoreError::Io {
+            path: dest.clone(),
             source: e.error,
         })?;
-        Ok(())
+        let meta = file.metadata().map_err(io_err(&dest))?;
+        self.record_verified(digest, &meta)
+    }
+
+    fn verified_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("verified").join(d.hex())
+    }
+
+    /// What a blob file looked like when its content was last checked against its digest. ctime
+    /// is included because no one can set it back: a rewrite that restores size and mtime still
+    /// shows.
+    fn fingerprint(meta: &fs::Metadata) -> String {
+        format!(
+            "{} {} {} {} {} {}",
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.ino()
+        )
+    }
+
+    fn record_verified(&self, d: &Digest, meta: &fs::Metadata) -> Result<(), StoreError> {
+        let dir = self.root.join("verified");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        write_atomic(&self.verified_path(d), Self::fingerprint(meta).as_bytes())
+    }
+
+    /// Checks an opened blob file: unchanged since its last verification, or hashed again now.
+    /// A blob that no longer matches its digest is removed and refused.
+    fn check_blob(&self, d: &Digest, file: &mut File) -> Result<(), StoreError> {
+        let path = self.blob_path(d);
+        let meta = file.metadata().map_err(io_err(&path))?;
+        let recorded = fs::read_to_string(self.verified_path(d)).unwrap_or_default();
+        if recorded == Self::fingerprint(&meta) {
+            return Ok(());
+        }
+        let actual = Digest::of_reader(&mut *file).map_err(io_err(&path))?;
+        file.rewind().map_err(io_err(&path))?;
+        if &actual != d {
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(self.verified_path(d));
+            return Err(StoreError::Changed {
+                path,
+                expected: d.clone(),
+                actual,
+            });
+        }
+        self.record_verified(d, &meta)
     }
 
     /// Stores `data`, returning its digest. Atomic; storing an existing blob is a no-op.
@@ -200,26 +261,28 @@ impl Store {
         Ok(actual)
     }
 
+    /// A blob's bytes, checked against its digest when its file changed since it was verified.
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
-        let path = self.blob_path(d);
-        match fs::read(&path) {
-            Ok(data) => Ok(data),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StoreError::MissingBlob(d.clone()))
-            }
-            Err(source) => Err(StoreError::Io { path, source }),
-        }
+        let mut file = self.open_blob(d)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)
+            .map_err(io_err(&self.blob_path(d)))?;
+        Ok(data)
     }
 
+    /// A blob opened for reading, checked against its digest when its file changed since it was
+    /// verified.
     pub fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
         let path = self.blob_path(d);
-        File::open(&path).map_err(|e| {
+        let mut file = File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 StoreError::MissingBlob(d.clone())
             } else {
                 StoreError::Io { path, source: e }
             }
-        })
+        })?;
+        self.check_blob(d, &mut file)?;
+        Ok(file)
     }
 
     /// Reads a JSON blob (manifest, index, config) and parses it.
@@ -325,6 +388,14 @@ impl Store {
             if !live.contains(&name) {
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
                 removed += 1;
+            }
+        }
+        let verified = self.root.join("verified");
+        if let Ok(entries) = fs::read_dir(&verified) {
+            for entry in entries.flatten() {
+                if !live.contains(&*entry.file_name().to_string_lossy()) {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
         }
         Ok(removed)
@@ -478,6 +549,34 @@ mod tests {
             store.put_blob_file(&src, None).unwrap(),
             Digest::of(b"other bytes")
         );
+    }
+
+    #[test]
+    fn a_blob_modified_after_it_was_stored_is_refused_on_read() {
+        let (_dir, store) = temp_store();
+        let d = store.put_blob(b"the layer as pulled").unwrap();
+        // Unchanged: read as usual, opened as usual.
+        assert_eq!(store.read_blob(&d).unwrap(), b"the layer as pulled");
+        store.open_blob(&d).unwrap();
+        // Same size, different bytes: only the file's metadata betrays it.
+        fs::write(store.blob_path(&d), b"the layer as altered").unwrap();
+        let err = store.open_blob(&d).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&d.to_string())
+                && msg.contains(&Digest::of(b"the layer as altered").to_string())
+                && msg.contains("changed after it was stored"),
+            "{msg}"
+        );
+        assert!(!store.has_blob(&d), "the altered blob is removed");
+        assert!(matches!(
+            store.read_blob(&d),
+            Err(StoreError::MissingBlob(_))
+        ));
+        // Touched but intact (metadata changed, content not): hashed again and accepted.
+        let e = store.put_blob(b"intact").unwrap();
+        fs::write(store.blob_path(&e), b"intact").unwrap();
+        assert_eq!(store.read_blob(&e).unwrap(), b"intact");
     }
 
     #[test]

@@ -76,6 +76,8 @@ fn apply_both(layers: &[Vec<u8>]) -> (Tree, tempfile::TempDir) {
             &d,
             Box::new(Cursor::new(l.clone())),
             &mut tree,
+            &Limits::default(),
+            &mut Usage::default(),
         )
         .unwrap();
         apply_layer(
@@ -83,6 +85,8 @@ fn apply_both(layers: &[Vec<u8>]) -> (Tree, tempfile::TempDir) {
             &d,
             Box::new(Cursor::new(l.clone())),
             &mut dsink,
+            &Limits::default(),
+            &mut Usage::default(),
         )
         .unwrap();
     }
@@ -247,6 +251,8 @@ fn gzip_zstd_and_plain_layers_are_all_read() {
             &d,
             open_layer(&store, &d).unwrap(),
             &mut tree,
+            &Limits::default(),
+            &mut Usage::default(),
         )
         .unwrap();
     }
