@@ -450,3 +450,46 @@ fn max_size_fails_an_image_over_budget_with_the_report_and_writes_nothing() {
         .failure()
         .stderr(predicate::str::contains("--max-size"));
 }
+
+#[test]
+fn the_docker_format_streams_to_standard_output_without_the_kernel() {
+    let ws = Workspace::new();
+    let manifest = ws.manifest("two", 2);
+    let out = ws
+        .build(&["-f", "docker", "-o", "-"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut paths = Vec::new();
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    for entry in archive.entries().unwrap() {
+        paths.push(
+            entry
+                .unwrap()
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.ends_with("services/s0/lower/bin/app")),
+        "{paths:?}"
+    );
+    assert!(!paths.iter().any(|p| p.starts_with("boot")), "{paths:?}");
+    // -o takes one streamable format.
+    ws.build(&["-f", "docker,tar", "-o", "-"])
+        .arg(&manifest)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "use it with `-f tar` or `-f docker` alone",
+        ));
+}

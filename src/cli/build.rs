@@ -472,8 +472,10 @@ fn formats(args: &Args, name: &str) -> anyhow::Result<Vec<&'static Format>> {
             formats.push(f);
         }
     }
-    if args.output.is_some() && (formats.len() != 1 || formats[0].name != "tar") {
-        anyhow::bail!("-o writes one streamable output: use it with `-f tar` alone");
+    if args.output.is_some()
+        && (formats.len() != 1 || !["tar", "docker"].contains(&formats[0].name))
+    {
+        anyhow::bail!("-o writes one streamable output: use it with `-f tar` or `-f docker` alone");
     }
     check_collisions(&formats, name)?;
     Ok(formats)
@@ -660,18 +662,28 @@ impl<'a> Writer<'a> {
     fn tar(&mut self, f: &Format) -> anyhow::Result<Vec<Output>> {
         let empty = BootSpec::default();
         let boot = self.boot.unwrap_or(&empty);
+        let tree = self.tree;
+        self.streamable(f, |w| format::tar::write_tar(tree, boot, w).map(|_| ()))
+    }
+
+    /// A format that can stream: to `-o -` (standard output), to `-o FILE`, or to its file.
+    fn streamable(
+        &mut self,
+        f: &Format,
+        write: impl Fn(&mut dyn std::io::Write) -> Result<(), format::FormatError>,
+    ) -> anyhow::Result<Vec<Output>> {
         match self.args.output.as_deref() {
             Some("-") => {
                 // A stream cannot be taken back: the budget is checked after the fact.
-                let stdout = Counted {
+                let mut stdout = Counted {
                     inner: std::io::BufWriter::new(std::io::stdout().lock()),
                     bytes: 0,
                 };
-                let mut w = format::tar::write_tar(self.tree, boot, stdout)?;
-                std::io::Write::flush(&mut w)?;
+                write(&mut stdout)?;
+                std::io::Write::flush(&mut stdout)?;
                 Ok(vec![Output {
                     path: "-".into(),
-                    bytes: w.bytes,
+                    bytes: stdout.bytes,
                     budgeted: true,
                     staged: None,
                 }])
@@ -680,9 +692,7 @@ impl<'a> Writer<'a> {
                 let path = out
                     .map(PathBuf::from)
                     .unwrap_or_else(|| f.file(0, &self.args.dir, self.name));
-                let staged = Staged::write(&path, |w| {
-                    format::tar::write_tar(self.tree, boot, w).map(|_| ())
-                })?;
+                let staged = Staged::write(&path, |w| write(w))?;
                 Ok(vec![Output::staged(staged, true)])
             }
         }
@@ -780,11 +790,8 @@ impl<'a> Writer<'a> {
 
     /// The root tree as a tar for `docker import` (no kernel: the host's runs it).
     fn docker(&mut self, f: &Format) -> anyhow::Result<Vec<Output>> {
-        let path = f.file(0, &self.args.dir, self.name);
-        let staged = Staged::write(&path, |w| {
-            format::docker::write_docker(self.tree, w).map(|_| ())
-        })?;
-        Ok(vec![Output::staged(staged, true)])
+        let tree = self.tree;
+        self.streamable(f, |w| format::docker::write_docker(tree, w).map(|_| ()))
     }
 }
 
