@@ -318,7 +318,9 @@ fn grace(body: &[u8]) -> Result<Option<Duration>, ApiError> {
 
 /// Turns a request into a [`Call`] without touching the engine: every path, method, query and
 /// body gets a call or an error, never a panic (the tests below throw random ones at it).
-fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Call, ApiError> {
+/// Public for the fuzz target `router` (fuzz/), which only checks that it returns.
+#[allow(private_interfaces)]
+pub fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Call, ApiError> {
     let matched = routes().at(path).map_err(|_| unmatched(path))?;
     let endpoint = *matched.value;
     let name = match matched.params.get("name") {
