@@ -88,7 +88,8 @@ pub async fn serve(listener: UnixListener, engine: Engine) {
     }
 }
 
-struct ApiError(StatusCode, String);
+/// A refused request: the status and message the client gets (public with [`parse`]).
+pub struct ApiError(StatusCode, String);
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
@@ -228,9 +229,9 @@ fn routes() -> &'static matchit::Router<Endpoint> {
     })
 }
 
-/// A request, checked completely: what the engine is asked to do.
+/// A request, checked completely: what the engine is asked to do (public with [`parse`]).
 #[derive(Debug)]
-enum Call {
+pub enum Call {
     List,
     Run(RunRequest),
     Inspect(String),
@@ -318,7 +319,8 @@ fn grace(body: &[u8]) -> Result<Option<Duration>, ApiError> {
 
 /// Turns a request into a [`Call`] without touching the engine: every path, method, query and
 /// body gets a call or an error, never a panic (the tests below throw random ones at it).
-fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Call, ApiError> {
+/// Public for the fuzz target `router` (fuzz/), which only checks that it returns.
+pub fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Call, ApiError> {
     let matched = routes().at(path).map_err(|_| unmatched(path))?;
     let endpoint = *matched.value;
     let name = match matched.params.get("name") {
