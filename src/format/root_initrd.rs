@@ -71,10 +71,12 @@ pub struct RootFiles {
 impl RootFiles {
     /// The names for `NAME` in `dir`, `root_suffix` being `squashfs.img` or `root.iso`.
     pub fn paths(dir: &Path, name: &str, root_suffix: &str) -> RootFiles {
+        // The same kernel, initrd and command line names as kernel+initrd (LinuxKit's).
+        let shared = super::kernel_initrd::KernelInitrdFiles::paths(dir, name);
         RootFiles {
-            kernel: dir.join(format!("{name}-kernel")),
-            cmdline: dir.join(format!("{name}-cmdline")),
-            initrd: dir.join(format!("{name}-initrd.img")),
+            kernel: shared.kernel,
+            cmdline: shared.cmdline,
+            initrd: shared.initrd,
             root: dir.join(format!("{name}-{root_suffix}")),
         }
     }
