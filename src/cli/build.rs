@@ -50,6 +50,15 @@ pub struct Args {
     /// larger than SIZE: bytes, or with a unit (`5M` = 5,000,000 bytes, `5MiB` = 5 x 2^20).
     #[arg(long, value_name = "SIZE")]
     pub max_size: Option<bytesize::ByteSize>,
+    /// Build LinuxKit's manifests unchanged: every `linuxkit/NAME:TAG` image (any tag) is this
+    /// project's package (`kernel/`, `pkg/init`, `pkg/engine` for runc and containerd,
+    /// `pkg/NAME`), built when the store lacks it.
+    #[arg(long)]
+    pub linuxkit: bool,
+    /// The project root `--linuxkit` takes packages from (default: the first folder from the
+    /// current one upward that has pkg/init/build.yml).
+    #[arg(long, value_name = "DIR", requires = "linuxkit")]
+    pub pkg_root: Option<PathBuf>,
     #[command(flatten)]
     pub pull: PullArgs,
     /// Manifest files, merged in order; `-` reads standard input.
@@ -76,7 +85,11 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             .or_insert_with(|| crate::pkg::show_tag(dir).map_err(|e| e.to_string()))
             .clone()
     };
-    let merged = manifest::load(sources, &tagger)?;
+    let linuxkit = linuxkit_packages(&args)?;
+    let (merged, substitutions) = manifest::load_with(sources, &tagger, linuxkit.as_ref())?;
+    for s in &substitutions {
+        eprintln!("linuxkit: {s}");
+    }
     // Refused before any image is pulled or package built (a dry run only checks the manifest).
     if !args.dry_run
         && merged.manifest.kernel.is_none()
@@ -244,6 +257,19 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The project root of `--linuxkit`, if asked for.
+fn linuxkit_packages(args: &Args) -> anyhow::Result<Option<manifest::linuxkit::Packages>> {
+    use manifest::linuxkit::Packages;
+    if !args.linuxkit {
+        return Ok(None);
+    }
+    let packages = match &args.pkg_root {
+        Some(dir) => Packages::at(dir),
+        None => Packages::find(&std::env::current_dir().context("the current folder")?),
+    };
+    packages.map(Some).map_err(|e| anyhow::anyhow!("--linuxkit: {e}"))
 }
 
 /// Whether the store holds an image named `tag`, with its manifest.

@@ -9,6 +9,7 @@
 
 mod error;
 pub mod label;
+pub mod linuxkit;
 mod merge;
 mod parse;
 pub mod path;
@@ -34,15 +35,35 @@ pub fn parse_document(source: Source) -> Result<Document, ManifestError> {
 
 /// Parses, expands templates, merges and validates several manifest files, in order.
 pub fn load(sources: Vec<Source>, tagger: PkgTagger<'_>) -> Result<Merged, ManifestError> {
+    load_with(sources, tagger, None).map(|(merged, _)| merged)
+}
+
+/// [`load`], with LinuxKit's package images replaced by the project's own packages first
+/// (`build --linuxkit`) when `linuxkit` is given; returns what was replaced.
+pub fn load_with(
+    sources: Vec<Source>,
+    tagger: PkgTagger<'_>,
+    linuxkit: Option<&linuxkit::Packages>,
+) -> Result<(Merged, Vec<linuxkit::Substitution>), ManifestError> {
     let mut docs = Vec::with_capacity(sources.len());
+    let mut substitutions = Vec::new();
+    let mut seen_init = std::collections::BTreeSet::new();
     for source in sources {
         let mut doc = parse_document(source)?;
+        if let Some(packages) = linuxkit {
+            substitutions.extend(linuxkit::substitute(
+                &mut doc,
+                packages,
+                tagger,
+                &mut seen_init,
+            )?);
+        }
         template::expand(&mut doc, tagger)?;
         docs.push(doc);
     }
     let merged = merge::merge(docs);
     validate::validate(&merged)?;
-    Ok(merged)
+    Ok((merged, substitutions))
 }
 
 /// Prints a manifest as YAML (the form `build --dry-run` shows, and that parses back the same).

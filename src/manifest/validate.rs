@@ -354,13 +354,20 @@ impl Checker<'_> {
                 "a mount needs at least a destination, a type or a source",
             ));
         }
+        // The OCI runtime spec still allows a relative destination, taken relative to `/`, and
+        // LinuxKit's own tests write one (`destination: writeable-host-etc`): accepted, with a
+        // warning, as LinuxKit does; the bundle writer makes it absolute.
         if let Some(d) = &m.destination
             && !d.starts_with('/')
         {
-            return Err(self.err(
+            if d.is_empty() {
+                return Err(self.err(&p.key("destination"), "mount destination is empty"));
+            }
+            let at = self.err(
                 &p.key("destination"),
-                format!("mount destination `{d}` must be an absolute path"),
-            ));
+                format!("mount destination `{d}` is relative: taken as `/{d}`"),
+            );
+            tracing::warn!("{at}");
         }
         if let Some(src) = &m.source {
             let read_only = m.options.iter().flatten().any(|o| o == "ro");

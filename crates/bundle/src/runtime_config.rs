@@ -369,6 +369,12 @@ fn infer_mount(m: &Mount) -> Mount {
             .and_then(|k| SPECIAL.iter().find(|(t, _)| *t == k))
             .map(|(_, d)| d.to_string());
     }
+    // A relative destination is relative to `/` (the OCI runtime spec's compatibility rule).
+    if let Some(d) = &m.destination
+        && !d.starts_with('/')
+    {
+        m.destination = Some(format!("/{d}"));
+    }
     if m.source.is_none() {
         m.source = m.kind.clone();
     }
