@@ -230,3 +230,12 @@ fn x_slipway_travels_to_the_engine_as_annotations() {
         json!({"test": ["/bin/check", "-q"], "interval": "1s", "retries": 2})
     );
 }
+
+#[test]
+fn a_relative_mount_destination_is_taken_relative_to_root() {
+    let c = image(
+        "name: a\nimage: x\nmounts:\n  - type: overlay\n    source: overlay\n    destination: writeable-host-etc\n    options: [rw, lowerdir=/etc]\n",
+    );
+    let spec = runtime_config(&c, None, &BTreeMap::new());
+    assert_eq!(mount(&spec, "/writeable-host-etc")["type"], "overlay");
+}

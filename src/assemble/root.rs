@@ -148,9 +148,25 @@ pub fn assemble(
         }
     }
     for (i, v) in m.volumes.iter().enumerate() {
+        // LinuxKit writes `format: oci` volumes as an OCI image layout; Slipway does not yet,
+        // and a volume silently holding something else would mislead (a dry run accepts it).
+        if v.format.as_deref() == Some("oci") {
+            return Err(manifest_error(
+                merged,
+                &FieldPath::root().key("volumes").index(i).key("format"),
+                format!(
+                    "volume `{}`: `format: oci` (an OCI image layout, with `platforms`) is not                      supported yet; use `format: filesystem` (the image's files)",
+                    v.name
+                ),
+            ));
+        }
         let dir = format!("{}/{}", slipway_layout::VOLUMES, v.name);
         tree.insert(&format!("{dir}/lower"), Entry::dir(0o755));
-        tree.insert(&format!("{dir}/tmp"), Entry::dir(0o755));
+        // The init mounts a writable overlay (upper layer on a tmpfs in `tmp/`) on `merged/`, or,
+        // when there is no `tmp/`, binds `lower/` read-only there.
+        if v.readonly != Some(true) {
+            tree.insert(&format!("{dir}/tmp"), Entry::dir(0o755));
+        }
         tree.insert(&format!("{dir}/merged"), Entry::dir(0o755));
         let mut part = Part {
             kind: PartKind::Volume,

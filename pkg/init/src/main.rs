@@ -31,6 +31,7 @@ mod root;
 mod services;
 mod shutdown;
 mod timeline;
+mod volumes;
 
 use std::fs;
 use std::path::Path;
@@ -372,6 +373,10 @@ fn boot(test: bool, started: u64, switched: Option<&root::Switched>, timeline: &
         }
         load_modules();
         timeline.mark("modules");
+    }
+    let mounted = volumes::mount_all(Path::new(slipway_layout::VOLUMES), say);
+    if !mounted.is_empty() {
+        say(format_args!("volumes mounted: {}", mounted.join(", ")));
     }
     let name = hostname::choose(Path::new("/"));
     match rustix::system::sethostname(name.as_bytes()) {
