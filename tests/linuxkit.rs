@@ -74,7 +74,11 @@ fn linuxkit_images_become_the_projects_packages_whatever_the_tag() {
         serde_json::json!([show_tag("pkg/init"), show_tag("pkg/engine")])
     );
     for (i, name) in packages().iter().enumerate() {
-        assert_eq!(m["onboot"][i]["image"], show_tag(&format!("pkg/{name}")), "{name}");
+        assert_eq!(
+            m["onboot"][i]["image"],
+            show_tag(&format!("pkg/{name}")),
+            "{name}"
+        );
         assert!(
             stderr.contains(&format!(
                 "onboot[{i}].image: linuxkit/{name}:0123456789abcdef -> pkg/{name}"
@@ -175,7 +179,11 @@ fn an_oci_format_volume_is_refused_at_build_naming_the_field() {
         "v.yml",
         "volumes:\n  - name: v\n    format: oci\n    platforms: [linux/amd64]\n",
     );
-    slipway().args(["build", "--dry-run"]).arg(&path).assert().success();
+    slipway()
+        .args(["build", "--dry-run"])
+        .arg(&path)
+        .assert()
+        .success();
     slipway()
         .args(["build", "-f", "tar", "--dir"])
         .arg(dir.path())
@@ -219,10 +227,14 @@ services:\n  - name: writer\n    image: linuxkit/busybox:v1\n    binds: [\"share
         .timeout(std::time::Duration::from_secs(300))
         .output()
         .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let console =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         console.contains("slipway-volume: msg=written-by-writer lower=present ro=refused"),
         "{console}"
     );
-    assert!(console.contains("volumes mounted: fixed, shared"), "{console}");
+    assert!(
+        console.contains("volumes mounted: fixed, shared"),
+        "{console}"
+    );
 }

@@ -269,7 +269,9 @@ fn linuxkit_packages(args: &Args) -> anyhow::Result<Option<manifest::linuxkit::P
         Some(dir) => Packages::at(dir),
         None => Packages::find(&std::env::current_dir().context("the current folder")?),
     };
-    packages.map(Some).map_err(|e| anyhow::anyhow!("--linuxkit: {e}"))
+    packages
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--linuxkit: {e}"))
 }
 
 /// Whether the store holds an image named `tag`, with its manifest.

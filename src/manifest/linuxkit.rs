@@ -227,9 +227,15 @@ mod tests {
     fn linuxkit_names_map_to_package_folders_whatever_the_tag() {
         for (reference, folder) in [
             ("linuxkit/kernel:6.6.13", Some("kernel")),
-            ("linuxkit/init:8eea386739975a43af558eec757a7dcb3a3d2e7b", Some("pkg/init")),
+            (
+                "linuxkit/init:8eea386739975a43af558eec757a7dcb3a3d2e7b",
+                Some("pkg/init"),
+            ),
             ("linuxkit/runc:v1.1", Some("pkg/engine")),
-            ("docker.io/linuxkit/containerd@sha256:00", Some("pkg/engine")),
+            (
+                "docker.io/linuxkit/containerd@sha256:00",
+                Some("pkg/engine"),
+            ),
             ("linuxkit/sshd", Some("pkg/sshd")),
             ("linuxkit/ca-certificates:x", Some("pkg/ca-certificates")),
             ("alpine:3.20", None),

@@ -10,7 +10,9 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use rustix::mount::{MountFlags, MountPropagationFlags, mount, mount_bind, mount_change, mount_remount};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, mount, mount_bind, mount_change, mount_remount,
+};
 
 /// Mounts every volume under `dir`; returns the names mounted, and says what failed (a volume
 /// that cannot be mounted does not stop the boot: the containers binding it fail instead).
@@ -34,7 +36,11 @@ pub fn mount_all(dir: &Path, say: impl Fn(String)) -> Vec<String> {
 }
 
 fn mount_one(volume: &Path) -> io::Result<()> {
-    let (lower, tmp, merged) = (volume.join("lower"), volume.join("tmp"), volume.join("merged"));
+    let (lower, tmp, merged) = (
+        volume.join("lower"),
+        volume.join("tmp"),
+        volume.join("merged"),
+    );
     if !tmp.is_dir() {
         mount_bind(&lower, &merged)?;
         mount_remount(&merged, MountFlags::BIND | MountFlags::RDONLY, c"")?;
@@ -50,7 +56,13 @@ fn mount_one(volume: &Path) -> io::Result<()> {
         tmp.join("work").display()
     );
     let data = CString::new(data).map_err(io::Error::other)?;
-    mount("overlay", &merged, "overlay", MountFlags::empty(), data.as_c_str())?;
+    mount(
+        "overlay",
+        &merged,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )?;
     // Containers bind it with `rshared` by default: the mount must be shared to be.
     mount_change(&merged, MountPropagationFlags::SHARED)?;
     Ok(())
