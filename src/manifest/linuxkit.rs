@@ -182,17 +182,17 @@ pub fn substitute(
     let mut dropped = Vec::new();
     for (i, mut reference) in std::mem::take(&mut m.init).into_iter().enumerate() {
         let original = reference.clone();
-        if let Some(folder) = one(root.key("init").index(i), &mut reference)? {
-            if !seen_init.insert(folder.clone()) {
-                dropped.push(Substitution {
-                    file: source.name.clone(),
-                    path: root.key("init").index(i).to_string(),
-                    from: original,
-                    package: folder,
-                    tag: None,
-                });
-                continue;
-            }
+        if let Some(folder) = one(root.key("init").index(i), &mut reference)?
+            && !seen_init.insert(folder.clone())
+        {
+            dropped.push(Substitution {
+                file: source.name.clone(),
+                path: root.key("init").index(i).to_string(),
+                from: original,
+                package: folder,
+                tag: None,
+            });
+            continue;
         }
         keep.push(reference);
     }
