@@ -82,15 +82,27 @@ fn metadata_from_a_cd_and_from_a_service_with_sysctl_rngd_and_poweroff() {
         std::thread::spawn(move || {
             let data = r#"{"greeting":{"entries":{"hello":{"perm":"0640","content":"hi from the CD"}}},"hostname":{"content":"cdbox"}}"#;
             let out = slipway(cache())
-                .args(["run", "qemu", "--networking", "none", "--mem", "512", "--timeout", "240"])
+                .args([
+                    "run",
+                    "qemu",
+                    "--networking",
+                    "none",
+                    "--mem",
+                    "512",
+                    "--timeout",
+                    "240",
+                ])
                 .arg("--state")
                 .arg(&state)
                 .args(["--data", data])
                 .arg(&target)
                 .output()
                 .unwrap();
-            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr))
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
         })
     };
     let port = fake_service();
@@ -146,7 +158,8 @@ fn a_missing_data_file_is_an_error_naming_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("reading --data-file {}", missing.display())) && err.contains("No such file"),
+        err.contains(&format!("reading --data-file {}", missing.display()))
+            && err.contains("No such file"),
         "{err}"
     );
 }
@@ -158,7 +171,11 @@ fn the_host_packages_build_to_the_same_digest_twice() {
             .args(["pkg", "build", "--json", "--force", dir])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{dir}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["images"][0]["digest"].as_str().unwrap().to_string()
     };

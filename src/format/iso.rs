@@ -193,6 +193,10 @@ mod metadata_tests {
         assert_eq!(&pvd[1..6], b"CD001");
         assert_eq!(String::from_utf8_lossy(&pvd[40..72]).trim(), "cidata");
         assert!(iso.windows(11).any(|w| w == b"{\"hello\":1}"));
-        assert_eq!(iso, metadata_cd(b"{\"hello\":1}").unwrap(), "not reproducible");
+        assert_eq!(
+            iso,
+            metadata_cd(b"{\"hello\":1}").unwrap(),
+            "not reproducible"
+        );
     }
 }

@@ -50,7 +50,9 @@ pub fn probe() -> Outcome {
             continue;
         };
         match iso_label(&path) {
-            Some(label) if label.eq_ignore_ascii_case("cidata") => candidates.insert(0, (name.clone(), path)),
+            Some(label) if label.eq_ignore_ascii_case("cidata") => {
+                candidates.insert(0, (name.clone(), path))
+            }
             Some(_) if name.starts_with("sr") => candidates.push((name.clone(), path)),
             _ => {}
         }
@@ -62,14 +64,19 @@ pub fn probe() -> Outcome {
         return Outcome::Failed(format!("creating {MOUNT_POINT}: {e}"));
     }
     if let Err(e) = rustix::mount::mount(&path, MOUNT_POINT, "iso9660", MountFlags::RDONLY, c"") {
-        return Outcome::Failed(format!("mounting /dev/{name} (iso9660) on {MOUNT_POINT}: {e}"));
+        return Outcome::Failed(format!(
+            "mounting /dev/{name} (iso9660) on {MOUNT_POINT}: {e}"
+        ));
     }
     let mut outcome = Outcome::Absent(format!("/dev/{name} has no {}", FILES.join(" or ")));
     for file in FILES {
         match fs::read(Path::new(MOUNT_POINT).join(file)) {
             Ok(data) => {
                 println!("metadata: cdrom: read {file} from /dev/{name}");
-                outcome = Outcome::Found(Found { userdata: Some(data), files: Vec::new() });
+                outcome = Outcome::Found(Found {
+                    userdata: Some(data),
+                    files: Vec::new(),
+                });
                 break;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -60,7 +60,8 @@ pub fn parse(raw: &[u8]) -> Result<Response, String> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or("not an HTTP response (no end of headers)")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "not an HTTP response (headers are not text)")?;
+    let head = std::str::from_utf8(&raw[..end])
+        .map_err(|_| "not an HTTP response (headers are not text)")?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let mut parts = status_line.splitn(3, ' ');
@@ -106,7 +107,13 @@ mod tests {
     #[test]
     fn a_response_with_a_length_is_cut_to_it() {
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
-        assert_eq!(r, Response { status: 200, body: b"abc".to_vec() });
+        assert_eq!(
+            r,
+            Response {
+                status: 200,
+                body: b"abc".to_vec()
+            }
+        );
     }
 
     #[test]

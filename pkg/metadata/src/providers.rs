@@ -66,7 +66,10 @@ fn text(body: &[u8], what: &str) -> Result<String, String> {
 fn one_line(body: &[u8], what: &str) -> Result<String, String> {
     let s = text(body, what)?;
     if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_control()) {
-        return Err(format!("{what}: not a single line of text: {:?}", s.chars().take(80).collect::<String>()));
+        return Err(format!(
+            "{what}: not a single line of text: {:?}",
+            s.chars().take(80).collect::<String>()
+        ));
     }
     Ok(s)
 }
@@ -87,7 +90,10 @@ pub fn aws(addr: SocketAddr) -> Outcome {
     };
     ok_or_failed((|| {
         let mut found = Found::default();
-        found.files.push(("instance_id".into(), one_line(&id, "instance-id")?.into_bytes()));
+        found.files.push((
+            "instance_id".into(),
+            one_line(&id, "instance-id")?.into_bytes(),
+        ));
         for (path, file) in [
             ("hostname", "hostname"),
             ("instance-type", "instance_type"),
@@ -96,12 +102,17 @@ pub fn aws(addr: SocketAddr) -> Outcome {
             ("placement/availability-zone", "availability_zone"),
         ] {
             if let Some(body) = svc.optional(&format!("/latest/meta-data/{path}"))? {
-                found.files.push((file.into(), one_line(&body, path)?.into_bytes()));
+                found
+                    .files
+                    .push((file.into(), one_line(&body, path)?.into_bytes()));
             }
         }
         if let Some(key) = svc.optional("/latest/meta-data/public-keys/0/openssh-key")? {
             let key = text(&key, "public-keys/0/openssh-key")?;
-            found.files.push(("ssh/authorized_keys".into(), format!("{key}\n").into_bytes()));
+            found.files.push((
+                "ssh/authorized_keys".into(),
+                format!("{key}\n").into_bytes(),
+            ));
         }
         found.userdata = svc.optional("/latest/user-data")?;
         Ok(found)
@@ -110,7 +121,10 @@ pub fn aws(addr: SocketAddr) -> Outcome {
 
 /// Google Compute Engine's metadata server (it wants the `Metadata-Flavor: Google` header).
 pub fn gcp(addr: SocketAddr) -> Outcome {
-    let svc = Service { addr, headers: GCP_HEADERS };
+    let svc = Service {
+        addr,
+        headers: GCP_HEADERS,
+    };
     let hostname = match svc.probe("/computeMetadata/v1/instance/hostname") {
         Ok(body) => body,
         Err(outcome) => return outcome,
@@ -123,7 +137,10 @@ pub fn gcp(addr: SocketAddr) -> Outcome {
         found.files.push(("hostname".into(), short.into_bytes()));
         // `user:ssh-ed25519 AAA... comment` lines, project-wide then the instance's own.
         let mut keys = String::new();
-        for path in ["project/attributes/ssh-keys", "instance/attributes/ssh-keys"] {
+        for path in [
+            "project/attributes/ssh-keys",
+            "instance/attributes/ssh-keys",
+        ] {
             if let Some(body) = svc.optional(&format!("/computeMetadata/v1/{path}"))? {
                 for line in text(&body, path)?.lines() {
                     let key = line.split_once(':').map_or(line, |(_, k)| k).trim();
@@ -135,7 +152,9 @@ pub fn gcp(addr: SocketAddr) -> Outcome {
             }
         }
         if !keys.is_empty() {
-            found.files.push(("ssh/authorized_keys".into(), keys.into_bytes()));
+            found
+                .files
+                .push(("ssh/authorized_keys".into(), keys.into_bytes()));
         }
         found.userdata = svc.optional("/computeMetadata/v1/instance/attributes/user-data")?;
         Ok(found)
@@ -159,7 +178,9 @@ pub fn openstack(addr: SocketAddr) -> Outcome {
             found.files.push(("hostname".into(), short.into_bytes()));
         }
         if let Some(uuid) = meta.get("uuid").and_then(|h| h.as_str()) {
-            found.files.push(("instance_id".into(), uuid.as_bytes().to_vec()));
+            found
+                .files
+                .push(("instance_id".into(), uuid.as_bytes().to_vec()));
         }
         if let Some(keys) = meta.get("public_keys").and_then(|k| k.as_object()) {
             let mut all = String::new();
@@ -168,7 +189,9 @@ pub fn openstack(addr: SocketAddr) -> Outcome {
                 all.push('\n');
             }
             if !all.is_empty() {
-                found.files.push(("ssh/authorized_keys".into(), all.into_bytes()));
+                found
+                    .files
+                    .push(("ssh/authorized_keys".into(), all.into_bytes()));
             }
         }
         found.userdata = svc.optional("/openstack/latest/user_data")?;
@@ -179,7 +202,10 @@ pub fn openstack(addr: SocketAddr) -> Outcome {
 /// `file=PATH`: the userdata is that file.
 pub fn file(path: &Path) -> Outcome {
     match std::fs::read(path) {
-        Ok(data) => Outcome::Found(Found { userdata: Some(data), files: Vec::<(PathBuf, Vec<u8>)>::new() }),
+        Ok(data) => Outcome::Found(Found {
+            userdata: Some(data),
+            files: Vec::<(PathBuf, Vec<u8>)>::new(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Outcome::Absent(format!("{} does not exist", path.display()))
         }
@@ -211,7 +237,11 @@ mod tests {
     }
 
     fn ok(body: &str) -> Vec<u8> {
-        format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
     }
 
     #[test]
@@ -223,18 +253,34 @@ mod tests {
             "/latest/user-data" => ok("{}"),
             _ => b"HTTP/1.0 404 Not Found\r\n\r\n".to_vec(),
         });
-        let Outcome::Found(found) = aws(addr) else { panic!("not found") };
+        let Outcome::Found(found) = aws(addr) else {
+            panic!("not found")
+        };
         assert_eq!(found.userdata.as_deref(), Some(&b"{}"[..]));
-        assert!(found.files.contains(&("hostname".into(), b"ip-10-0-0-1".to_vec())));
-        assert!(found.files.contains(&("ssh/authorized_keys".into(), b"ssh-ed25519 AAA me\n".to_vec())));
+        assert!(
+            found
+                .files
+                .contains(&("hostname".into(), b"ip-10-0-0-1".to_vec()))
+        );
+        assert!(found.files.contains(&(
+            "ssh/authorized_keys".into(),
+            b"ssh-ed25519 AAA me\n".to_vec()
+        )));
     }
 
     #[test]
     fn a_service_answering_garbage_is_a_failure_naming_the_path() {
         let addr = serve(|_| b"garbage garbage".to_vec());
-        let Outcome::Failed(e) = aws(addr) else { panic!("garbage accepted") };
-        assert!(e.contains("/latest/meta-data/instance-id") && e.contains("not an HTTP response"), "{e}");
-        let Outcome::Failed(e) = openstack(serve(|_| ok("not json"))) else { panic!() };
+        let Outcome::Failed(e) = aws(addr) else {
+            panic!("garbage accepted")
+        };
+        assert!(
+            e.contains("/latest/meta-data/instance-id") && e.contains("not an HTTP response"),
+            "{e}"
+        );
+        let Outcome::Failed(e) = openstack(serve(|_| ok("not json"))) else {
+            panic!()
+        };
         assert!(e.contains("meta_data.json is not JSON"), "{e}");
     }
 

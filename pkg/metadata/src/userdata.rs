@@ -13,7 +13,11 @@ use super::Found;
 pub fn write(config: &Path, found: &Found, say: &mut dyn FnMut(String)) {
     for (rel, data) in &found.files {
         if !is_relative_name(rel) {
-            say(format!("error: refusing to write {} outside {}", rel.display(), config.display()));
+            say(format!(
+                "error: refusing to write {} outside {}",
+                rel.display(),
+                config.display()
+            ));
             continue;
         }
         let path = config.join(rel);
@@ -48,7 +52,9 @@ pub fn write(config: &Path, found: &Found, say: &mut dyn FnMut(String)) {
 fn tree(target: &Path, name: &str, entry: &Value, say: &mut dyn FnMut(String)) {
     let shown = target.display();
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        say(format!("error: userdata: {name:?} is not a file name, skipped"));
+        say(format!(
+            "error: userdata: {name:?} is not a file name, skipped"
+        ));
         return;
     }
     let content = entry.get("content");
@@ -63,7 +69,9 @@ fn tree(target: &Path, name: &str, entry: &Value, say: &mut dyn FnMut(String)) {
             }
         },
         Some(other) => {
-            say(format!("error: userdata: {shown}: perm must be a string like \"0644\", not {other}"));
+            say(format!(
+                "error: userdata: {shown}: perm must be a string like \"0644\", not {other}"
+            ));
             return;
         }
     };
@@ -111,13 +119,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let json = br#"{"ssh":{"entries":{"authorized_keys":{"perm":"0600","content":"ssh-ed25519 AAA"}}},
             "hostname":{"content":"box"},"bad":{"perm":"99","content":"x"},"../up":{"content":"x"},"odd":[1]}"#;
-        let found = Found { userdata: Some(json.to_vec()), files: vec![] };
+        let found = Found {
+            userdata: Some(json.to_vec()),
+            files: vec![],
+        };
         let mut said = Vec::new();
         write(dir.path(), &found, &mut |m| said.push(m));
         let keys = dir.path().join("ssh/authorized_keys");
         assert_eq!(fs::read_to_string(&keys).unwrap(), "ssh-ed25519 AAA");
-        assert_eq!(fs::metadata(&keys).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_to_string(dir.path().join("hostname")).unwrap(), "box");
+        assert_eq!(
+            fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("hostname")).unwrap(),
+            "box"
+        );
         assert_eq!(fs::read(dir.path().join("userdata")).unwrap(), json);
         assert!(!dir.path().join("bad").exists());
         assert!(!dir.path().parent().unwrap().join("up").exists());
@@ -130,9 +147,18 @@ mod tests {
     #[test]
     fn text_userdata_is_kept_raw() {
         let dir = tempfile::tempdir().unwrap();
-        let found = Found { userdata: Some(b"#!/bin/sh\necho hi\n".to_vec()), files: vec![("ssh/authorized_keys".into(), b"k\n".to_vec())] };
+        let found = Found {
+            userdata: Some(b"#!/bin/sh\necho hi\n".to_vec()),
+            files: vec![("ssh/authorized_keys".into(), b"k\n".to_vec())],
+        };
         write(dir.path(), &found, &mut |_| {});
-        assert_eq!(fs::read(dir.path().join("userdata")).unwrap(), b"#!/bin/sh\necho hi\n");
-        assert_eq!(fs::read(dir.path().join("ssh/authorized_keys")).unwrap(), b"k\n");
+        assert_eq!(
+            fs::read(dir.path().join("userdata")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            fs::read(dir.path().join("ssh/authorized_keys")).unwrap(),
+            b"k\n"
+        );
     }
 }

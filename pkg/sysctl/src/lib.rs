@@ -142,7 +142,11 @@ mod tests {
             "fs.inotify.max_user_watches=524288\n; c\nnet/ipv4/conf/eth0.100/x = 1\nno.such = 2\n../x = 1\n",
         )
         .unwrap();
-        fs::write(etc.path().join("ignored.txt"), "fs.inotify.max_user_watches = 3\n").unwrap();
+        fs::write(
+            etc.path().join("ignored.txt"),
+            "fs.inotify.max_user_watches = 3\n",
+        )
+        .unwrap();
         let errors = apply(etc.path(), proc.path(), &mut |_| {});
         assert_eq!(
             fs::read_to_string(proc.path().join("fs/inotify/max_user_watches")).unwrap(),
