@@ -16,8 +16,9 @@ pub const HWRNG: &str = "/dev/hwrng";
 const RANDOM: &str = "/dev/random";
 /// 512 bytes per round: what the kernel's pool takes at most at a time.
 const CHUNK: usize = 512;
-/// `_IOW('R', 0x03, int[2])`.
-const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `_IOW('R', 0x03, int[2])`. ioctl(2)'s request is an unsigned long in glibc and an int in
+/// musl (the image's libc): the call casts it to whichever.
+const RNDADDENTROPY: u32 = 0x4008_5203;
 
 /// `struct rand_pool_info` with its buffer.
 #[repr(C)]
@@ -40,7 +41,13 @@ fn feed(hwrng: &mut File, random: &File) -> Result<usize, String> {
     info.entropy_count = (CHUNK * 8) as libc::c_int;
     // SAFETY: RNDADDENTROPY reads a rand_pool_info whose buf_size bytes follow the header; the
     // struct is repr(C) with exactly that layout and lives for the call.
-    let r = unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, &info as *const PoolInfo) };
+    let r = unsafe {
+        libc::ioctl(
+            random.as_raw_fd(),
+            RNDADDENTROPY as _,
+            &info as *const PoolInfo,
+        )
+    };
     if r != 0 {
         return Err(format!(
             "RNDADDENTROPY on {RANDOM}: {}",
