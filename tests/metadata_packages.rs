@@ -109,7 +109,7 @@ fn metadata_from_a_cd_and_from_a_service_with_sysctl_rngd_and_poweroff() {
     let net = vec![
         "-netdev".to_string(),
         format!(
-            "user,id=net0,restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 {port}"
+            "user,id=net0,restrict=on,net=169.254.169.0/24,host=169.254.169.2,guestfwd=tcp:169.254.169.254:80-cmd:busybox nc 127.0.0.1 {port}"
         ),
         "-device".into(),
         "virtio-net-pci,netdev=net0".into(),
@@ -125,7 +125,7 @@ fn metadata_from_a_cd_and_from_a_service_with_sysctl_rngd_and_poweroff() {
         "check: inotify=524288 maxmap=262144 kptr=2",
         "check: hello=hi from the CD mode=640",
         "check: hostname=cdbox",
-        "poweroff: powering off",
+        "slipway-init: SIGUSR2 received: power off",
     ] {
         assert!(text.contains(marker), "CD boot: no {marker:?}:\n{text}");
     }
