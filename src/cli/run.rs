@@ -86,6 +86,13 @@ pub struct QemuArgs {
     /// State folder (pid file, created disks, UEFI variables). Default: NAME-state.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// Userdata for the guest's `metadata` package: attached as a metadata CD (an ISO labelled
+    /// `cidata` with a file `config`, as `linuxkit metadata create` writes it).
+    #[arg(long, value_name = "STRING", conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Like --data, with the userdata read from FILE.
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
     /// Kill the VM and fail if it has not powered off after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
@@ -156,6 +163,14 @@ pub fn run(cmd: Command, _global: &Global) -> anyhow::Result<()> {
 }
 
 fn run_qemu(args: QemuArgs) -> anyhow::Result<()> {
+    let data = match (&args.data, &args.data_file) {
+        (Some(text), _) => Some(text.clone().into_bytes()),
+        (None, Some(file)) => Some(
+            std::fs::read(file)
+                .with_context(|| format!("reading --data-file {}", file.display()))?,
+        ),
+        (None, None) => None,
+    };
     let source = crate::run::find_boot_source(&args.target)?;
     let config = QemuConfig {
         qemu: args.qemu,
@@ -173,6 +188,7 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<()> {
         console: args.console,
         uefi: args.uefi,
         boot_report: args.boot_report,
+        data,
         ..QemuConfig::default()
     };
     qemu::run(&config, &source)

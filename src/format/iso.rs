@@ -153,3 +153,50 @@ pub fn write(media: &BootMedia, kind: IsoKind) -> Result<Vec<u8>, FormatError> {
     hadris_iso::sync::write(&mut device, &tree, &options).map_err(bad)?;
     Ok(device.into_inner())
 }
+
+/// The volume label of a metadata CD: cloud-init's NoCloud label, which LinuxKit's `metadata`
+/// (and Slipway's) look for.
+pub const METADATA_LABEL: &str = "cidata";
+
+/// A metadata CD as `linuxkit metadata create` writes it: an ISO 9660 volume labelled `cidata`
+/// holding one file, `config`, with `data`. Dated at the epoch, so the same data gives the same
+/// bytes.
+pub fn metadata_cd(data: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut tree = Tree::new();
+    add(&mut tree, "config", data)?;
+    let options = IsoOptions::new()
+        .with_id(IsoId::Volume, METADATA_LABEL)
+        .with_id(IsoId::Application, "SLIPWAY")
+        .with_level(IsoLevel::L3)
+        .with_joliet()
+        .with_rock_ridge()
+        .with_time(DateTime::from_unix_seconds(0).map_err(bad)?)
+        .with_seed(0);
+    let size = hadris_iso::plan(&tree, &options).map_err(bad)?.size();
+    let size = usize::try_from(size).map_err(bad)?;
+    let mut device = MemDevice::new(
+        vec![0u8; size],
+        BlockSize::new(2048).expect("2048 is a block size"),
+    );
+    hadris_iso::sync::write(&mut device, &tree, &options).map_err(bad)?;
+    Ok(device.into_inner())
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn a_metadata_cd_is_labelled_cidata_and_holds_config() {
+        let iso = metadata_cd(b"{\"hello\":1}").unwrap();
+        let pvd = &iso[16 * 2048..17 * 2048];
+        assert_eq!(&pvd[1..6], b"CD001");
+        assert_eq!(String::from_utf8_lossy(&pvd[40..72]).trim(), "cidata");
+        assert!(iso.windows(11).any(|w| w == b"{\"hello\":1}"));
+        assert_eq!(
+            iso,
+            metadata_cd(b"{\"hello\":1}").unwrap(),
+            "not reproducible"
+        );
+    }
+}

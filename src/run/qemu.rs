@@ -62,6 +62,9 @@ pub struct QemuConfig {
     pub boot_report: bool,
     pub ovmf_code: PathBuf,
     pub ovmf_vars: PathBuf,
+    /// `--data`/`--data-file`: the userdata of a metadata CD (`cidata`, one file `config`) that
+    /// [`prepare`] writes into the state folder and the guest sees on virtio-scsi.
+    pub data: Option<Vec<u8>>,
 }
 
 impl Default for QemuConfig {
@@ -83,6 +86,7 @@ impl Default for QemuConfig {
             boot_report: false,
             ovmf_code: OVMF_CODE.into(),
             ovmf_vars: OVMF_VARS.into(),
+            data: None,
         }
     }
 }
@@ -318,6 +322,14 @@ pub fn prepare(config: &QemuConfig, source: &BootSource) -> Result<Vec<ResolvedD
             readonly: false,
         });
     }
+    if let Some(data) = &config.data {
+        let iso = crate::format::iso::metadata_cd(data).map_err(|e| RunError::Tool {
+            program: "the metadata CD writer".into(),
+            detail: e.to_string(),
+        })?;
+        let path = config.state_dir.join(METADATA_CD);
+        std::fs::write(&path, iso).map_err(state_err(&path))?;
+    }
     if uses_uefi(config, source) {
         if !config.ovmf_code.is_file() {
             return Err(RunError::NoFirmware {
@@ -335,6 +347,25 @@ pub fn prepare(config: &QemuConfig, source: &BootSource) -> Result<Vec<ResolvedD
         }
     }
     Ok(disks)
+}
+
+/// The metadata CD's file in the state folder (LinuxKit's is `data.iso` there too).
+pub const METADATA_CD: &str = "data.iso";
+
+/// The metadata CD on its own virtio-scsi controller: the kernel's default modules have
+/// virtio_scsi and sr_mod, not AHCI.
+fn metadata_cd_args(config: &QemuConfig) -> Vec<OsString> {
+    let mut drive = OsString::from("file=");
+    drive.push(qemu_escape(&config.state_dir.join(METADATA_CD)));
+    drive.push(",format=raw,if=none,id=cidata,media=cdrom,readonly=on");
+    vec![
+        "-device".into(),
+        "virtio-scsi-pci,id=scsi-cidata".into(),
+        "-drive".into(),
+        drive,
+        "-device".into(),
+        "scsi-cd,drive=cidata,bus=scsi-cidata.0".into(),
+    ]
 }
 
 fn uefi_vars_path(config: &QemuConfig) -> PathBuf {
@@ -448,6 +479,9 @@ pub fn command_line(
                 ]);
             }
         }
+    }
+    if config.data.is_some() {
+        args.extend(metadata_cd_args(config));
     }
     match config.networking {
         Networking::User => {
@@ -721,6 +755,31 @@ mod tests {
             .map(|a| a.to_string_lossy())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn data_attaches_a_cidata_cd_on_virtio_scsi() {
+        let state = tempfile::tempdir().unwrap();
+        let config = QemuConfig {
+            state_dir: state.path().join("st"),
+            data: Some(b"{}".to_vec()),
+            networking: Networking::None,
+            ..QemuConfig::default()
+        };
+        let source = iso("x.iso");
+        let disks = prepare(&config, &source).unwrap();
+        let args = text(&command_line(&config, &source, &disks));
+        let cd = state.path().join("st/data.iso");
+        assert!(
+            args.contains(&format!(
+                "-device virtio-scsi-pci,id=scsi-cidata -drive file={},format=raw,if=none,id=cidata,\
+                 media=cdrom,readonly=on -device scsi-cd,drive=cidata,bus=scsi-cidata.0",
+                cd.display()
+            )),
+            "{args}"
+        );
+        let iso = std::fs::read(&cd).unwrap();
+        assert_eq!(&iso[16 * 2048 + 1..16 * 2048 + 6], b"CD001");
     }
 
     #[test]

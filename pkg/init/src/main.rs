@@ -91,11 +91,11 @@ fn init_logging() {
     let _ = subscriber.try_init();
 }
 
-/// One binary is the init, the engine (and the engine's reaping shim) and the state disk's
-/// `format` and `mountie`, told apart by the name it is called by (busybox's way), so that an
-/// image carries one copy of the runtime, the standard library and libc: the packages install
-/// the same file under each name and the builder stores identical files once. Called by any
-/// other name (`/init`, `/sbin/init`), it is the init.
+/// One binary is the init, the engine (and the engine's reaping shim), the state disk's `format`
+/// and `mountie`, and the host packages' `metadata`, `sysctl` and `rngd`, told apart by the name
+/// it is called by (busybox's way), so that an image carries one copy of the runtime, the
+/// standard library and libc: the packages install the same file under each name and the
+/// builder stores identical files once. Called by any other name (`/init`, `/sbin/init`), it is the init.
 fn multi_call() -> Option<fn() -> std::process::ExitCode> {
     let arg0 = std::env::args_os().next()?;
     let name = Path::new(&arg0).file_name()?.to_str()?;
@@ -103,6 +103,9 @@ fn multi_call() -> Option<fn() -> std::process::ExitCode> {
         "slipway-engine" | slipway_engine::shim::NAME => Some(slipway_engine::cli::main),
         "format" => Some(slipway_disk::command::main),
         "mountie" => Some(slipway_mountie::main),
+        "metadata" => Some(slipway_metadata::main),
+        "sysctl" => Some(slipway_sysctl::main),
+        "rngd" => Some(slipway_rngd::main),
         _ => None,
     }
 }
