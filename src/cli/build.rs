@@ -32,7 +32,8 @@ pub struct Args {
     /// Validate and merge the manifests, print the result as YAML, and stop (no network).
     #[arg(long)]
     pub dry_run: bool,
-    /// Print one JSON document describing the result on standard output.
+    /// Print one JSON document describing the result on standard output (on standard error with
+    /// `-o -`, whose standard output is the image).
     #[arg(long)]
     pub json: bool,
     /// Initrd compression: gzip, zstd, xz or none.
@@ -134,7 +135,13 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         let yaml = manifest::to_yaml(&merged.manifest);
         if args.json {
             let doc = serde_json::json!({ "name": name, "manifest": merged.manifest });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            let doc = serde_json::to_string_pretty(&doc)?;
+            // With `-o -` the output is the stream on standard output: the document goes beside it.
+            if args.output.as_deref() == Some("-") {
+                eprintln!("{doc}");
+            } else {
+                println!("{doc}");
+            }
         } else {
             print!("{yaml}");
         }
@@ -225,14 +232,11 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
         .iter()
         .map(|o| format!("{} is {} bytes", o.path, o.bytes))
         .collect();
-    let mut written: Vec<PathBuf> = Vec::new();
-    if over.is_empty() {
-        for output in staged {
-            written.push(output.persist()?);
-        }
+    let written: Vec<PathBuf> = if over.is_empty() {
+        Staged::persist_all(staged)?
     } else {
-        drop(staged);
-    }
+        Vec::new()
+    };
     if args.json {
         let doc = serde_json::json!({
             "name": name,
@@ -241,7 +245,13 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<()> {
             "size": report,
             "manifest": assembled.resolved,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        let doc = serde_json::to_string_pretty(&doc)?;
+        // With `-o -` the output is the stream on standard output: the document goes beside it.
+        if args.output.as_deref() == Some("-") {
+            eprintln!("{doc}");
+        } else {
+            println!("{doc}");
+        }
     } else {
         for path in &written {
             eprintln!("wrote {}", path.display());
@@ -566,7 +576,7 @@ struct Writer<'a> {
     disks: std::collections::HashMap<DiskKind, format::disk::Disk>,
     /// Raw copies of the disks for the converters, in `scratch` (removed when the build ends).
     raw_files: std::collections::HashMap<DiskKind, PathBuf>,
-    scratch: Option<tempfile::TempDir>,
+    scratch: Option<(tempfile::TempDir, crate::oci::interrupt::Tracked)>,
     /// gcp is among the formats: Compute Engine takes whole GiB, so the BIOS+EFI disk's
     /// default size is rounded up to one (sparse: the extra costs no space).
     whole_gib: bool,
@@ -754,18 +764,22 @@ impl<'a> Writer<'a> {
             return Ok(path.clone());
         }
         if self.scratch.is_none() {
-            let dir = tempfile::Builder::new()
-                .prefix(".slipway-disks-")
-                .tempdir_in(&self.args.dir)
-                .with_context(|| {
-                    format!("creating a scratch folder in {}", self.args.dir.display())
-                })?;
+            let dir = crate::oci::interrupt::track_dir(
+                || {
+                    tempfile::Builder::new()
+                        .prefix(".slipway-disks-")
+                        .tempdir_in(&self.args.dir)
+                },
+                |d| d.path().to_path_buf(),
+            )
+            .with_context(|| format!("creating a scratch folder in {}", self.args.dir.display()))?;
             self.scratch = Some(dir);
         }
         let path = self
             .scratch
             .as_ref()
             .expect("made above")
+            .0
             .path()
             .join(format!("{kind:?}.raw"));
         let disk = self.disk(kind, format)?;

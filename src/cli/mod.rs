@@ -63,6 +63,9 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
+    if !matches!(cli.command, Command::Run(_)) {
+        clean_up_on_interrupt();
+    }
     let result = match cli.command {
         Command::Build(args) => build::run(args, &cli.global),
         Command::Run(cmd) => run::run(cmd, &cli.global),
@@ -76,6 +79,25 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporary files of the outputs and the store
+/// (see `slipway_oci::interrupt`) before dying of that signal. `run` keeps the default: its
+/// QEMU child dies with it (parent-death signal) and it writes nothing to clean up.
+fn clean_up_on_interrupt() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        tracing::warn!("cannot watch for Ctrl-C: an interrupt may leave temporary files");
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            crate::oci::interrupt::clean_up();
+            // Dies of the signal, as without a handler (exit status 128 + signal for the shell).
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        }
+    });
 }
 
 /// Prints an error. Manifest errors carry source snippets and render through miette; everything

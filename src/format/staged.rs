@@ -4,7 +4,12 @@
 //! was until the rename replaces it).
 //!
 //! Where the filesystem allows, the temporary file has no name at all (`O_TMPFILE`) until it is
-//! persisted, so a build killed mid-write (Ctrl-C, SIGKILL) leaves nothing behind either.
+//! persisted, so a build killed mid-write (Ctrl-C, SIGKILL) leaves nothing behind either. Where it
+//! does not, the named temporary file is tracked by [`crate::oci::interrupt`], whose clean-up the
+//! CLI runs on SIGINT and SIGTERM.
+//!
+//! Each output is fsynced before it is renamed, and its folder after the renames, so that a crash
+//! just after a build shows either the old outputs or the complete new ones.
 
 use std::fs;
 use std::io::{BufWriter, Write};
@@ -28,7 +33,7 @@ enum Temp {
         dir: PathBuf,
         file: fs::File,
     },
-    Named(tempfile::NamedTempFile),
+    Named(tempfile::NamedTempFile, crate::oci::interrupt::Tracked),
 }
 
 impl Temp {
@@ -48,23 +53,28 @@ impl Temp {
                 file: fs::File::from(fd),
             });
         }
-        tempfile::Builder::new()
-            .prefix(".slipway-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .map(Temp::Named)
+        let (tmp, tracked) = crate::oci::interrupt::track_file(
+            || {
+                tempfile::Builder::new()
+                    .prefix(".slipway-")
+                    .suffix(".tmp")
+                    .tempfile_in(dir)
+            },
+            |f| f.path().to_path_buf(),
+        )?;
+        Ok(Temp::Named(tmp, tracked))
     }
 
     fn file(&self) -> &fs::File {
         match self {
             Temp::Unnamed { file, .. } => file,
-            Temp::Named(tmp) => tmp.as_file(),
+            Temp::Named(tmp, _) => tmp.as_file(),
         }
     }
 
     fn persist(self, path: &Path) -> std::io::Result<()> {
         match self {
-            Temp::Named(tmp) => tmp.persist(path).map(|_| ()).map_err(|e| e.error),
+            Temp::Named(tmp, _tracked) => tmp.persist(path).map(|_| ()).map_err(|e| e.error),
             Temp::Unnamed { dir, file } => {
                 use std::os::fd::AsRawFd;
                 // Give it a hidden name beside the output, then rename it over the output: the
@@ -72,20 +82,32 @@ impl Temp {
                 let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
                 for attempt in 0u32.. {
                     let name = dir.join(format!(".slipway-{}-{attempt}.tmp", std::process::id()));
-                    match rustix::fs::linkat(
-                        rustix::fs::CWD,
-                        proc_path.as_str(),
-                        rustix::fs::CWD,
-                        &name,
-                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
-                    ) {
-                        Ok(()) => {
+                    // The name exists only between these two calls; an interrupt there removes it.
+                    let linked = crate::oci::interrupt::track_file(
+                        || {
+                            rustix::fs::linkat(
+                                rustix::fs::CWD,
+                                proc_path.as_str(),
+                                rustix::fs::CWD,
+                                &name,
+                                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                            )
+                            .map_err(std::io::Error::from)
+                        },
+                        |_| name.clone(),
+                    );
+                    match linked {
+                        Ok(((), _tracked)) => {
                             return fs::rename(&name, path).inspect_err(|_| {
                                 let _ = fs::remove_file(&name);
                             });
                         }
-                        Err(rustix::io::Errno::EXIST) if attempt < 1000 => continue,
-                        Err(e) => return Err(e.into()),
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
                 unreachable!("the loop returns")
@@ -118,6 +140,7 @@ impl Staged {
         let file = tmp.file();
         file.set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(out_err)?;
+        file.sync_all().map_err(out_err)?;
         let size = file.metadata().map_err(out_err)?.len();
         Ok(Staged {
             path: path.to_path_buf(),
@@ -136,14 +159,38 @@ impl Staged {
         self.size
     }
 
-    /// Renames the output into place and returns its path.
+    /// Renames the output into place, syncs its folder and returns its path.
     pub fn persist(self) -> Result<PathBuf, FormatError> {
-        let Staged { path, tmp, .. } = self;
-        tmp.persist(&path).map_err(|source| FormatError::Output {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(path)
+        Ok(Staged::persist_all(vec![self])?.remove(0))
+    }
+
+    /// Renames all outputs into place, then syncs each folder once so the renames are durable.
+    /// An interrupt (see [`crate::oci::interrupt`]) waits for the renames to end.
+    pub fn persist_all(outputs: Vec<Staged>) -> Result<Vec<PathBuf>, FormatError> {
+        crate::oci::interrupt::uninterrupted(|| {
+            let mut written = Vec::with_capacity(outputs.len());
+            let mut dirs: Vec<PathBuf> = Vec::new();
+            for Staged { path, tmp, .. } in outputs {
+                tmp.persist(&path).map_err(|source| FormatError::Output {
+                    path: path.clone(),
+                    source,
+                })?;
+                let dir = match path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+                written.push(path);
+            }
+            for dir in dirs {
+                fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|source| FormatError::Output { path: dir, source })?;
+            }
+            Ok(written)
+        })
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod archive;
 pub mod digest;
 pub mod flatten;
+pub mod interrupt;
 mod progress;
 pub mod registry;
 pub mod resolve;

@@ -128,26 +128,37 @@ impl Store {
     }
 
     /// A temporary file in the blob directory (same filesystem, so the final rename is atomic). It
-    /// is deleted when dropped unless persisted.
-    pub fn temp_blob(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(self.blob_dir())
-            .map_err(io_err(&self.blob_dir()))
+    /// is deleted when dropped unless persisted, and by [`crate::interrupt::clean_up`] when the
+    /// process is interrupted.
+    pub fn temp_blob(&self) -> Result<TempBlob, StoreError> {
+        let (file, tracked) = crate::interrupt::track_file(
+            || {
+                tempfile::Builder::new()
+                    .prefix(".tmp-")
+                    .tempfile_in(self.blob_dir())
+            },
+            |f| f.path().to_path_buf(),
+        )
+        .map_err(io_err(&self.blob_dir()))?;
+        Ok(TempBlob {
+            file,
+            _tracked: tracked,
+        })
     }
 
     /// Moves a fully written temporary file to its digest's path. The caller has verified it.
-    pub fn commit_temp(
-        &self,
-        tmp: tempfile::NamedTempFile,
-        digest: &Digest,
-    ) -> Result<(), StoreError> {
+    pub fn commit_temp(&self, tmp: TempBlob, digest: &Digest) -> Result<(), StoreError> {
         let dest = self.blob_path(digest);
+        let TempBlob {
+            file: tmp,
+            _tracked,
+        } = tmp;
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
         let file = tmp.persist(&dest).map_err(|e| StoreError::Io {
             path: dest.clone(),
             source: e.error,
         })?;
+        drop(_tracked);
         let meta = file.metadata().map_err(io_err(&dest))?;
         self.record_verified(digest, &meta)
     }
@@ -500,19 +511,42 @@ fn empty_index() -> ImageIndex {
         .expect("all index fields set")
 }
 
+/// A blob being written: a named temporary file in the store, tracked for an interrupt's
+/// clean-up (see [`crate::interrupt`]). The file is deleted before the tracking ends.
+#[derive(Debug)]
+pub struct TempBlob {
+    file: tempfile::NamedTempFile,
+    _tracked: crate::interrupt::Tracked,
+}
+
+impl std::ops::Deref for TempBlob {
+    type Target = tempfile::NamedTempFile;
+    fn deref(&self) -> &Self::Target {
+        &self.file
+    }
+}
+
+impl std::ops::DerefMut for TempBlob {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.file
+    }
+}
+
 /// Writes `data` to a temporary file beside `path`, then renames it over `path`.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
+    let (mut tmp, tracked) = crate::interrupt::track_file(
+        || tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir),
+        |f| f.path().to_path_buf(),
+    )
+    .map_err(io_err(dir))?;
     tmp.write_all(data).map_err(io_err(tmp.path()))?;
     tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
     tmp.persist(path).map_err(|e| StoreError::Io {
         path: path.to_path_buf(),
         source: e.error,
     })?;
+    drop(tracked);
     Ok(())
 }
 
