@@ -335,6 +335,7 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
         socket.display(),
         args.bundles.display()
     );
+    tokio::spawn(crate::supervisor::reap_strays(engine.clone()));
     engine.spawn_supervisors();
     let server = tokio::spawn(crate::api::serve(listener, engine.clone()));
     tokio::select! {

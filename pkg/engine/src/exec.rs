@@ -326,7 +326,7 @@ pub const HELPER_GRACE: Duration = Duration::from_secs(10);
 
 /// The engine's children (of every thread; the engine has one), from
 /// `/proc/self/task/*/children`.
-fn children() -> std::collections::BTreeSet<i32> {
+pub(crate) fn children() -> std::collections::BTreeSet<i32> {
     let mut pids = std::collections::BTreeSet::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return pids;

@@ -1493,6 +1493,58 @@ async fn helper_output_with_pid(
     Ok(output.stdout)
 }
 
+/// Reaps, whenever a child ends, the processes that came to the engine as a child subreaper
+/// and that nothing else waits for: what a killed helper left (a hook it ran). Only zombies
+/// that are not process group leaders are taken: the helpers lead their own groups (tokio
+/// reaps them) and containers' first processes lead their own sessions (their supervisors
+/// reap them), so no status anyone waits for is taken from them. The exception: the first
+/// process of a container whose start was given up (killed with its helper; the state may not
+/// have recorded its pid) leads its session too, so session leaders that no supervisor
+/// watches are taken as well, while no other start is under way (a container just created
+/// is not watched yet).
+pub async fn reap_strays(engine: Engine) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut children) = signal(SignalKind::child()) else {
+        tracing::warn!("cannot watch for SIGCHLD: stray processes stay zombies");
+        return;
+    };
+    while children.recv().await.is_some() {
+        let (watched, starting): (BTreeSet<i32>, bool) = {
+            let entries = lock(&engine.shared.entries);
+            (
+                entries.values().filter_map(|e| e.info.pid).collect(),
+                entries.values().any(|e| e.info.state == State::Starting),
+            )
+        };
+        reap_zombies(|pid, group, session| {
+            group != pid || (session == pid && !starting && !watched.contains(&pid))
+        });
+    }
+}
+
+/// Reaps the engine's zombie children for which `take(pid, process group, session)` holds.
+fn reap_zombies(take: impl Fn(i32, i32, i32) -> bool) {
+    for pid in crate::exec::children() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' ').take(4).collect())
+            .unwrap_or_default();
+        let number = |field: &str| field.parse::<i32>().unwrap_or(0);
+        if let [state, _ppid, group, session] = fields[..]
+            && state == "Z"
+            && take(pid, number(group), number(session))
+        {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
+}
+
 /// What `create-container` reports.
 #[derive(Serialize, Deserialize)]
 struct Created {

@@ -1340,8 +1340,11 @@ fn a_stuck_container_start_leaves_the_api_answering_and_can_be_stopped() {
             json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "60"]}]});
     });
     d.start();
-    d.wait_for("web", 10, |i| state(i) == "running");
     std::thread::sleep(Duration::from_millis(500));
+    // The engine answers while the hook runs.
+    let (status, list) = d.request_within(Duration::from_secs(2), Method::GET, "/v1/containers");
+    assert_eq!(status, StatusCode::OK, "{list}");
+    d.wait_for("web", 10, |i| state(i) == "running");
     let began = Instant::now();
     let (status, list) = d.request_within(Duration::from_secs(2), Method::GET, "/v1/containers");
     assert_eq!(status, StatusCode::OK, "{list}");
@@ -1376,6 +1379,21 @@ fn a_stuck_container_start_leaves_the_api_answering_and_can_be_stopped() {
         began.elapsed()
     );
     assert!(!d.path("state/service-stuck").exists());
+    // The hook the killed helper ran came to the engine (a subreaper), which reaped it.
+    let engine = d.child.as_ref().unwrap().id() as i64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while zombie_children(engine) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the engine left zombies: {:?}",
+            fs::read_to_string(format!("/proc/{engine}/task/{engine}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|p| fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(state(&d.inspect("web")), "running");
     assert_eq!(d.terminate(), 0, "{}", d.stderr());
 }
