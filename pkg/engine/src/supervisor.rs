@@ -12,7 +12,15 @@
 //!
 //! Everything runs on one thread (a current-thread tokio runtime): libcontainer starts a
 //! container with a raw clone3, which runs no fork handlers, so the child could deadlock on a
-//! libc lock held by another thread of the engine at that moment.
+//! libc lock held by another thread of the engine at that moment. For the same reason what may
+//! block (creating a container, entering one) is not done on that thread but in helper
+//! processes ([`create_helper_main`], [`crate::exec::helper_main`]); the engine, a child
+//! subreaper, inherits the containers' processes when the helpers exit.
+//!
+//! Containers outlive the engine: their output goes to files ([`logs::Output`]) rather than
+//! pipes, and [`Engine::load`] takes over the containers of the state directory that still run
+//! (libcontainer's state, loaded back), so an engine killed and started again supervises the
+//! same processes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
@@ -1037,13 +1045,13 @@ impl Supervisor {
             None => {
                 self.set_state(State::Starting);
                 let helper = Arc::new(std::sync::atomic::AtomicI32::new(0));
-                let start = start(
+                // Boxed, so that dropping it below really drops (and kills) it.
+                let mut start = Box::pin(start(
                     self.shared.clone(),
                     self.spec.clone(),
                     self.logs.clone(),
                     helper.clone(),
-                );
-                tokio::pin!(start);
+                ));
                 let mut aborted = None;
                 let result = loop {
                     tokio::select! {

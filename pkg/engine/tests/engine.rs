@@ -1370,9 +1370,15 @@ fn a_stuck_container_start_leaves_the_api_answering_and_can_be_stopped() {
         began.elapsed()
     );
     // A stop gives the start up: the helper is killed and nothing of the container is left.
+    let stopping = Instant::now();
     let (status, info) = d.request(Method::POST, &container_path("stuck", "stop"), None);
     assert_eq!(status, StatusCode::OK, "{info}");
     assert_eq!(state(&info), "stopped", "{info}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopping.elapsed()
+    );
     assert!(
         began.elapsed() < Duration::from_secs(10),
         "{:?}",
