@@ -1157,9 +1157,14 @@ impl Supervisor {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        // No longer starting: the stray reaper may take the container's first process, which
+        // the clean-up kills (see [`reap_strays`]).
+        self.set_state(State::Stopped);
         self.shared
             .runtime
             .clean_up(&container_id(&self.spec.name), &self.spec.bundle);
+        // Its first process may have ended already, while this start still counted.
+        sweep(&self.shared);
     }
 
     fn reply_started(&mut self) {
@@ -1517,17 +1522,22 @@ pub async fn reap_strays(engine: Engine) {
         return;
     };
     while children.recv().await.is_some() {
-        let (watched, starting): (BTreeSet<i32>, bool) = {
-            let entries = lock(&engine.shared.entries);
-            (
-                entries.values().filter_map(|e| e.info.pid).collect(),
-                entries.values().any(|e| e.info.state == State::Starting),
-            )
-        };
-        reap_zombies(|pid, group, session| {
-            group != pid || (session == pid && !starting && !watched.contains(&pid))
-        });
+        sweep(&engine.shared);
     }
+}
+
+/// One pass of [`reap_strays`].
+fn sweep(shared: &Shared) {
+    let (watched, starting): (BTreeSet<i32>, bool) = {
+        let entries = lock(&shared.entries);
+        (
+            entries.values().filter_map(|e| e.info.pid).collect(),
+            entries.values().any(|e| e.info.state == State::Starting),
+        )
+    };
+    reap_zombies(|pid, group, session| {
+        group != pid || (session == pid && !starting && !watched.contains(&pid))
+    });
 }
 
 /// Reaps the engine's zombie children for which `take(pid, process group, session)` holds.
