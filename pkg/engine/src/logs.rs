@@ -230,7 +230,8 @@ impl Output {
 
     /// Opens the file of a running container for reading where the last reader stopped.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = fs::File::open(path)?;
+        // Written to only by punching out what was read, which needs a writable descriptor.
+        let file = fs::OpenOptions::new().read(true).write(true).open(path)?;
         let offset = fs::read_to_string(Self::pos_path(path))
             .ok()
             .and_then(|text| text.trim().parse().ok())
@@ -419,5 +420,42 @@ mod tests {
         let number = |line: &str| -> u32 { line.split(' ').nth(2).unwrap().parse().unwrap() };
         assert_eq!(number(last_old) + 1, number(first_new));
         assert!(!fs::read_to_string(logs.old(2)).unwrap().starts_with("ooo"));
+    }
+
+    #[test]
+    fn output_is_read_on_by_a_new_reader_without_loss_or_repeats_and_read_parts_are_freed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = Output::path(dir.path(), "service-web", "stdout");
+        let logs = Logs::open(&dir.path().join("web.log")).unwrap();
+        let mut first = Output::create(&path).unwrap();
+        let mut writer = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let text = "z".repeat(200);
+        for i in 0..100 {
+            writeln!(writer, "{i:03} {text}").unwrap();
+        }
+        write!(writer, "100 half").unwrap();
+        assert!(first.drain("stdout", &logs, false));
+        assert_eq!(logs.snapshot().len(), 100);
+        // Whole blocks already read are given back: the file is sparse now.
+        let meta = fs::metadata(&path).unwrap();
+        assert!(meta.blocks() * 512 < meta.len(), "{meta:?}");
+        // Another engine (the first one died) reads on from the saved offset.
+        drop(first);
+        let mut second = Output::open(&path).unwrap();
+        writeln!(writer, " done").unwrap();
+        writeln!(writer, "101 last").unwrap();
+        assert!(second.drain("stdout", &logs, false));
+        let lines = logs.snapshot();
+        assert_eq!(lines.len(), 102, "{lines:?}");
+        assert!(
+            lines[100].ends_with(" stdout 100 half done\n"),
+            "{}",
+            lines[100]
+        );
+        assert!(lines[101].ends_with(" stdout 101 last\n"), "{}", lines[101]);
+        assert!(!second.drain("stdout", &logs, false));
+        second.remove();
+        assert!(!path.exists());
     }
 }
