@@ -102,6 +102,8 @@ fn multi_call() -> Option<fn() -> std::process::ExitCode> {
         "slipway-engine" | slipway_engine::shim::NAME => Some(slipway_engine::cli::main),
         "format" => Some(slipway_disk::command::main),
         "mountie" => Some(slipway_mountie::main),
+        // The hook that binds the host's /dev on a container's (slipway-bundle's dev_bind_hook).
+        "slipway-dev-bind" => Some(slipway_runtime::dev_bind::main),
         _ => None,
     }
 }
