@@ -72,7 +72,7 @@ fn bind(source: &Path, target: &Path, options: &[String]) -> rustix::io::Result<
         let recursive = o.starts_with('r') && o != "ro" && o != "rw";
         let kind = match o.trim_start_matches('r') {
             "shared" => MountPropagationFlags::SHARED,
-            "slave" => MountPropagationFlags::SLAVE,
+            "slave" => MountPropagationFlags::DOWNSTREAM,
             "private" => MountPropagationFlags::PRIVATE,
             "unbindable" => MountPropagationFlags::UNBINDABLE,
             _ => return None,
