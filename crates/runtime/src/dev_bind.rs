@@ -33,8 +33,7 @@ fn run(args: &[String]) -> Result<(), String> {
     std::io::stdin()
         .read_to_string(&mut text)
         .map_err(|e| format!("reading the container state: {e}"))?;
-    let state: State =
-        serde_json::from_str(&text).map_err(|e| format!("container state: {e}"))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| format!("container state: {e}"))?;
     let bundle = state.bundle();
     let target = rootfs(bundle)?.join("dev");
     bind(Path::new(source), &target, options)
@@ -62,11 +61,7 @@ fn bind(source: &Path, target: &Path, options: &[String]) -> rustix::io::Result<
         mount_bind(source, target)?;
     }
     if has("ro") {
-        rustix::mount::mount_remount(
-            target,
-            MountFlags::BIND | MountFlags::RDONLY,
-            "",
-        )?;
+        rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")?;
     }
     let propagation = options.iter().find_map(|o| {
         let recursive = o.starts_with('r') && o != "ro" && o != "rw";
