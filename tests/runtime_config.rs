@@ -230,3 +230,19 @@ fn x_slipway_travels_to_the_engine_as_annotations() {
         json!({"test": ["/bin/check", "-q"], "interval": "1s", "retries": 2})
     );
 }
+
+#[test]
+fn binding_the_hosts_dev_keeps_a_tmpfs_dev_and_binds_it_from_a_hook() {
+    let c = image("name: getty\nimage: x\nbinds: [\"/dev:/dev\", \"/run:/run\"]\n");
+    let spec = runtime_config(&c, None, &BTreeMap::new());
+    // youki fills the container's own /dev (its default nodes would collide with the host's)...
+    assert_eq!(mount(&spec, "/dev")["type"], "tmpfs");
+    assert_eq!(mount(&spec, "/run")["type"], "bind");
+    // ...and the hook binds the host's /dev over it afterwards.
+    assert_eq!(
+        spec["hooks"]["createContainer"],
+        json!([{"path": "/proc/self/exe", "args": ["slipway-dev-bind", "/dev", "rw", "rbind", "rshared"]}])
+    );
+    let plain = runtime_config(&image("name: a\nimage: x\n"), None, &BTreeMap::new());
+    assert!(plain.get("hooks").is_none());
+}
