@@ -239,3 +239,19 @@ fn a_relative_mount_destination_is_taken_relative_to_root() {
     let spec = runtime_config(&c, None, &BTreeMap::new());
     assert_eq!(mount(&spec, "/writeable-host-etc")["type"], "overlay");
 }
+
+#[test]
+fn binding_the_hosts_dev_keeps_a_tmpfs_dev_and_binds_it_from_a_hook() {
+    let c = image("name: getty\nimage: x\nbinds: [\"/dev:/dev\", \"/run:/run\"]\n");
+    let spec = runtime_config(&c, None, &BTreeMap::new());
+    // youki fills the container's own /dev (its default nodes would collide with the host's)...
+    assert_eq!(mount(&spec, "/dev")["type"], "tmpfs");
+    assert_eq!(mount(&spec, "/run")["type"], "bind");
+    // ...and the hook binds the host's /dev over it afterwards.
+    assert_eq!(
+        spec["hooks"]["createContainer"],
+        json!([{"path": "/proc/self/exe", "args": ["slipway-dev-bind", "/dev", "rw", "rbind", "rshared"]}])
+    );
+    let plain = runtime_config(&image("name: a\nimage: x\n"), None, &BTreeMap::new());
+    assert!(plain.get("hooks").is_none());
+}

@@ -18,6 +18,8 @@
 /// The tracing target of libcontainer's container-init warnings. Built without seccomp (see
 /// Cargo.toml), it warns at every container start that seccomp is not there to enforce
 /// `noNewPrivileges` (which the kernel's prctl does anyway): loggers raise this target to errors.
+pub mod dev_bind;
+
 pub const NO_SECCOMP_WARNINGS: &str = "libcontainer::process::init::process";
 
 use std::ffi::{CString, OsString};

@@ -106,6 +106,8 @@ fn multi_call() -> Option<fn() -> std::process::ExitCode> {
         "metadata" => Some(slipway_metadata::main),
         "sysctl" => Some(slipway_sysctl::main),
         "rngd" => Some(slipway_rngd::main),
+        // The hook that binds the host's /dev on a container's (slipway-bundle's dev_bind_hook).
+        "slipway-dev-bind" => Some(slipway_runtime::dev_bind::main),
         _ => None,
     }
 }
