@@ -138,12 +138,13 @@ fn manifest_fields_override_image_config_and_defaults() {
     assert_eq!(spec["linux"]["namespaces"][3]["path"], "/run/ns/uts");
     assert_eq!(
         mount(&spec, "/dev")["type"],
-        "bind",
-        "a bind replaces the default /dev mount"
+        "tmpfs",
+        "a bind of /dev keeps the container's own /dev for youki's nodes"
     );
     assert_eq!(
-        mount(&spec, "/dev")["options"],
-        json!(["rw", "rbind", "rshared"])
+        spec["hooks"]["createContainer"][0]["args"],
+        json!(["slipway-dev-bind", "/dev", "rw", "rbind", "rshared"]),
+        "and binds the host's /dev over it from a hook"
     );
     assert_eq!(
         mount(&spec, "/data")["source"],
@@ -192,7 +193,10 @@ fn label_defaults_apply_unless_the_manifest_says_otherwise() {
         spec["process"]["capabilities"]["effective"],
         json!(["CAP_KILL", "CAP_SYS_ADMIN"])
     );
-    assert_eq!(mount(&spec, "/dev")["type"], "bind");
+    assert_eq!(
+        spec["hooks"]["createContainer"][0]["args"][1], "/dev",
+        "the label's /dev bind, through the hook"
+    );
     assert_eq!(mount(&spec, "/var")["type"], "bind");
 }
 
