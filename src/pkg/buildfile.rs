@@ -503,6 +503,35 @@ mod tests {
     }
 
     #[test]
+    fn concat_and_remove_parse_and_bad_paths_are_rejected() {
+        let bf = parse(
+            Path::new("b.yml"),
+            "image: a\ncontents:\n  - concat: /d\n    to: /f\n  - remove: [/d]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            bf.contents[0].source,
+            Source::Concat {
+                dir: "/d".into(),
+                to: "/f".into()
+            }
+        );
+        assert_eq!(bf.contents[1].source, Source::Remove(vec!["/d".into()]));
+        assert_eq!(
+            err("image: a\ncontents:\n  - concat: /d\n").1,
+            "contents[0].to"
+        );
+        assert_eq!(
+            err("image: a\ncontents:\n  - concat: d\n    to: /f\n").1,
+            "contents[0].concat"
+        );
+        for bad in ["/", "a", "/a/../b"] {
+            let (line, field, _) = err(&format!("image: a\ncontents:\n  - remove: [\"{bad}\"]\n"));
+            assert_eq!((line, field.as_str()), (3, "contents[0].remove"), "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_image_name_and_missing_field() {
         let (line, field, _) = err("org: x\nimage: Bad/Name\ncontents: []\n");
         assert_eq!((line, field.as_str()), (2, "image"));
