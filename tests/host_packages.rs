@@ -130,9 +130,20 @@ fn ca_certificates_openntpd_and_swap_do_their_jobs_in_a_booted_image() {
         "-device".into(),
         "virtio-net-pci,netdev=net0".into(),
     ]);
-    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let booted = boot(&dir.path().join("host"), "", &args, Duration::from_secs(300));
-    let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let booted = boot(
+        &dir.path().join("host"),
+        "",
+        &args,
+        Duration::from_secs(300),
+    );
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let text = &booted.console;
 
     // ca-certificates
@@ -206,4 +217,51 @@ fn ca_certificates_openntpd_and_swap_build_to_the_same_digest_twice() {
     for dir in PACKAGES {
         assert_eq!(digest(dir), digest(dir), "{dir} is not reproducible");
     }
+}
+
+/// swap.sh's refusals, run by the build host's busybox sh (the package's shell): each names what
+/// is wrong and fails before touching anything.
+#[test]
+fn swap_sh_refuses_bad_arguments_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("swap");
+    let outside = outside.to_str().unwrap();
+    for (args, message) in [
+        (vec!["--size", "1G"], "--path PATH is required"),
+        (
+            vec!["--path", outside, "--size", "1G"],
+            "--path must be a file under /var",
+        ),
+        (vec!["--path", "/var/x/swap"], "--size SIZE is required"),
+        (
+            vec!["--path", "/var/x/swap", "--size", "12T"],
+            "bad size '12T'",
+        ),
+        (vec!["--encrypt"], "--encrypt is not supported"),
+        (vec!["--frobnicate"], "unknown option '--frobnicate'"),
+        (
+            vec![
+                "--path",
+                "/var/x/swap",
+                "--size",
+                "1M",
+                "--condition",
+                "disk:/x",
+            ],
+            "unknown condition 'disk:/x'",
+        ),
+    ] {
+        let out = Command::new("busybox")
+            .args(["sh", "pkg/swap/swap.sh"])
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(message),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!Path::new(outside).exists());
 }

@@ -365,14 +365,11 @@ fn check(path: &Path, raw: Raw) -> Result<BuildFile, PkgError> {
                     Source::Dirs(it.dirs.unwrap_or_default())
                 } else if other == "remove" {
                     let paths = it.remove.unwrap_or_default();
-                    if let Some(bad) = paths
-                        .iter()
-                        .find(|p| {
-                            !p.starts_with('/')
-                                || p.trim_matches('/').is_empty()
-                                || p.split('/').any(|c| c == "..")
-                        })
-                    {
+                    if let Some(bad) = paths.iter().find(|p| {
+                        !p.starts_with('/')
+                            || p.trim_matches('/').is_empty()
+                            || p.split('/').any(|c| c == "..")
+                    }) {
                         return Err(at(
                             &loc,
                             format!("{field}.remove"),

@@ -498,3 +498,29 @@ pub fn push(
         digest,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_joins_the_files_of_a_folder_in_name_order_with_newlines() {
+        let mut t = Tree::new();
+        t.insert("certs/b.crt", Entry::file(b"B".to_vec(), 0o644));
+        t.insert("certs/a.crt", Entry::file(b"A\n".to_vec(), 0o644));
+        t.insert("certs/sub/c.crt", Entry::file(b"C\n".to_vec(), 0o644));
+        t.insert("certs/link", Entry::symlink("a.crt"));
+        let yml = Path::new("pkg/x/build.yml");
+        assert_eq!(concat(&t, "/certs", yml).unwrap(), b"A\nB\n");
+        for (dir, message) in [
+            ("/none", "concat: /none is not a folder of the image"),
+            ("/certs/sub/c.crt", "is not a folder"),
+        ] {
+            let err = concat(&t, dir, yml).unwrap_err().to_string();
+            assert!(err.contains(message) && err.contains("build.yml"), "{err}");
+        }
+        t.insert("empty", Entry::dir(0o755));
+        let err = concat(&t, "/empty", yml).unwrap_err().to_string();
+        assert!(err.contains("concat: /empty has no files to join"), "{err}");
+    }
+}
