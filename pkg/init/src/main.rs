@@ -344,6 +344,9 @@ fn boot(test: bool, started: u64, switched: Option<&root::Switched>, timeline: &
             say(e);
         }
     }
+    if let Err(e) = mounts::make_resolv_conf() {
+        say(e);
+    }
     if !test {
         if let Err(e) = mounts::remount_root_read_only() {
             say(e);
