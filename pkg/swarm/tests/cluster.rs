@@ -1,0 +1,468 @@
+//! Swarm agents as separate processes, each in its own network namespace on a bridge, driven by
+//! Docker's own CLI (Debian's docker.io) and raw HTTP on their sockets. Run as root (namespaces).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, raw, wait_for};
+use serde_json::Value;
+
+fn by_host<'a>(nodes: &'a [Value], host: &str) -> &'a Value {
+    nodes
+        .iter()
+        .find(|n| n["Hostname"] == host)
+        .unwrap_or_else(|| panic!("no node {host} in {nodes:?}"))
+}
+
+fn leader_of(nodes: &[Value]) -> Option<String> {
+    nodes
+        .iter()
+        .find(|n| n["ManagerStatus"] == "Leader")
+        .and_then(|n| n["Hostname"].as_str())
+        .map(str::to_string)
+}
+
+#[test]
+fn api_answers_before_init_and_hostile_requests_get_dockers_errors() {
+    let cluster = Cluster::new(1);
+    let h1 = cluster.node("h1");
+
+    let ping = h1.api("GET", "/_ping", "");
+    assert_eq!((ping.status, ping.body.as_str()), (200, "OK"));
+    assert!(
+        ping.headers
+            .to_ascii_lowercase()
+            .contains("api-version: 1.41"),
+        "{}",
+        ping.headers
+    );
+    let version = h1.api("GET", "/v1.41/version", "").json();
+    assert_eq!(version["ApiVersion"], "1.41");
+    let info = h1.api("GET", "/info", "").json();
+    assert_eq!(info["Swarm"]["LocalNodeState"], "inactive");
+    assert_eq!(info["Name"], "h1");
+
+    let missing = h1.api("GET", "/v1.41/no/such/thing", "");
+    assert_eq!(
+        (missing.status, missing.json()["message"].as_str()),
+        (404, Some("page not found"))
+    );
+    let nodes = h1.api("GET", "/nodes", "");
+    assert_eq!(nodes.status, 503);
+    assert!(
+        nodes.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("This node is not a swarm manager.")
+    );
+
+    // Malformed bodies: 400 with a message, and the daemon lives on.
+    for body in [
+        "{",
+        "[1,2]",
+        "{\"ListenAddr\": 5}",
+        "\u{0}\u{1}garbage",
+        "{\"Spec\": {\"Dispatcher\": {\"HeartbeatPeriod\": \"x\"}}}",
+    ] {
+        let reply = h1.api("POST", "/v1.41/swarm/init", body);
+        assert_eq!(reply.status, 400, "{body:?}: {}", reply.body);
+        assert!(reply.json()["message"].is_string());
+    }
+    let reply = raw(
+        &h1.socket,
+        b"POST /swarm/join HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n{",
+    )
+    .map(|r| r.status);
+    assert!(reply.is_none_or(|s| s >= 400));
+    assert_eq!(
+        raw(&h1.socket, b"\x16\x03\x01garbage\r\n\r\n")
+            .map(|r| r.status)
+            .unwrap_or(400),
+        400
+    );
+
+    // S03: joins without a token or with a malformed one are refused with Docker's texts.
+    let no_token = h1
+        .docker(&["swarm", "join", "--token", "", "10.0.0.1:2377"])
+        .unwrap_err();
+    assert!(no_token.contains("join token is necessary"), "{no_token}");
+    let foobaz = h1
+        .docker(&["swarm", "join", "--token", "foobaz", "10.0.0.1:2377"])
+        .unwrap_err();
+    assert!(foobaz.contains("invalid join token"), "{foobaz}");
+    assert_eq!(
+        h1.api("GET", "/_ping", "").status,
+        200,
+        "the daemon survived:\n{}",
+        h1.log_text()
+    );
+    assert_eq!(
+        h1.api("GET", "/info", "").json()["Swarm"]["LocalNodeState"],
+        "inactive"
+    );
+}
+
+#[test]
+fn docker_cli_forms_a_cluster_manages_nodes_and_checks_tokens() {
+    let cluster = Cluster::new(4);
+    let (h1, h2, h3, h4) = (
+        cluster.node("h1"),
+        cluster.node("h2"),
+        cluster.node("h3"),
+        cluster.node("h4"),
+    );
+
+    // S01: bootstrap.
+    cluster.init();
+    let swarm = h1.api("GET", "/v1.41/swarm", "").json();
+    let worker_token = h1
+        .docker_ok(&["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let manager_token = h1
+        .docker_ok(&["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    for token in [&worker_token, &manager_token] {
+        let parts: Vec<&str> = token.split('-').collect();
+        assert_eq!(
+            (
+                parts.len(),
+                parts[0],
+                parts[1],
+                parts[2].len(),
+                parts[3].len()
+            ),
+            (4, "SWMTKN", "1", 50, 25),
+            "{token}"
+        );
+    }
+    assert_ne!(worker_token, manager_token);
+    assert_eq!(
+        swarm["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"],
+        5
+    );
+    assert_eq!(swarm["Spec"]["Raft"]["SnapshotInterval"], 10000);
+    assert_eq!(
+        swarm["Spec"]["CAConfig"]["NodeCertExpiry"],
+        7_776_000_000_000_000i64
+    );
+    assert_eq!(swarm["Spec"]["Dispatcher"]["HeartbeatPeriod"], 500_000_000);
+
+    // S03: a token whose CA digest is not this CA's is refused before anything is trusted.
+    let mut wrong_ca = worker_token.clone().into_bytes();
+    wrong_ca[9] = if wrong_ca[9] == b'a' { b'b' } else { b'a' };
+    let wrong_ca = String::from_utf8(wrong_ca).unwrap();
+    let refused = h4
+        .docker(&["swarm", "join", "--token", &wrong_ca, &h1.addr()])
+        .unwrap_err();
+    assert!(
+        refused.contains("remote CA does not match fingerprint"),
+        "{refused}"
+    );
+    assert_eq!(
+        h4.api("GET", "/info", "").json()["Swarm"]["LocalNodeState"],
+        "inactive"
+    );
+
+    // S02: a worker and a manager join.
+    h2.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        &worker_token,
+        "--advertise-addr",
+        &h2.ip,
+        &h1.addr(),
+    ]);
+    h3.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        &manager_token,
+        "--advertise-addr",
+        &h3.ip,
+        &h1.addr(),
+    ]);
+    let nodes = h1.node_ls().unwrap();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["Status"] == "Ready" && n["Availability"] == "Active"),
+        "{nodes:?}"
+    );
+    assert_eq!(by_host(&nodes, "h1")["ManagerStatus"], "Leader");
+    assert_eq!(by_host(&nodes, "h1")["Self"], true);
+    assert_eq!(by_host(&nodes, "h2")["ManagerStatus"], "");
+    assert_eq!(by_host(&nodes, "h3")["ManagerStatus"], "Reachable");
+    let worker_view = h2.docker(&["node", "ls"]).unwrap_err();
+    assert!(
+        worker_view.contains("Worker nodes can't be used to view or modify cluster state"),
+        "{worker_view}"
+    );
+
+    // S04: after a rotation the old worker token no longer joins; the new one does; h2 stays.
+    h1.docker_ok(&["swarm", "join-token", "--rotate", "-q", "worker"]);
+    let rotated = h3
+        .docker_ok(&["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    assert_ne!(rotated, worker_token);
+    let old = h4
+        .docker(&[
+            "swarm",
+            "join",
+            "--token",
+            &worker_token,
+            "--advertise-addr",
+            &h4.ip,
+            &h1.addr(),
+        ])
+        .unwrap_err();
+    assert!(
+        old.contains("A valid join token is necessary to join this cluster"),
+        "{old}"
+    );
+    h4.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        &rotated,
+        "--advertise-addr",
+        &h4.ip,
+        &h3.addr(),
+    ]);
+    let nodes = h1.node_ls().unwrap();
+    assert_eq!(nodes.len(), 4);
+    assert_eq!(by_host(&nodes, "h2")["Status"], "Ready");
+
+    // S09: writes through a follower (h3) reach the leader and every manager sees them.
+    h3.docker_ok(&["node", "update", "--availability", "drain", "h2"]);
+    h3.docker_ok(&[
+        "node",
+        "update",
+        "--label-add",
+        "zone=plaintextmarker",
+        "h2",
+    ]);
+    let spec: Value = serde_json::from_str(&h1.docker_ok(&[
+        "node",
+        "inspect",
+        "h2",
+        "--format",
+        "{{json .Spec}}",
+    ]))
+    .unwrap();
+    assert_eq!(spec["Availability"], "drain");
+    assert_eq!(spec["Labels"]["zone"], "plaintextmarker");
+    h1.docker_ok(&[
+        "node",
+        "update",
+        "--label-rm",
+        "zone",
+        "--availability",
+        "active",
+        "h2",
+    ]);
+    wait_for(Duration::from_secs(5), "h3 to apply the update", || {
+        let spec: Value = serde_json::from_str(&h3.docker_ok(&[
+            "node",
+            "inspect",
+            "h2",
+            "--format",
+            "{{json .Spec}}",
+        ]))
+        .ok()?;
+        (spec["Availability"] == "active" && spec["Labels"].get("zone").is_none()).then_some(())
+    });
+
+    // S12: promote a worker (it gets a manager certificate and joins Raft), then demote it.
+    h1.docker_ok(&["node", "promote", "h4"]);
+    wait_for(
+        Duration::from_secs(20),
+        "h4 to become a reachable manager",
+        || {
+            let nodes = h1.node_ls().ok()?;
+            (by_host(&nodes, "h4")["ManagerStatus"] == "Reachable").then_some(())
+        },
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "h4's own API to serve manager calls",
+        || h4.node_ls().ok(),
+    );
+    h3.docker_ok(&["node", "demote", "h4"]);
+    wait_for(Duration::from_secs(20), "h4 to be a worker again", || {
+        let nodes = h1.node_ls().ok()?;
+        (by_host(&nodes, "h4")["ManagerStatus"] == "" && h4.docker(&["node", "ls"]).is_err())
+            .then_some(())
+    });
+    // The last manager cannot be demoted... (two remain here: h1 and h3).
+    h1.docker_ok(&["node", "demote", "h3"]);
+    let last = h1.docker(&["node", "demote", "h1"]).unwrap_err();
+    assert!(
+        last.contains("attempting to demote the last manager of the swarm"),
+        "{last}"
+    );
+
+    // A live node cannot be removed without --force; with it, it is gone.
+    let live = h1.docker(&["node", "rm", "h2"]).unwrap_err();
+    assert!(live.contains("is not down and can't be removed"), "{live}");
+    h1.docker_ok(&["node", "rm", "--force", "h2"]);
+    assert_eq!(h1.node_ls().unwrap().len(), 3);
+
+    // Encryption at rest: no node name or label in the clear in any Raft store file.
+    // (h3 and h4 were demoted: their stores are gone; h1 has one.)
+    assert!(h1.state.join("raft").is_dir());
+    for node in [h1, h3, h4]
+        .into_iter()
+        .filter(|n| n.state.join("raft").is_dir())
+    {
+        for entry in walk(&node.state.join("raft")) {
+            let bytes = std::fs::read(&entry).unwrap();
+            for needle in [&b"plaintextmarker"[..], b"h2", b"swarm-ca", b"zone"] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds {:?} in the clear",
+                    entry.display(),
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn leader_failover_down_detection_quorum_loss_and_full_restart() {
+    let mut cluster = Cluster::new(4);
+    cluster.init();
+    cluster.join("h2", "manager");
+    cluster.join("h3", "manager");
+    cluster.join("h4", "worker");
+    assert_eq!(
+        leader_of(&cluster.node("h2").node_ls().unwrap()).as_deref(),
+        Some("h1")
+    );
+
+    // S06: the leader's host dies; a new leader takes writes; the old one comes back as a follower
+    // and leadership stays where it is.
+    cluster.node_mut("h1").kill();
+    let new_leader = wait_for(Duration::from_secs(20), "a new leader", || {
+        let nodes = cluster.node("h2").node_ls().ok()?;
+        leader_of(&nodes).filter(|l| l != "h1")
+    });
+    cluster
+        .node("h3")
+        .docker_ok(&["node", "update", "--label-add", "after=failover", "h4"]);
+    wait_for(
+        Duration::from_secs(10),
+        "h1 to be down and unreachable",
+        || {
+            let nodes = cluster.node("h2").node_ls().ok()?;
+            let h1 = by_host(&nodes, "h1");
+            (h1["Status"] == "Down" && h1["ManagerStatus"] == "Unreachable").then_some(())
+        },
+    );
+    cluster.node_mut("h1").start();
+    wait_for(
+        Duration::from_secs(15),
+        "h1 back as a reachable follower",
+        || {
+            let nodes = cluster.node("h1").node_ls().ok()?;
+            (by_host(&nodes, "h1")["ManagerStatus"] == "Reachable"
+                && by_host(&nodes, "h1")["Status"] == "Ready")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        leader_of(&cluster.node("h1").node_ls().unwrap()).as_deref(),
+        Some(new_leader.as_str())
+    );
+    let labels: Value = serde_json::from_str(&cluster.node("h1").docker_ok(&[
+        "node",
+        "inspect",
+        "h4",
+        "--format",
+        "{{json .Spec.Labels}}",
+    ]))
+    .unwrap();
+    assert_eq!(
+        labels["after"], "failover",
+        "the restarted manager caught up"
+    );
+
+    // A worker's host dies: down after missed heartbeats (500 ms period here).
+    cluster.node_mut("h4").kill();
+    wait_for(Duration::from_secs(10), "h4 to be down", || {
+        let nodes = cluster.node("h1").node_ls().ok()?;
+        (by_host(&nodes, "h4")["Status"] == "Down").then_some(())
+    });
+
+    // S08: two of three managers gone: writes are refused with Docker's message; one back: fine.
+    let others: Vec<String> = ["h1", "h2", "h3"]
+        .iter()
+        .filter(|h| **h != new_leader)
+        .map(|h| h.to_string())
+        .collect();
+    cluster.node_mut(&others[0]).kill();
+    cluster.node_mut(&new_leader).kill();
+    let survivor = cluster.node(&others[1]);
+    let refused = survivor
+        .docker(&["node", "update", "--label-add", "x=y", "h4"])
+        .unwrap_err();
+    assert!(
+        refused.contains("Make sure more than half of the managers are online"),
+        "{refused}"
+    );
+    cluster.node_mut(&new_leader).start();
+    wait_for(Duration::from_secs(20), "writes to work again", || {
+        cluster
+            .node(&others[1])
+            .docker(&["node", "update", "--label-add", "x=y", "h4"])
+            .ok()
+    });
+
+    // S11: everything stops at once and starts again: the cluster is back with its state.
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    for node in &mut cluster.nodes {
+        node.start();
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the restarted cluster to have a leader and four ready nodes",
+        || {
+            let nodes = cluster.node("h1").node_ls().ok()?;
+            (nodes.len() == 4
+                && leader_of(&nodes).is_some()
+                && nodes.iter().all(|n| n["Status"] == "Ready"))
+            .then_some(())
+        },
+    );
+    let labels: Value = serde_json::from_str(&cluster.node("h2").docker_ok(&[
+        "node",
+        "inspect",
+        "h4",
+        "--format",
+        "{{json .Spec.Labels}}",
+    ]))
+    .unwrap();
+    assert_eq!(labels["x"], "y");
+}
