@@ -1609,41 +1609,35 @@ impl Daemon {
                     tracing::warn!("marking a node down: {e}");
                 }
             }
-            // Demoted managers leave Raft (never the leader itself: it hands over first).
-            for node in view.state.nodes.values() {
-                if node.spec.role == Role::Worker
-                    && view.voters.contains(&node.raft_id)
-                    && node.raft_id != view.self_raft_id
-                {
-                    let Some(parts) = s.manager() else { break };
-                    let remaining: BTreeSet<u64> = view
-                        .voters
-                        .iter()
-                        .copied()
-                        .filter(|v| *v != node.raft_id)
-                        .collect();
-                    if remaining.is_empty() {
+            // Demoted managers leave Raft. A demoted leader removes itself too: once that
+            // membership is committed it steps down and the remaining managers elect a leader.
+            for node in view
+                .state
+                .nodes
+                .values()
+                .filter(|n| n.spec.role == Role::Worker)
+            {
+                let Some(parts) = s.manager() else { break };
+                if view.voters.contains(&node.raft_id) {
+                    if view.voters.len() <= 1 {
                         continue;
                     }
-                    match parts
-                        .raft
-                        .change_membership(
-                            ChangeMembers::RemoveVoters(BTreeSet::from([node.raft_id])),
-                            false,
-                        )
-                        .await
-                    {
-                        Ok(_) => {
-                            let command = Command::SetManagerAddr {
-                                id: node.id.clone(),
-                                manager_addr: None,
-                                now: now_rfc3339(),
-                            };
-                            if let Err(e) = self.propose(command).await {
-                                tracing::warn!("recording a demotion: {e}");
-                            }
-                        }
+                    let removal = ChangeMembers::RemoveVoters(BTreeSet::from([node.raft_id]));
+                    match parts.raft.change_membership(removal, false).await {
+                        Ok(_) => tracing::info!("node {} left Raft (demoted)", node.id),
                         Err(e) => tracing::warn!("removing node {} from Raft: {e}", node.id),
+                    }
+                    if node.raft_id == view.self_raft_id {
+                        break;
+                    }
+                } else if node.manager_addr.is_some() {
+                    let command = Command::SetManagerAddr {
+                        id: node.id.clone(),
+                        manager_addr: None,
+                        now: now_rfc3339(),
+                    };
+                    if let Err(e) = self.propose(command).await {
+                        tracing::warn!("recording a demotion: {e}");
                     }
                 }
             }

@@ -466,3 +466,99 @@ fn leader_failover_down_detection_quorum_loss_and_full_restart() {
     .unwrap();
     assert_eq!(labels["x"], "y");
 }
+
+#[test]
+fn a_paused_leader_marks_no_worker_down_and_a_demoted_leader_hands_over() {
+    let cluster = Cluster::new(5);
+    cluster.init();
+    cluster.join("h2", "manager");
+    cluster.join("h3", "manager");
+    cluster.join("h4", "worker");
+    cluster.join("h5", "worker");
+    let (h1, h2, h4) = (cluster.node("h1"), cluster.node("h2"), cluster.node("h4"));
+
+    // Garbage, a truncated TLS record and plain HTTP on the leader's port 2377 are refused.
+    for bytes in [
+        "garbage\\n",
+        "\\x16\\x03\\x01\\x00\\xffhello",
+        "GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+    ] {
+        h4.send_garbage(&h1.addr(), bytes);
+    }
+    assert_eq!(
+        h1.node_ls().unwrap().len(),
+        5,
+        "the leader survived garbage:\n{}",
+        h1.log_text()
+    );
+    assert!(
+        h1.log_text().contains("refused a connection from"),
+        "garbage is logged:\n{}",
+        h1.log_text()
+    );
+
+    // S07: the leader is paused well past the heartbeat grace; no worker is ever marked down.
+    h1.signal("STOP");
+    let watch_until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut new_leader = None;
+    while std::time::Instant::now() < watch_until {
+        if let Ok(nodes) = h2.node_ls() {
+            for worker in ["h4", "h5"] {
+                assert_eq!(
+                    by_host(&nodes, worker)["Status"],
+                    "Ready",
+                    "{worker} marked down while the leader was paused: {nodes:?}"
+                );
+            }
+            new_leader = leader_of(&nodes).filter(|l| l != "h1").or(new_leader);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    h1.signal("CONT");
+    let watch_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < watch_until {
+        for manager in [h1, h2] {
+            if let Ok(nodes) = manager.node_ls() {
+                for worker in ["h4", "h5"] {
+                    assert_eq!(
+                        by_host(&nodes, worker)["Status"],
+                        "Ready",
+                        "{worker} marked down after the pause: {nodes:?}"
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new_leader = new_leader.expect("the other managers elected a leader while h1 was paused");
+
+    // S12: the leader is demoted: it leaves Raft, another manager leads, writes go on.
+    let other = ["h2", "h3"].into_iter().find(|h| *h != new_leader).unwrap();
+    cluster
+        .node(other)
+        .docker_ok(&["node", "demote", &new_leader]);
+    let next = wait_for(
+        Duration::from_secs(20),
+        "a leader other than the demoted one",
+        || {
+            let nodes = cluster.node(other).node_ls().ok()?;
+            let leader = leader_of(&nodes).filter(|l| *l != new_leader)?;
+            (by_host(&nodes, &new_leader)["ManagerStatus"] == "").then_some(leader)
+        },
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the demoted node to be a worker",
+        || cluster.node(&new_leader).docker(&["node", "ls"]).err(),
+    );
+    cluster
+        .node(other)
+        .docker_ok(&["node", "update", "--label-add", "after=demotion", "h5"]);
+    let nodes = cluster.node(&next).node_ls().unwrap();
+    assert_eq!(
+        nodes.iter().filter(|n| n["ManagerStatus"] != "").count(),
+        2,
+        "{nodes:?}"
+    );
+    assert!(nodes.iter().all(|n| n["Status"] == "Ready"), "{nodes:?}");
+}

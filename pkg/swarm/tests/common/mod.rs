@@ -332,3 +332,29 @@ pub fn raw(socket: &Path, bytes: &[u8]) -> Option<Reply> {
         body: body.to_string(),
     })
 }
+
+impl Node {
+    /// SIGSTOP / SIGCONT: the process is paused, not dead (its connections stay open).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("a running agent").to_string();
+        assert!(
+            sh(&["kill", &format!("-{signal}"), &pid]),
+            "kill -{signal} {pid}"
+        );
+    }
+
+    /// Sends raw bytes to `addr` (host:port) from inside this node's namespace.
+    pub fn send_garbage(&self, addr: &str, bytes: &str) {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let script = format!(
+            "exec 3<>/dev/tcp/{host}/{port} && printf '{bytes}' >&3 && timeout 2 cat <&3 >/dev/null; exit 0"
+        );
+        // The agent may close the connection mid-write (SIGPIPE): only its survival matters.
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["bash", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
