@@ -30,6 +30,9 @@ use crate::state::{
 use crate::store::{self, SharedState};
 
 pub const DEFAULT_PORT: u16 = 2377;
+/// How long the leader waits, after a node's session closed, for the node to open another
+/// before it marks the node down.
+pub const SESSION_GRACE: Duration = Duration::from_secs(1);
 pub const NO_LEADER: &str = "rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
 pub const ALREADY_IN_SWARM: &str = "This node is already part of a swarm. Use \"docker swarm leave\" to leave this swarm and join another one.";
 pub const NOT_IN_SWARM: &str = "This node is not part of a swarm";
@@ -99,6 +102,11 @@ pub struct Session {
     channels: Mutex<HashMap<String, Channel>>,
     /// On the leader: when each node was last heard from.
     last_seen: Mutex<HashMap<String, Instant>>,
+    /// On the leader: the latest session stream of each node (a sequence number).
+    sessions: Mutex<HashMap<String, u64>>,
+    session_seq: std::sync::atomic::AtomicU64,
+    /// The manager that last answered a heartbeat: the leader, as far as this node knows.
+    leader_addr: RwLock<Option<String>>,
     renew_now: tokio::sync::Notify,
 }
 
@@ -498,6 +506,9 @@ impl Daemon {
             tasks: Mutex::new(Vec::new()),
             channels: Mutex::new(HashMap::new()),
             last_seen: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            session_seq: std::sync::atomic::AtomicU64::new(0),
+            leader_addr: RwLock::new(None),
             renew_now: tokio::sync::Notify::new(),
         }))
     }
@@ -643,6 +654,9 @@ impl Daemon {
             self.clone().heartbeats(Arc::downgrade(session)),
         ));
         session.spawn(tokio::spawn(self.clone().renewals(Arc::downgrade(session))));
+        session.spawn(tokio::spawn(
+            self.clone().keep_session(Arc::downgrade(session)),
+        ));
     }
 
     // ---- swarm init / join / leave ------------------------------------------------------------
@@ -1054,9 +1068,15 @@ impl Daemon {
             .clone();
         let metrics = parts.raft.metrics().borrow().clone();
         let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
+        // A leader that removed itself from Raft still holds its vote, and so still names itself
+        // leader in the metrics, though it has stepped down.
+        let leader = match metrics.current_leader {
+            Some(l) if l == metrics.id && metrics.state != openraft::ServerState::Leader => None,
+            other => other,
+        };
         Ok(View {
             state,
-            leader: metrics.current_leader,
+            leader,
             self_raft_id: metrics.id,
             voters,
             session,
@@ -1224,7 +1244,7 @@ impl Daemon {
             .ok_or_else(|| tonic::Status::not_found(format!("node {node_id} not found")))?;
         let subject = NodeSubject {
             node_id: node_id.to_string(),
-            ou: node.spec.role.ou().into(),
+            ou: effective_role(node).ou().into(),
             cluster_id: cluster.id.clone(),
         };
         let certificate = cluster
@@ -1233,7 +1253,7 @@ impl Daemon {
             .map_err(|e| tonic::Status::invalid_argument(format!("bad CSR: {e}")))?;
         Ok(proto::IssueNodeCertificateResponse {
             node_id: node_id.into(),
-            role: node.spec.role.as_str().into(),
+            role: effective_role(node).as_str().into(),
             certificate,
             root_ca: cluster.root_ca.cert_der().unwrap_or_default(),
             managers: view.manager_addrs(),
@@ -1293,9 +1313,137 @@ impl Daemon {
         Ok(proto::HeartbeatResponse {
             period_ms: period.as_millis() as u64,
             managers: view.manager_addrs(),
-            role: node.spec.role.as_str().into(),
+            role: effective_role(node).as_str().into(),
             renew: false,
         })
+    }
+
+    /// The leader's side of a node's session: a stream that stays open while the node lives.
+    /// When it closes and the node opens no other within [`SESSION_GRACE`], the node is down.
+    pub fn open_session(
+        &self,
+        node_id: &str,
+    ) -> Result<
+        tokio_stream::wrappers::ReceiverStream<Result<proto::SessionMessage, tonic::Status>>,
+        tonic::Status,
+    > {
+        let view = self
+            .view()
+            .map_err(|e| tonic::Status::unavailable(e.message))?;
+        if view.leader != Some(view.self_raft_id) {
+            return Err(not_leader(&view));
+        }
+        if !view.state.nodes.contains_key(node_id) {
+            return Err(tonic::Status::not_found(format!(
+                "node {node_id} not found"
+            )));
+        }
+        let session = view.session.clone();
+        let seq = session
+            .session_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        session
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), seq);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(Ok(proto::SessionMessage {}));
+        let daemon = self.clone();
+        let node_id = node_id.to_string();
+        let weak = Arc::downgrade(&session);
+        drop(session);
+        tokio::spawn(async move {
+            tx.closed().await;
+            tokio::time::sleep(SESSION_GRACE).await;
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
+            {
+                let mut sessions = session.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                if sessions.get(&node_id) != Some(&seq) {
+                    return;
+                }
+                sessions.remove(&node_id);
+            }
+            let Ok(view) = daemon.view() else { return };
+            if view.leader != Some(view.self_raft_id)
+                || view
+                    .state
+                    .nodes
+                    .get(&node_id)
+                    .is_none_or(|n| n.state != NodeState::Ready)
+            {
+                return;
+            }
+            tracing::info!("node {node_id}'s session ended: down");
+            session
+                .last_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&node_id);
+            let command = Command::SetNodeState {
+                id: node_id,
+                state: NodeState::Down,
+                addr: None,
+                description: None,
+                now: now_rfc3339(),
+            };
+            if let Err(e) = daemon.propose(command).await {
+                tracing::warn!("marking a node down: {e}");
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// Every node: keeps a session open with the leader (the manager its heartbeats reach).
+    async fn keep_session(self, session: std::sync::Weak<Session>) {
+        loop {
+            let Some(s) = session.upgrade() else { return };
+            let leader = s
+                .leader_addr
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let Some(addr) = leader else {
+                drop(s);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let Ok(channel) = s.channel(&addr) else {
+                drop(s);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            drop(s);
+            let mut stream = match ControlClient::new(channel)
+                .session(proto::SessionRequest {})
+                .await
+            {
+                Ok(stream) => stream.into_inner(),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            // Held until the stream ends or the heartbeats found another leader.
+            loop {
+                tokio::select! {
+                    message = stream.message() => {
+                        if !matches!(message, Ok(Some(_))) {
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                        let Some(s) = session.upgrade() else { return };
+                        if s.leader_addr.read().unwrap_or_else(|e| e.into_inner()).as_deref() != Some(addr.as_str()) {
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The leader's side of a manager joining Raft: learner first (it catches up), then voter.
@@ -1389,6 +1537,7 @@ impl Daemon {
             };
             match outcome {
                 Ok(response) => {
+                    *s.leader_addr.write().unwrap_or_else(|e| e.into_inner()) = Some(addr.clone());
                     let response = response.into_inner();
                     let period = Duration::from_millis(response.period_ms.max(50));
                     *s.heartbeat_period
@@ -1681,6 +1830,17 @@ fn leader_hint(status: &tonic::Status) -> Option<String> {
 }
 
 const BAD_TOKEN_DESC: &str = "A valid join token is necessary to join this cluster";
+
+/// The role a node's certificate should carry: a demoted manager stays a manager until it has
+/// left Raft (its `manager_addr` is cleared then), so it never stops its Raft while the
+/// membership still counts it.
+fn effective_role(node: &Node) -> Role {
+    if node.spec.role == Role::Worker && node.manager_addr.is_some() {
+        Role::Manager
+    } else {
+        node.spec.role
+    }
+}
 
 fn check(result: CommandResult) -> ApiResult<()> {
     match result {

@@ -162,6 +162,17 @@ impl control_server::Control for Handler {
         Ok(Response::new(proto::JoinRaftResponse {}))
     }
 
+    type SessionStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::SessionMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<proto::SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = net::require(&request, None)?;
+        Ok(Response::new(self.daemon.open_session(&peer.node_id)?))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<proto::HeartbeatRequest>,
