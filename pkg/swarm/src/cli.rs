@@ -43,6 +43,9 @@ pub enum Verb {
         /// The node's hostname (default: the host's).
         #[arg(long)]
         hostname: Option<String>,
+        /// The shortest certificate validity the cluster accepts (Docker: 1h; shorter for tests).
+        #[arg(long, default_value = "1h")]
+        min_cert_expiry: humantime::Duration,
     },
     /// Create a swarm with this node as its first manager.
     Init {

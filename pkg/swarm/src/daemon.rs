@@ -76,6 +76,8 @@ pub struct Options {
     /// The length of a Raft tick (SwarmKit: 1 s); elections take 10 to 20 ticks.
     pub raft_tick: Duration,
     pub hostname: String,
+    /// The shortest node certificate validity `init`/`update` accept (Docker: one hour).
+    pub min_cert_expiry: Duration,
 }
 
 /// What a node keeps on disk about its membership, beside its certificates.
@@ -672,7 +674,10 @@ impl Daemon {
                 "--force-new-cluster is not supported yet on a node that is not part of a swarm",
             ));
         }
-        request.spec.validate().map_err(|m| ApiError::new(400, m))?;
+        request
+            .spec
+            .validate(self.0.opts.min_cert_expiry)
+            .map_err(|m| ApiError::new(400, m))?;
         let availability = Availability::parse(&request.availability).ok_or_else(|| {
             ApiError::new(
                 400,
@@ -1131,7 +1136,8 @@ impl Daemon {
         rotate_manager: bool,
     ) -> ApiResult<()> {
         self.view()?;
-        spec.validate().map_err(|m| ApiError::new(400, m))?;
+        spec.validate(self.0.opts.min_cert_expiry)
+            .map_err(|m| ApiError::new(400, m))?;
         check(
             self.propose(Command::UpdateSwarm {
                 version,
@@ -1599,12 +1605,12 @@ impl Daemon {
                 .and_then(|d| pki::cert_info(&d).ok())
             {
                 Some(info) => {
-                    let life = info
-                        .not_after
-                        .duration_since(info.not_before)
-                        .unwrap_or_default();
+                    // Certificates are backdated an hour for clock skew; their life counts from
+                    // when they were issued.
+                    let issued = (info.not_before + pki::BACKDATE).min(info.not_after);
+                    let life = info.not_after.duration_since(issued).unwrap_or_default();
                     let fraction = 0.5 + 0.3 * f64::from(ids::random_bytes::<1>()[0]) / 255.0;
-                    let at = info.not_before + life.mul_f64(fraction);
+                    let at = issued + life.mul_f64(fraction);
                     at.duration_since(std::time::SystemTime::now())
                         .unwrap_or_default()
                 }

@@ -21,7 +21,18 @@ fn main() -> std::process::ExitCode {
                 engine,
                 raft_tick,
                 hostname,
-            } => daemon(cli.socket, state, engine, raft_tick, hostname).await,
+                min_cert_expiry,
+            } => {
+                daemon(
+                    cli.socket,
+                    state,
+                    engine,
+                    raft_tick,
+                    hostname,
+                    min_cert_expiry.into(),
+                )
+                .await
+            }
             verb => slipway_swarm::cli::run(&cli.socket, verb).await,
         }
     });
@@ -40,6 +51,7 @@ async fn daemon(
     engine: std::path::PathBuf,
     raft_tick: u64,
     hostname: Option<String>,
+    min_cert_expiry: std::time::Duration,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     tracing_subscriber::fmt()
@@ -67,6 +79,7 @@ async fn daemon(
         engine,
         raft_tick: std::time::Duration::from_millis(raft_tick.max(10)),
         hostname,
+        min_cert_expiry,
     })
     .await?;
     tracing::info!("serving the Docker Engine API on {}", socket.display());

@@ -24,7 +24,7 @@ pub const WORKER_OU: &str = "swarm-worker";
 /// The name a node checks in a manager's certificate (a DNS SAN of every manager certificate).
 pub const MANAGER_SERVER_NAME: &str = "swarm-manager";
 const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
-const BACKDATE: Duration = Duration::from_secs(3600);
+pub const BACKDATE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

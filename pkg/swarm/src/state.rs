@@ -179,7 +179,8 @@ impl SwarmSpec {
     }
 
     /// Docker's checks of a spec a client sends.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Docker's checks; `min_cert_expiry` is Docker's one hour except in tests.
+    pub fn validate(&self, min_cert_expiry: Duration) -> Result<(), String> {
         if let Some(p) = self.dispatcher.heartbeat_period
             && p < 0
         {
@@ -187,9 +188,12 @@ impl SwarmSpec {
         }
         if let Some(e) = self.ca_config.node_cert_expiry
             && e != 0
-            && e < 3_600_000_000_000
+            && (e < 0 || Duration::from_nanos(e as u64) < min_cert_expiry)
         {
-            return Err("minimum certificate expiry time is 1h0m0s".into());
+            return Err(format!(
+                "minimum certificate expiry time is {}",
+                humantime::format_duration(min_cert_expiry)
+            ));
         }
         Ok(())
     }

@@ -583,3 +583,69 @@ fn a_paused_leader_marks_no_worker_down_and_a_demoted_leader_hands_over() {
     );
     assert!(nodes.iter().all(|n| n["Status"] == "Ready"), "{nodes:?}");
 }
+
+#[test]
+fn short_lived_certificates_are_renewed_and_nodes_leave() {
+    let cluster = Cluster::new(3);
+    let (h1, h2, h3) = (cluster.node("h1"), cluster.node("h2"), cluster.node("h3"));
+    let too_short = h1
+        .docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &h1.ip,
+            "--cert-expiry",
+            "500ms",
+        ])
+        .unwrap_err();
+    assert!(
+        too_short.contains("minimum certificate expiry time is 1s"),
+        "{too_short}"
+    );
+    h1.docker_ok(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        &h1.ip,
+        "--dispatcher-heartbeat",
+        "500ms",
+        "--cert-expiry",
+        "6s",
+    ]);
+    cluster.join("h2", "manager");
+    cluster.join("h3", "worker");
+
+    // Certificates of 6 s are renewed at 3-4.8 s: after 15 s (and two or three renewals of
+    // every node's certificate) mutual TLS still works everywhere.
+    let cert = |node: &common::Node| {
+        std::fs::read(node.state.join("certificates/swarm-node.crt")).unwrap()
+    };
+    let first = (cert(h1), cert(h3));
+    std::thread::sleep(Duration::from_secs(15));
+    assert_ne!(cert(h1), first.0, "the manager's certificate was renewed");
+    assert_ne!(cert(h3), first.1, "the worker's certificate was renewed");
+    let nodes = h2.node_ls().unwrap();
+    assert!(
+        nodes.iter().all(|n| n["Status"] == "Ready"),
+        "{nodes:?}\n{}",
+        cluster.logs()
+    );
+    h2.docker_ok(&["node", "update", "--label-add", "renewed=yes", "h3"]);
+
+    // A manager does not leave without --force; a worker leaves and is then down.
+    let refused = h2.docker(&["swarm", "leave"]).unwrap_err();
+    assert!(
+        refused.contains("Use `--force` to suppress this message"),
+        "{refused}"
+    );
+    h3.docker_ok(&["swarm", "leave"]);
+    assert_eq!(
+        h3.api("GET", "/info", "").json()["Swarm"]["LocalNodeState"],
+        "inactive"
+    );
+    assert!(!h3.state.join("certificates").exists());
+    wait_for(Duration::from_secs(5), "h3 to be down", || {
+        let nodes = h1.node_ls().ok()?;
+        (by_host(&nodes, "h3")["Status"] == "Down").then_some(())
+    });
+}

@@ -67,6 +67,8 @@ impl Node {
                 "daemon",
                 "--raft-tick",
                 "100",
+                "--min-cert-expiry",
+                "1s",
                 "--hostname",
                 &self.name,
                 "--state",
