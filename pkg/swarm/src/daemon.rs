@@ -591,13 +591,8 @@ impl Daemon {
             })
             .unwrap_or_default()
             .with_defaults();
-        let config = raft::config(
-            self.0.opts.raft_tick,
-            spec.raft.election_tick as u64,
-            spec.raft.heartbeat_tick as u64,
-            spec.raft.snapshot_interval.unwrap_or(10_000),
-        )
-        .map_err(|e| internal("raft config", e))?;
+        let config = raft::config(self.0.opts.raft_tick, &spec.raft)
+            .map_err(|e| internal("raft config", e))?;
         let raft_id = ids::raft_id(&session.local.node_id);
         let network = raft::Network {
             tls: session.client_tls()?,

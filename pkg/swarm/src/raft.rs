@@ -24,7 +24,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::net;
 use crate::proto::RaftMessage;
 use crate::proto::raft_client::RaftClient;
-use crate::state::{Command, CommandResult};
+use crate::state::{Command, CommandResult, RaftSpec};
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -39,24 +39,23 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// openraft's configuration from the tick length and the cluster's tick counts.
-pub fn config(
-    tick: Duration,
-    election_tick: u64,
-    heartbeat_tick: u64,
-    snapshot_interval: u64,
-) -> Result<Arc<Config>, openraft::ConfigError> {
+/// openraft's configuration from the tick length and the cluster's Raft spec (tick counts, the
+/// snapshot interval, the log entries kept behind a snapshot for slow followers).
+pub fn config(tick: Duration, spec: &RaftSpec) -> Result<Arc<Config>, openraft::ConfigError> {
     let tick_ms = tick.as_millis().max(10) as u64;
+    let election_tick = (spec.election_tick.max(2)) as u64;
     let config = Config {
         cluster_name: "swarm".into(),
-        heartbeat_interval: tick_ms * heartbeat_tick.max(1),
-        election_timeout_min: tick_ms * election_tick.max(2),
-        election_timeout_max: tick_ms * election_tick.max(2) * 2,
+        heartbeat_interval: tick_ms * (spec.heartbeat_tick.max(1)) as u64,
+        election_timeout_min: tick_ms * election_tick,
+        election_timeout_max: tick_ms * election_tick * 2,
         install_snapshot_timeout: 10_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_interval.max(1)),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(
+            spec.snapshot_interval.unwrap_or(10_000).max(1),
+        ),
         // Each chunk travels as JSON inside one gRPC message.
         snapshot_max_chunk_size: 1024 * 1024,
-        max_in_snapshot_log_to_keep: 500,
+        max_in_snapshot_log_to_keep: spec.log_entries_for_slow_followers.unwrap_or(500),
         ..Config::default()
     };
     Ok(Arc::new(config.validate()?))

@@ -266,7 +266,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(io)?
             .retain_in(..=log_id.index, |_, _| false)
             .map_err(io)?;
-        txn.commit().map_err(io)
+        txn.commit().map_err(io)?;
+        tracing::info!("compacted the Raft log up to index {}", log_id.index);
+        Ok(())
     }
 }
 
@@ -343,6 +345,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 data: data.clone(),
             },
         )?;
+        tracing::info!(
+            "built a Raft snapshot up to log index {}",
+            last_applied.map(|l| l.index).unwrap_or(0)
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -405,6 +411,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 data,
             },
         )?;
+        tracing::info!(
+            "installed a Raft snapshot up to log index {}",
+            meta.last_log_id.map(|l| l.index).unwrap_or(0)
+        );
         let mut applied = self.shared.write().unwrap_or_else(|e| e.into_inner());
         applied.state = state;
         applied.last_applied = meta.last_log_id;

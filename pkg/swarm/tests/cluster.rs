@@ -649,3 +649,57 @@ fn short_lived_certificates_are_renewed_and_nodes_leave() {
         (by_host(&nodes, "h3")["Status"] == "Down").then_some(())
     });
 }
+
+#[test]
+fn snapshots_compact_the_log_and_bring_a_new_manager_up_to_date() {
+    let mut cluster = Cluster::new(2);
+    let h1 = cluster.node("h1");
+    let init = format!(
+        r#"{{"ListenAddr":"0.0.0.0:2377","AdvertiseAddr":"{}","Spec":{{"Raft":{{"SnapshotInterval":5,"LogEntriesForSlowFollowers":1}},"Dispatcher":{{"HeartbeatPeriod":500000000}}}}}}"#,
+        h1.ip
+    );
+    let reply = h1.api("POST", "/v1.41/swarm/init", &init);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    for i in 0..25 {
+        h1.docker_ok(&["node", "update", "--label-add", &format!("k{i}=v{i}"), "h1"]);
+    }
+    wait_for(
+        Duration::from_secs(5),
+        "a snapshot and a compacted log",
+        || {
+            let log = cluster.node("h1").log_text();
+            (log.contains("built a Raft snapshot") && log.contains("compacted the Raft log"))
+                .then_some(())
+        },
+    );
+
+    // The new manager cannot get the early entries any more: it gets the snapshot.
+    cluster.join("h2", "manager");
+    let h2 = cluster.node("h2");
+    wait_for(Duration::from_secs(10), "h2 to hold every label", || {
+        let labels: Value = serde_json::from_str(
+            &h2.docker(&["node", "inspect", "h1", "--format", "{{json .Spec.Labels}}"])
+                .ok()?,
+        )
+        .ok()?;
+        (labels["k24"] == "v24" && labels["k0"] == "v0").then_some(())
+    });
+    assert!(
+        h2.log_text().contains("installed a Raft snapshot"),
+        "{}",
+        h2.log_text()
+    );
+
+    // Restarted, it rebuilds its state from its own (sealed) snapshot and log.
+    cluster.node_mut("h2").kill();
+    cluster.node_mut("h2").start();
+    let h2 = cluster.node("h2");
+    wait_for(Duration::from_secs(10), "h2 back with its state", || {
+        let labels: Value = serde_json::from_str(
+            &h2.docker(&["node", "inspect", "h1", "--format", "{{json .Spec.Labels}}"])
+                .ok()?,
+        )
+        .ok()?;
+        (labels["k24"] == "v24").then_some(())
+    });
+}
