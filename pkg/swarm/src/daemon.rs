@@ -660,14 +660,11 @@ impl Daemon {
 
     pub async fn init(&self, request: InitRequest) -> ApiResult<String> {
         let _op = self.0.op.lock().await;
-        if self.session().is_some() {
+        if let Some(session) = self.session() {
+            if request.force_new_cluster && session.manager().is_some() {
+                return self.force_new_cluster(&session).await;
+            }
             return Err(ApiError::new(503, ALREADY_IN_SWARM));
-        }
-        if request.force_new_cluster {
-            return Err(ApiError::new(
-                400,
-                "--force-new-cluster is not supported yet on a node that is not part of a swarm",
-            ));
         }
         request
             .spec
@@ -774,6 +771,68 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// Disaster recovery on a surviving manager: a new Raft cluster of this manager alone, with
+    /// the old cluster's state (CA, tokens, nodes, spec). The other managers are demoted and
+    /// down: when one comes back, its heartbeat tells it to become a worker.
+    async fn force_new_cluster(&self, session: &Arc<Session>) -> ApiResult<String> {
+        let parts = session
+            .manager()
+            .ok_or_else(|| ApiError::new(503, NOT_A_MANAGER_WORKER))?;
+        let mut state = parts
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .state
+            .clone();
+        drop(parts);
+        let spec = state
+            .cluster
+            .as_ref()
+            .map(|c| c.spec.clone())
+            .ok_or_else(|| internal("force-new-cluster", "no cluster state"))?;
+        let me = session.local.node_id.clone();
+        let now = now_rfc3339();
+        for node in state.nodes.values_mut() {
+            if node.id == me {
+                node.manager_addr = Some(session.local.advertise_addr.clone());
+                node.state = NodeState::Ready;
+            } else if node.spec.role == Role::Manager || node.manager_addr.is_some() {
+                node.spec.role = Role::Worker;
+                node.manager_addr = None;
+                node.state = NodeState::Down;
+                node.updated_at = now.clone();
+            }
+        }
+        self.stop_manager(session).await;
+        // The old store's Raft membership is what is being abandoned.
+        let _ = std::fs::remove_dir_all(self.files().raft_dir());
+        let parts = self.start_manager(session, Some(&spec)).await?;
+        parts
+            .raft
+            .wait(Some(Duration::from_secs(30)))
+            .current_leader(ids::raft_id(&me), "force-new-cluster: electing itself")
+            .await
+            .map_err(|e| internal("raft", e))?;
+        session
+            .last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        check(
+            self.propose_on(
+                session,
+                Command::Restore {
+                    state: Box::new(state),
+                },
+            )
+            .await?,
+        )?;
+        *session.managers.write().unwrap_or_else(|e| e.into_inner()) =
+            vec![session.local.advertise_addr.clone()];
+        tracing::info!("forced a new cluster with this manager alone");
+        Ok(me)
     }
 
     pub async fn join(&self, request: JoinRequest) -> ApiResult<()> {
@@ -1795,15 +1854,26 @@ impl Daemon {
     }
 }
 
+/// Binds the gRPC listener; a listener this process just closed (a restarted manager role)
+/// may take a moment to go, so the address is retried for two seconds.
 async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    let mut attempt = 0;
+    loop {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The answer of a manager that is not the leader to a call only the leader takes: where the

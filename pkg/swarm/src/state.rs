@@ -338,6 +338,11 @@ pub enum Command {
         manager_secret: Option<String>,
         now: String,
     },
+    /// `init --force-new-cluster`: the first entry of the new one-manager Raft cluster carries
+    /// the old cluster's whole state.
+    Restore {
+        state: Box<ClusterState>,
+    },
 }
 
 /// What applying a command gave: Docker's status and message when it was refused.
@@ -404,6 +409,9 @@ impl ClusterState {
     /// Applies a committed command at log index `index`.
     pub fn apply(&mut self, index: u64, command: Command) -> CommandResult {
         match command {
+            Command::Restore { state } => {
+                *self = *state;
+            }
             Command::CreateCluster {
                 mut cluster,
                 mut node,

@@ -703,3 +703,66 @@ fn snapshots_compact_the_log_and_bring_a_new_manager_up_to_date() {
         (labels["k24"] == "v24").then_some(())
     });
 }
+
+#[test]
+fn force_new_cluster_on_a_surviving_manager_keeps_the_state() {
+    let mut cluster = Cluster::new(5);
+    cluster.init();
+    cluster.join("h2", "manager");
+    cluster.join("h3", "manager");
+    cluster.join("h4", "worker");
+    cluster
+        .node("h1")
+        .docker_ok(&["node", "update", "--label-add", "kept=yes", "h4"]);
+
+    // S10: two of three managers are gone for good; the survivor starts over with the state.
+    cluster.node_mut("h2").kill();
+    cluster.node_mut("h3").kill();
+    let h1 = cluster.node("h1");
+    let refused = h1
+        .docker(&["node", "update", "--label-add", "x=y", "h4"])
+        .unwrap_err();
+    assert!(
+        refused.contains("Make sure more than half of the managers are online"),
+        "{refused}"
+    );
+    h1.docker_ok(&[
+        "swarm",
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &h1.ip,
+    ]);
+    let nodes = wait_for(
+        Duration::from_secs(10),
+        "h4 ready under the new cluster",
+        || {
+            let nodes = h1.node_ls().ok()?;
+            (by_host(&nodes, "h4")["Status"] == "Ready").then_some(nodes)
+        },
+    );
+    assert_eq!(nodes.len(), 4, "{nodes:?}");
+    assert_eq!(by_host(&nodes, "h1")["ManagerStatus"], "Leader");
+    for gone in ["h2", "h3"] {
+        assert_eq!(by_host(&nodes, gone)["Status"], "Down", "{nodes:?}");
+        assert_eq!(by_host(&nodes, gone)["ManagerStatus"], "", "{nodes:?}");
+    }
+    let labels: Value = serde_json::from_str(&h1.docker_ok(&[
+        "node",
+        "inspect",
+        "h4",
+        "--format",
+        "{{json .Spec.Labels}}",
+    ]))
+    .unwrap();
+    assert_eq!(labels["kept"], "yes");
+    h1.docker_ok(&["node", "update", "--label-add", "after=recovery", "h4"]);
+
+    // The old tokens still work: a new manager joins the new cluster.
+    cluster.join("h5", "manager");
+    let nodes = cluster.node("h5").node_ls().unwrap();
+    assert_eq!(by_host(&nodes, "h5")["ManagerStatus"], "Reachable");
+    cluster
+        .node("h5")
+        .docker_ok(&["node", "update", "--label-add", "via=h5", "h4"]);
+}
