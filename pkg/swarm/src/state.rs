@@ -186,6 +186,9 @@ impl SwarmSpec {
         {
             return Err("invalid heartbeat period: must be positive".into());
         }
+        if self.encryption_config.auto_lock_managers {
+            return Err("autolock is not supported by this swarm agent yet".into());
+        }
         if let Some(e) = self.ca_config.node_cert_expiry
             && e != 0
             && (e < 0 || Duration::from_nanos(e as u64) < min_cert_expiry)
