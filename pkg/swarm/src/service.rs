@@ -58,6 +58,25 @@ impl Handler {
             .map(|m| m.raft.clone())
             .ok_or_else(|| Status::unavailable("this node is not a Raft member"))
     }
+
+    /// Raft for a message from a manager of this Raft cluster. A manager that was removed (a
+    /// demotion it missed, or `--force-new-cluster` while it was away) is refused, so its stale
+    /// elections cannot disturb the cluster; it learns its new role from its heartbeats. A node
+    /// not yet initialized (a manager joining) takes messages from anyone of the swarm.
+    fn raft_for<T>(&self, request: &Request<T>) -> Result<crate::raft::Raft, Status> {
+        let peer = net::require(request, Some(Role::Manager))?;
+        let raft = self.raft()?;
+        let membership = raft.metrics().borrow().membership_config.clone();
+        let sender = crate::ids::raft_id(&peer.node_id);
+        let members = membership.membership();
+        if members.nodes().next().is_some() && members.get_node(&sender).is_none() {
+            return Err(Status::permission_denied(format!(
+                "node {} is not a member of this Raft cluster",
+                peer.node_id
+            )));
+        }
+        Ok(raft)
+    }
 }
 
 #[tonic::async_trait]
@@ -102,9 +121,9 @@ impl raft_server::Raft for Handler {
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        net::require(&request, Some(Role::Manager))?;
+        let raft = self.raft_for(&request)?;
         let rpc = decode(request.get_ref())?;
-        let result = self.raft()?.append_entries(rpc).await;
+        let result = raft.append_entries(rpc).await;
         Ok(Response::new(encode(&result)))
     }
 
@@ -112,9 +131,9 @@ impl raft_server::Raft for Handler {
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        net::require(&request, Some(Role::Manager))?;
+        let raft = self.raft_for(&request)?;
         let rpc = decode(request.get_ref())?;
-        let result = self.raft()?.vote(rpc).await;
+        let result = raft.vote(rpc).await;
         Ok(Response::new(encode(&result)))
     }
 
@@ -122,9 +141,9 @@ impl raft_server::Raft for Handler {
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        net::require(&request, Some(Role::Manager))?;
+        let raft = self.raft_for(&request)?;
         let rpc = decode(request.get_ref())?;
-        let result = self.raft()?.install_snapshot(rpc).await;
+        let result = raft.install_snapshot(rpc).await;
         Ok(Response::new(encode(&result)))
     }
 }

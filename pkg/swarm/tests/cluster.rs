@@ -762,6 +762,22 @@ fn force_new_cluster_on_a_surviving_manager_keeps_the_state() {
     assert_eq!(labels["kept"], "yes");
     h1.docker_ok(&["node", "update", "--label-add", "after=recovery", "h4"]);
 
+    // A lost manager that comes back finds itself demoted: it becomes a worker, and its stale
+    // Raft does not disturb the new cluster.
+    cluster.node_mut("h2").start();
+    wait_for(Duration::from_secs(20), "h2 back as a ready worker", || {
+        let nodes = cluster.node("h1").node_ls().ok()?;
+        let h2 = by_host(&nodes, "h2");
+        (h2["Status"] == "Ready"
+            && h2["ManagerStatus"] == ""
+            && cluster.node("h2").docker(&["node", "ls"]).is_err())
+        .then_some(())
+    });
+    assert_eq!(
+        leader_of(&cluster.node("h1").node_ls().unwrap()).as_deref(),
+        Some("h1")
+    );
+
     // The old tokens still work: a new manager joins the new cluster.
     cluster.join("h5", "manager");
     let nodes = cluster.node("h5").node_ls().unwrap();
