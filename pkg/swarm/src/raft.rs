@@ -46,9 +46,9 @@ pub fn config(tick: Duration, spec: &RaftSpec) -> Result<Arc<Config>, openraft::
     let election_tick = (spec.election_tick.max(2)) as u64;
     let config = Config {
         cluster_name: "swarm".into(),
-        heartbeat_interval: tick_ms * (spec.heartbeat_tick.max(1)) as u64,
-        election_timeout_min: tick_ms * election_tick,
-        election_timeout_max: tick_ms * election_tick * 2,
+        heartbeat_interval: tick_ms.saturating_mul(spec.heartbeat_tick.max(1) as u64),
+        election_timeout_min: tick_ms.saturating_mul(election_tick),
+        election_timeout_max: tick_ms.saturating_mul(election_tick).saturating_mul(2),
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(
             spec.snapshot_interval.unwrap_or(10_000).max(1),

@@ -186,6 +186,18 @@ impl SwarmSpec {
         {
             return Err("invalid heartbeat period: must be positive".into());
         }
+        let r = &self.raft;
+        if !(0..=10_000).contains(&r.election_tick) || !(0..=10_000).contains(&r.heartbeat_tick) {
+            return Err(
+                "invalid Raft ticks: ElectionTick and HeartbeatTick must be between 0 and 10000"
+                    .into(),
+            );
+        }
+        if r.election_tick > 0 && r.heartbeat_tick >= r.election_tick {
+            return Err(
+                "invalid Raft ticks: ElectionTick must be greater than HeartbeatTick".into(),
+            );
+        }
         if self.encryption_config.auto_lock_managers {
             return Err("autolock is not supported by this swarm agent yet".into());
         }
@@ -645,5 +657,15 @@ mod tests {
         assert_eq!(json["Raft"]["ElectionTick"], 10);
         assert_eq!(json["Orchestration"]["TaskHistoryRetentionLimit"], 5);
         assert_eq!(json["Name"], "default");
+        assert!(spec.validate(Duration::from_secs(3600)).is_ok());
+        let mut huge = spec.clone();
+        huge.raft.election_tick = i64::MAX;
+        assert!(huge.validate(Duration::from_secs(3600)).is_err());
+        let mut short = spec;
+        short.ca_config.node_cert_expiry = Some(60_000_000_000);
+        assert_eq!(
+            short.validate(Duration::from_secs(3600)).unwrap_err(),
+            "minimum certificate expiry time is 1h"
+        );
     }
 }

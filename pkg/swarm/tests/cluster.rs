@@ -64,6 +64,7 @@ fn api_answers_before_init_and_hostile_requests_get_dockers_errors() {
         "{\"ListenAddr\": 5}",
         "\u{0}\u{1}garbage",
         "{\"Spec\": {\"Dispatcher\": {\"HeartbeatPeriod\": \"x\"}}}",
+        "{\"Spec\": {\"Raft\": {\"ElectionTick\": 9223372036854775807}}}",
     ] {
         let reply = h1.api("POST", "/v1.41/swarm/init", body);
         assert_eq!(reply.status, 400, "{body:?}: {}", reply.body);
