@@ -33,6 +33,8 @@ use crate::state::{NodeSpec, Role, SwarmSpec};
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_CONNECTIONS: usize = 128;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client gets this long to send a body; a slower one gets 400 and cannot hold a connection.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = Response<Full<Bytes>>;
 
@@ -142,8 +144,19 @@ fn version_param(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
 }
 
 async fn body<T: DeserializeOwned + Default>(request: Request<Incoming>) -> Result<T, ApiError> {
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::new(
+            400,
+            format!("request body too large (over {MAX_BODY} bytes)"),
+        ));
+    }
     let collected = tokio::time::timeout(
-        Duration::from_secs(30),
+        BODY_TIMEOUT,
         Limited::new(request.into_body(), MAX_BODY).collect(),
     )
     .await
