@@ -633,7 +633,7 @@ fn a_paused_leader_marks_no_worker_down_and_a_demoted_leader_hands_over() {
     cluster
         .node(other)
         .docker_ok(&["node", "demote", &new_leader]);
-    let next = wait_for(
+    let next = cluster.wait(
         Duration::from_secs(20),
         "a leader other than the demoted one",
         || {
@@ -642,7 +642,7 @@ fn a_paused_leader_marks_no_worker_down_and_a_demoted_leader_hands_over() {
             (by_host(&nodes, &new_leader)["ManagerStatus"] == "").then_some(leader)
         },
     );
-    wait_for(
+    cluster.wait(
         Duration::from_secs(20),
         "the demoted node to be a worker",
         || cluster.node(&new_leader).docker(&["node", "ls"]).err(),

@@ -222,6 +222,24 @@ impl Cluster {
         cluster
     }
 
+    /// Gives the bridge an address, so this (host) process reaches the nodes directly.
+    pub fn reach_from_host(&self) {
+        let node = &self.nodes[0];
+        let subnet = node
+            .ip
+            .rsplit_once('.')
+            .map(|(s, _)| s)
+            .expect("an IPv4 address");
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{subnet}.254/24"),
+            "dev",
+            &self.bridge,
+        ]);
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()
@@ -282,6 +300,24 @@ impl Drop for Cluster {
             sh(&["ip", "netns", "del", &node.netns]);
         }
         sh(&["ip", "link", "del", &self.bridge]);
+    }
+}
+
+impl Cluster {
+    /// [`wait_for`], with every node's log in the failure.
+    pub fn wait<T>(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
