@@ -1292,6 +1292,11 @@ impl Daemon {
         let view = self
             .view()
             .map_err(|e| tonic::Status::unavailable(e.message))?;
+        // Only the leader: a manager that was just removed from Raft holds a stale view of
+        // the role the node should have (its own, for one).
+        if view.leader != Some(view.self_raft_id) {
+            return Err(not_leader(&view));
+        }
         let cluster = view
             .state
             .cluster
@@ -1689,7 +1694,14 @@ impl Daemon {
     async fn renew_certificate(&self, session: &Arc<Session>) -> ApiResult<()> {
         let (key_der, csr) = pki::new_key_and_csr().map_err(|e| internal("key", e))?;
         let mut last = ApiError::new(503, NO_LEADER);
-        for addr in session.known_managers() {
+        let mut candidates = session.known_managers();
+        candidates.reverse();
+        let mut tries = 0;
+        while let Some(addr) = candidates.pop() {
+            tries += 1;
+            if tries > 10 {
+                break;
+            }
             let Ok(channel) = session.channel(&addr) else {
                 continue;
             };
@@ -1699,6 +1711,9 @@ impl Daemon {
             {
                 Ok(issued) => issued.into_inner(),
                 Err(status) => {
+                    if let Some(leader) = leader_hint(&status) {
+                        candidates.push(leader);
+                    }
                     last = status_to_api(status);
                     continue;
                 }
