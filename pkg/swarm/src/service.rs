@@ -59,10 +59,11 @@ impl Handler {
             .ok_or_else(|| Status::unavailable("this node is not a Raft member"))
     }
 
-    /// Raft for a message from a manager of this Raft cluster. A manager that was removed (a
-    /// demotion it missed, or `--force-new-cluster` while it was away) is refused, so its stale
-    /// elections cannot disturb the cluster; it learns its new role from its heartbeats. A node
-    /// not yet initialized (a manager joining) takes messages from anyone of the swarm.
+    /// Raft for a vote request from a manager of this Raft cluster. A manager that was removed
+    /// (a demotion it missed, or `--force-new-cluster` while it was away) cannot call elections
+    /// that would disturb the cluster; it learns its new role from its heartbeats. Its other
+    /// messages are answered: the answers carry the newer term that makes a removed leader step
+    /// down. A node not yet initialized (a manager joining) takes votes from anyone of the swarm.
     fn raft_for<T>(&self, request: &Request<T>) -> Result<crate::raft::Raft, Status> {
         let peer = net::require(request, Some(Role::Manager))?;
         let raft = self.raft()?;
@@ -121,7 +122,8 @@ impl raft_server::Raft for Handler {
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let raft = self.raft_for(&request)?;
+        net::require(&request, Some(Role::Manager))?;
+        let raft = self.raft()?;
         let rpc = decode(request.get_ref())?;
         let result = raft.append_entries(rpc).await;
         Ok(Response::new(encode(&result)))
@@ -141,7 +143,8 @@ impl raft_server::Raft for Handler {
         &self,
         request: Request<proto::RaftMessage>,
     ) -> Result<Response<proto::RaftMessage>, Status> {
-        let raft = self.raft_for(&request)?;
+        net::require(&request, Some(Role::Manager))?;
+        let raft = self.raft()?;
         let rpc = decode(request.get_ref())?;
         let result = raft.install_snapshot(rpc).await;
         Ok(Response::new(encode(&result)))

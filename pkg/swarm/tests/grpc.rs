@@ -149,10 +149,15 @@ async fn port_2377_refuses_callers_without_the_right_certificate() {
         .await
         .unwrap_err();
     assert_ne!(refused.code(), Code::Ok);
-    assert!(
-        h1.log_text().contains("refused a connection from"),
-        "{}",
-        h1.log_text()
+    // (The manager logs the refusal after the client has seen it.)
+    common::wait_for(
+        Duration::from_secs(5),
+        "the refusal in the manager's log",
+        || {
+            h1.log_text()
+                .contains("refused a connection from")
+                .then_some(())
+        },
     );
 
     // The manager is fine.
