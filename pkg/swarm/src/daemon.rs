@@ -1847,9 +1847,13 @@ impl Daemon {
                         continue;
                     }
                     let removal = ChangeMembers::RemoveVoters(BTreeSet::from([node.raft_id]));
-                    match parts.raft.change_membership(removal, false).await {
-                        Ok(_) => tracing::info!("node {} left Raft (demoted)", node.id),
-                        Err(e) => tracing::warn!("removing node {} from Raft: {e}", node.id),
+                    // Bounded, so a membership change that cannot commit (no quorum) does not
+                    // stop down detection; it is tried again on a later round.
+                    let change = parts.raft.change_membership(removal, false);
+                    match tokio::time::timeout(self.write_timeout() * 2, change).await {
+                        Ok(Ok(_)) => tracing::info!("node {} left Raft (demoted)", node.id),
+                        Ok(Err(e)) => tracing::warn!("removing node {} from Raft: {e}", node.id),
+                        Err(_) => tracing::warn!("removing node {} from Raft: timed out", node.id),
                     }
                     if node.raft_id == view.self_raft_id {
                         break;
