@@ -857,3 +857,93 @@ fn force_new_cluster_on_a_surviving_manager_keeps_the_state() {
         .node("h5")
         .docker_ok(&["node", "update", "--label-add", "via=h5", "h4"]);
 }
+
+#[test]
+fn the_agents_own_cli_speaks_dockers_verbs() {
+    let cluster = Cluster::new(2);
+    let (h1, h2) = (cluster.node("h1"), cluster.node("h2"));
+    let out = h1
+        .cli(&[
+            "init",
+            "--advertise-addr",
+            &h1.ip,
+            "--dispatcher-heartbeat",
+            "500ms",
+        ])
+        .unwrap();
+    assert!(out.contains("Swarm initialized: current node ("), "{out}");
+    let token = h1
+        .cli(&["join-token", "-q", "worker"])
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(token.starts_with("SWMTKN-1-"), "{token}");
+    let out = h2
+        .cli(&[
+            "join",
+            "--token",
+            &token,
+            "--advertise-addr",
+            &h2.ip,
+            &h1.addr(),
+        ])
+        .unwrap();
+    assert_eq!(out.trim(), "This node joined a swarm as a worker.");
+    let again = h2
+        .cli(&["join", "--token", &token, &h1.addr()])
+        .unwrap_err();
+    assert!(
+        again.contains("This node is already part of a swarm"),
+        "{again}"
+    );
+
+    h1.cli(&[
+        "node",
+        "update",
+        "--availability",
+        "pause",
+        "--label-add",
+        "disk=ssd",
+        "h2",
+    ])
+    .unwrap();
+    let rows: Vec<Value> = h1
+        .cli(&["node", "ls", "--format", "json"])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(by_host(&rows, "h1")["ManagerStatus"], "Leader");
+    assert_eq!(by_host(&rows, "h1")["Self"], true);
+    assert_eq!(by_host(&rows, "h2")["Availability"], "Pause");
+    let inspect: Value =
+        serde_json::from_str(&h1.cli(&["node", "inspect", "h2"]).unwrap()).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Labels"]["disk"], "ssd");
+    let missing = h1
+        .cli(&["node", "update", "--label-rm", "nope", "h2"])
+        .unwrap_err();
+    assert!(
+        missing.contains("key nope doesn't exist in node's labels"),
+        "{missing}"
+    );
+
+    h1.cli(&["join-token", "--rotate", "worker"]).unwrap();
+    assert_ne!(
+        h1.cli(&["join-token", "-q", "worker"]).unwrap().trim(),
+        token
+    );
+    h1.cli(&["update", "--dispatcher-heartbeat", "1s"]).unwrap();
+    assert_eq!(
+        h1.api("GET", "/swarm", "").json()["Spec"]["Dispatcher"]["HeartbeatPeriod"],
+        1_000_000_000
+    );
+    let table = h1.cli(&["node", "ls"]).unwrap();
+    assert!(table.starts_with("ID") && table.contains(" *"), "{table}");
+    h2.cli(&["leave"]).unwrap();
+    let refused = h1.cli(&["leave"]).unwrap_err();
+    assert!(
+        refused.contains("Removing the last manager erases all current state of the swarm"),
+        "{refused}"
+    );
+}

@@ -124,6 +124,21 @@ impl Node {
         }
     }
 
+    /// Runs the agent's own CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_slipway-swarm"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running slipway-swarm");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     pub fn docker_ok(&self, args: &[&str]) -> String {
         self.docker(args).unwrap_or_else(|e| {
             panic!(
