@@ -284,7 +284,7 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
                 .state
                 .nodes
                 .values()
-                .filter(|n| node_matches(n, &filters, &view))
+                .filter(|n| node_matches(n, &filters))
                 .map(|n| docker::node(&view, n))
                 .collect();
             Ok(json_reply(200, &Value::Array(nodes)))
@@ -345,7 +345,7 @@ fn parse_filters(raw: Option<&String>) -> Result<Filters, ApiError> {
     Ok(filters)
 }
 
-fn node_matches(node: &crate::state::Node, filters: &Filters, _view: &crate::daemon::View) -> bool {
+fn node_matches(node: &crate::state::Node, filters: &Filters) -> bool {
     filters.iter().all(|(key, values)| {
         values.is_empty()
             || values.iter().any(|v| match key.as_str() {

@@ -72,6 +72,7 @@ fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub state_dir: PathBuf,
+    /// The engine's socket: the tasks of services run through it (the next issue).
     pub engine: PathBuf,
     /// The length of a Raft tick (SwarmKit: 1 s); elections take 10 to 20 ticks.
     pub raft_tick: Duration,

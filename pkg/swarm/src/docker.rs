@@ -155,7 +155,7 @@ pub fn info(daemon: &Daemon) -> Value {
                         .map(|a| json!({"NodeID": n.id, "Addr": a})))
                     .collect::<Vec<_>>()
             );
-            let mut cluster = swarm_cluster(&view);
+            let mut cluster = self::swarm(&view);
             if let Some(map) = cluster.as_object_mut() {
                 map.remove("JoinTokens");
             }
@@ -192,8 +192,4 @@ pub fn info(daemon: &Daemon) -> Value {
         "SecurityOptions": [],
         "Warnings": null,
     })
-}
-
-fn swarm_cluster(view: &View) -> Value {
-    swarm(view)
 }
