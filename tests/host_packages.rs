@@ -389,3 +389,66 @@ fn host_packages_are_reproducible() {
         assert_eq!(first, second, "{pkg} is not reproducible");
     }
 }
+
+/// The host keys are made at the first boot on the state disk (examples/state-disk.yml mounts it
+/// under /var) and the second boot of the same disk offers the same key.
+#[test]
+fn sshd_keeps_its_host_key_on_the_state_disk() {
+    cache();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(dir.path());
+    build(
+        dir.path(),
+        "st",
+        &["examples/sshd.yml", "examples/state-disk.yml"],
+    );
+    let data = serde_json::json!({
+        "ssh": {"entries": {"authorized_keys": {"perm": "0600", "content": format!("{public}\n")}}}
+    })
+    .to_string();
+    let mut seen = Vec::new();
+    for boot in 1..=2 {
+        let port = free_port();
+        let publish = format!("{port}:22");
+        let mut vm = Vm::start(
+            &dir.path().join("st"),
+            &[
+                "--disk",
+                "size=256M",
+                "--publish",
+                &publish,
+                "--data",
+                &data,
+            ],
+        );
+        let command = "echo boot-$(cat /var/lib/state/boots); cat /etc/ssh/ssh_host_ed25519_key.pub; readlink /etc/ssh/ssh_host_ed25519_key";
+        let expect = format!("boot-{boot}");
+        let out = ssh_until(
+            &mut vm,
+            &key,
+            port,
+            command,
+            &expect,
+            Duration::from_secs(230),
+        );
+        assert!(out.contains(&expect), "boot {boot}: {out}\n{}", vm.text());
+        assert!(
+            out.contains("/var/lib/state/ssh-host-keys/ssh_host_ed25519_key"),
+            "boot {boot}: host key not on the state disk: {out}"
+        );
+        let host_key = out
+            .lines()
+            .find(|l| l.starts_with("ssh-ed25519 "))
+            .unwrap_or_default()
+            .to_string();
+        seen.push(host_key);
+        let _ = ssh(&key, port, "poweroff");
+        assert!(
+            vm.finish(Duration::from_secs(90)),
+            "boot {boot}: no clean poweroff:\n{}",
+            vm.text()
+        );
+    }
+    assert!(!seen[0].is_empty(), "no host key read: {seen:?}");
+    assert_eq!(seen[0], seen[1], "the host key changed between boots");
+}
