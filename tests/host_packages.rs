@@ -1,8 +1,9 @@
-//! The packages a host is built from (pkg/dhcpcd, pkg/getty), each booted for real under QEMU
-//! (TCG) through `slipway run qemu`, whose default NIC is virtio-net on QEMU's user network: the
-//! boots run in parallel threads. Each package's image is also built twice to the same digest.
+//! The packages a host is built from (pkg/dhcpcd, pkg/getty, pkg/sshd), each booted for real
+//! under QEMU (TCG) through `slipway run qemu`, whose default NIC is virtio-net on QEMU's user
+//! network: the boots run in parallel threads. Each package's image is also built twice to the
+//! same digest.
 //!
-//! Needs qemu-system-x86.
+//! Needs qemu-system-x86 and Debian's OpenSSH client (`ssh`, `ssh-keygen`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-const PACKAGES: [&str; 2] = ["pkg/dhcpcd", "pkg/getty"];
+const PACKAGES: [&str; 3] = ["pkg/dhcpcd", "pkg/getty", "pkg/sshd"];
 
 fn cache() -> &'static Path {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
@@ -28,6 +29,7 @@ fn cache() -> &'static Path {
                 "pkg/init",
                 "pkg/busybox",
                 "pkg/engine",
+                "pkg/metadata",
             ])
             .args(PACKAGES)
             .status()
@@ -44,9 +46,15 @@ fn slipway(cache: &Path) -> Command {
 }
 
 fn build(dir: &Path, name: &str, manifests: &[&str]) {
-    let out = slipway(cache())
+    build_in(cache(), dir, name, &[], manifests);
+}
+
+/// `slipway build` with the store `store` and the extra flags `flags`.
+fn build_in(store: &Path, dir: &Path, name: &str, flags: &[&str], manifests: &[&str]) {
+    let out = slipway(store)
         .args(["build", "--name", name, "--dir"])
         .arg(dir)
+        .args(flags)
         .args(manifests)
         .output()
         .unwrap();
@@ -65,7 +73,11 @@ struct Vm {
 
 impl Vm {
     fn start(prefix: &Path, args: &[&str]) -> Vm {
-        let mut child = slipway(cache())
+        Vm::start_in(cache(), prefix, args)
+    }
+
+    fn start_in(store: &Path, prefix: &Path, args: &[&str]) -> Vm {
+        let mut child = slipway(store)
             .args(["run", "qemu", "--mem", "512", "--timeout", "240"])
             .args(args)
             .arg(prefix)
@@ -183,12 +195,169 @@ fn getty_gives_a_root_shell_on_the_serial_console() {
     assert!(clean, "no clean poweroff from the console shell:\n{text}");
 }
 
+/// A new ed25519 key pair in `dir` (`id`, `id.pub`), made by Debian's ssh-keygen.
+fn ssh_key(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "slipway-test", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(dir.join("id.pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+/// A free TCP port on 127.0.0.1 for `--publish` (free now; QEMU binds it a moment later).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Debian's OpenSSH client logs in as root on 127.0.0.1:`port` with `key` and runs `command`:
+/// whether it succeeded, and its output (stdout, then stderr).
+fn ssh(key: &Path, port: u16, command: &str) -> (bool, String) {
+    let out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(["root@127.0.0.1", command])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// [`ssh`] again and again while the guest boots, until the output shows `expect` or `limit`
+/// passes or the machine stops. Returns the last output.
+fn ssh_until(
+    vm: &mut Vm,
+    key: &Path,
+    port: u16,
+    command: &str,
+    expect: &str,
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < deadline && vm.child.try_wait().unwrap().is_none() {
+        let (ok, text) = ssh(key, port, command);
+        if ok && text.contains(expect) {
+            return text;
+        }
+        last = text;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    last
+}
+
+/// What a login runs: root's POSIX shell with busybox's `ip`, then a clean poweroff.
+const SSH_COMMAND: &str = "echo ssh-$((6*7))-$(id -u); ip -4 -o addr show dev eth0";
+
+fn ssh_logs_in_and_powers_off(vm: &mut Vm, key: &Path, port: u16, what: &str) {
+    let out = ssh_until(
+        vm,
+        key,
+        port,
+        SSH_COMMAND,
+        "ssh-42-0",
+        Duration::from_secs(230),
+    );
+    assert!(
+        out.contains("ssh-42-0") && out.contains("inet 10.0.2.15/24"),
+        "{what}: no SSH login as root (last answer: {out}):\n{}",
+        vm.text()
+    );
+    // busybox's poweroff signals PID 1 (sshd shares the host's pid namespace).
+    let _ = ssh(key, port, "poweroff");
+    let clean = vm.finish(Duration::from_secs(90));
+    assert!(clean, "{what}: no clean poweroff after SSH:\n{}", vm.text());
+}
+
+/// A manifest in LinuxKit's exact shape (its image names and tags, `binds.add`, its `files:`
+/// entry for the key; the key here is the test's own) builds with `--linuxkit` from an empty
+/// store, boots, and its sshd lets Debian's ssh in with the key from `files:`.
+fn sshd_in_a_linuxkit_manifest_takes_the_key_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let (key, _) = ssh_key(dir.path());
+    let manifest = dir.path().join("sshd.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "kernel:\n  image: linuxkit/kernel:6.6.71\n  cmdline: \"console=ttyS0 panic=-1\"\n\
+init:\n  - linuxkit/init:8eea386739975a43af558eec757a7dcb3a3d2e7b\n  - linuxkit/runc:667e7ea2c426a2460ca21e3da065a57dbb3369c9\n\
+\x20 - linuxkit/containerd:a988a1a8bcbacb2c0c4df8d0bbe7b83b9c4bd5bd\n\
+services:\n  - name: dhcpcd\n    image: linuxkit/dhcpcd:b87e9ececac55a65eaa592f4dd8b4e0c3009afdb\n\
+\x20 - name: sshd\n    image: linuxkit/sshd:08e5d4a46603eff485d5d1b14001cc932a530858\n    binds.add:\n      - /root/.ssh:/root/.ssh\n\
+files:\n  - path: root/.ssh/authorized_keys\n    source: {}\n    mode: \"0600\"\n    optional: true\n",
+            dir.path().join("id.pub").display()
+        ),
+    )
+    .unwrap();
+    build_in(
+        store.path(),
+        dir.path(),
+        "lk-sshd",
+        &["--linuxkit"],
+        &[manifest.to_str().unwrap()],
+    );
+    let port = free_port();
+    let publish = format!("{port}:22");
+    let mut vm = Vm::start_in(
+        store.path(),
+        &dir.path().join("lk-sshd"),
+        &["--publish", &publish],
+    );
+    ssh_logs_in_and_powers_off(&mut vm, &key, port, "files:");
+}
+
+/// examples/sshd.yml booted with `--data`: `metadata` writes the key from the CD to
+/// /run/config/ssh/authorized_keys and sshd lets Debian's ssh in with it.
+fn sshd_takes_the_key_from_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(dir.path());
+    build(dir.path(), "sshd", &["examples/sshd.yml"]);
+    let data = serde_json::json!({
+        "ssh": {"entries": {"authorized_keys": {"perm": "0600", "content": format!("{public}\n")}}}
+    })
+    .to_string();
+    let port = free_port();
+    let publish = format!("{port}:22");
+    let mut vm = Vm::start(
+        &dir.path().join("sshd"),
+        &["--publish", &publish, "--data", &data],
+    );
+    ssh_logs_in_and_powers_off(&mut vm, &key, port, "--data");
+}
+
 #[test]
 fn host_packages_boot() {
     cache();
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 4] = [
         ("dhcpcd", dhcpcd_gets_an_address_from_qemus_user_network),
         ("getty", getty_gives_a_root_shell_on_the_serial_console),
+        (
+            "sshd files: (LinuxKit manifest)",
+            sshd_in_a_linuxkit_manifest_takes_the_key_from_files,
+        ),
+        ("sshd --data", sshd_takes_the_key_from_data),
     ];
     let handles: Vec<_> = tests
         .into_iter()
@@ -219,4 +388,67 @@ fn host_packages_are_reproducible() {
         assert!(first.contains("sha256:"), "{pkg}: no digest in {first:?}");
         assert_eq!(first, second, "{pkg} is not reproducible");
     }
+}
+
+/// The host keys are made at the first boot on the state disk (examples/state-disk.yml mounts it
+/// under /var) and the second boot of the same disk offers the same key.
+#[test]
+fn sshd_keeps_its_host_key_on_the_state_disk() {
+    cache();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_key(dir.path());
+    build(
+        dir.path(),
+        "st",
+        &["examples/sshd.yml", "examples/state-disk.yml"],
+    );
+    let data = serde_json::json!({
+        "ssh": {"entries": {"authorized_keys": {"perm": "0600", "content": format!("{public}\n")}}}
+    })
+    .to_string();
+    let mut seen = Vec::new();
+    for boot in 1..=2 {
+        let port = free_port();
+        let publish = format!("{port}:22");
+        let mut vm = Vm::start(
+            &dir.path().join("st"),
+            &[
+                "--disk",
+                "size=256M",
+                "--publish",
+                &publish,
+                "--data",
+                &data,
+            ],
+        );
+        let command = "echo boot-$(cat /var/lib/state/boots); cat /etc/ssh/ssh_host_ed25519_key.pub; readlink /etc/ssh/ssh_host_ed25519_key";
+        let expect = format!("boot-{boot}");
+        let out = ssh_until(
+            &mut vm,
+            &key,
+            port,
+            command,
+            &expect,
+            Duration::from_secs(230),
+        );
+        assert!(out.contains(&expect), "boot {boot}: {out}\n{}", vm.text());
+        assert!(
+            out.contains("/var/lib/state/ssh-host-keys/ssh_host_ed25519_key"),
+            "boot {boot}: host key not on the state disk: {out}"
+        );
+        let host_key = out
+            .lines()
+            .find(|l| l.starts_with("ssh-ed25519 "))
+            .unwrap_or_default()
+            .to_string();
+        seen.push(host_key);
+        let _ = ssh(&key, port, "poweroff");
+        assert!(
+            vm.finish(Duration::from_secs(90)),
+            "boot {boot}: no clean poweroff:\n{}",
+            vm.text()
+        );
+    }
+    assert!(!seen[0].is_empty(), "no host key read: {seen:?}");
+    assert_eq!(seen[0], seen[1], "the host key changed between boots");
 }
