@@ -1274,6 +1274,8 @@ async fn start(
     helper: Arc<std::sync::atomic::AtomicI32>,
 ) -> Result<Running, String> {
     let id = container_id(&spec.name);
+    crate::cgroup::make_parents(Path::new(crate::cgroup::CGROUP_ROOT), &spec.bundle)
+        .map_err(|e| format!("creating the parent cgroup of {}: {e}", spec.name))?;
     let dir = shared.outputs();
     let mut outputs = Vec::new();
     for stream in ["stdout", "stderr"] {
