@@ -34,7 +34,7 @@ pub struct HyperkitArgs {
     #[arg(long, value_name = "PATH")]
     pub disk: Vec<PathBuf>,
     /// Guest networking: user (vmnet) or none.
-    #[arg(long, default_value = "user", value_parser = parse_networking)]
+    #[arg(long, default_value = "user", value_parser = parse_hyperkit_networking)]
     pub networking: Networking,
     /// State folder (pid file). Default: NAME-state.
     #[arg(long, value_name = "DIR")]
@@ -77,7 +77,8 @@ pub struct QemuArgs {
     /// Forward a host port to the guest: [HOSTIP:]HOST:GUEST[/tcp|/udp]. Repeatable.
     #[arg(long, value_name = "PORTS", value_parser = parse_publish)]
     pub publish: Vec<Publish>,
-    /// Guest networking: user (NAT, virtio-net) or none.
+    /// Guest networking: user (NAT, virtio-net), none, or socket,mcast=ADDR:PORT[,mac=MAC]
+    /// (one Ethernet segment with every VM on that multicast group).
     #[arg(long, default_value = "user", value_parser = parse_networking)]
     pub networking: Networking,
     /// The network card QEMU emulates: virtio-net-pci, e1000, e1000e, vmxnet3, rtl8139, ...
@@ -132,6 +133,14 @@ fn parse_publish(s: &str) -> Result<Publish, String> {
 
 fn parse_networking(s: &str) -> Result<Networking, String> {
     s.parse().map_err(|e: crate::run::RunError| e.to_string())
+}
+
+/// HyperKit has vmnet or nothing: QEMU's socket network is not one of its options.
+fn parse_hyperkit_networking(s: &str) -> Result<Networking, String> {
+    match parse_networking(s)? {
+        Networking::Socket { .. } => Err("expected user or none".into()),
+        other => Ok(other),
+    }
 }
 
 /// A QEMU device name, so that it cannot smuggle options into `-device`.

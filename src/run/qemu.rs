@@ -216,25 +216,56 @@ impl FromStr for Publish {
     }
 }
 
-/// `--networking user|none`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `--networking user|none|socket,mcast=ADDR:PORT[,mac=MAC]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Networking {
     #[default]
     User,
     None,
+    /// QEMU's socket network on a multicast group: every VM started with the same group is on
+    /// one Ethernet segment, without root or a bridge on the host (scripts/cluster). Each needs
+    /// its own MAC address (QEMU gives every VM the same default).
+    Socket { mcast: String, mac: Option<String> },
 }
 
 impl FromStr for Networking {
     type Err = RunError;
     fn from_str(s: &str) -> Result<Self, RunError> {
+        let bad = |why: &str| RunError::BadOption {
+            option: "--networking",
+            value: s.into(),
+            why: why.into(),
+        };
         match s {
             "user" => Ok(Networking::User),
             "none" => Ok(Networking::None),
-            _ => Err(RunError::BadOption {
-                option: "--networking",
-                value: s.into(),
-                why: "expected user or none".into(),
-            }),
+            _ => {
+                let Some(rest) = s.strip_prefix("socket,") else {
+                    return Err(bad(
+                        "expected user, none or socket,mcast=ADDR:PORT[,mac=MAC]",
+                    ));
+                };
+                let (mut mcast, mut mac) = (None, None);
+                for opt in rest.split(',') {
+                    match opt.split_once('=') {
+                        Some(("mcast", v)) if v.parse::<std::net::SocketAddrV4>().is_ok() => {
+                            mcast = Some(v.to_string())
+                        }
+                        Some(("mac", v))
+                            if v.len() == 17
+                                && v.split(':').count() == 6
+                                && v.split(':').all(|b| {
+                                    b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit())
+                                }) =>
+                        {
+                            mac = Some(v.to_string())
+                        }
+                        _ => return Err(bad(&format!("bad socket option {opt:?}: expected mcast=IPV4:PORT or mac=XX:XX:XX:XX:XX:XX"))),
+                    }
+                }
+                let mcast = mcast.ok_or_else(|| bad("socket networking needs mcast=ADDR:PORT"))?;
+                Ok(Networking::Socket { mcast, mac })
+            }
         }
     }
 }
@@ -483,7 +514,7 @@ pub fn command_line(
     if config.data.is_some() {
         args.extend(metadata_cd_args(config));
     }
-    match config.networking {
+    match &config.networking {
         Networking::User => {
             let mut netdev = String::from("user,id=net0");
             for p in &config.publish {
@@ -499,6 +530,18 @@ pub fn command_line(
             ]);
         }
         Networking::None => args.extend(["-nic".into(), "none".into()]),
+        Networking::Socket { mcast, mac } => {
+            let mut device = format!("{},netdev=net0", config.nic_model);
+            if let Some(mac) = mac {
+                device.push_str(&format!(",mac={mac}"));
+            }
+            args.extend([
+                "-netdev".into(),
+                format!("socket,id=net0,mcast={mcast}").into(),
+                "-device".into(),
+                device.into(),
+            ]);
+        }
     }
     args
 }
@@ -519,7 +562,7 @@ fn qemu_escape(path: &Path) -> OsString {
 /// Boots `source` and waits: `Ok` when qemu exits 0 (the guest powered off, or rebooted, which
 /// `-no-reboot` turns into an exit), an error when qemu fails or the timeout passes.
 pub fn run(config: &QemuConfig, source: &BootSource) -> Result<(), RunError> {
-    if !config.publish.is_empty() && config.networking == Networking::None {
+    if !config.publish.is_empty() && config.networking != Networking::User {
         return Err(RunError::BadOption {
             option: "--publish",
             value: format!("{:?}", config.publish),
@@ -780,6 +823,41 @@ mod tests {
         );
         let iso = std::fs::read(&cd).unwrap();
         assert_eq!(&iso[16 * 2048 + 1..16 * 2048 + 6], b"CD001");
+    }
+
+    #[test]
+    fn socket_networking_puts_vms_on_one_multicast_segment() {
+        let networking: Networking = "socket,mcast=230.0.0.1:1234,mac=52:54:00:00:00:02"
+            .parse()
+            .unwrap();
+        let config = QemuConfig {
+            state_dir: "/s".into(),
+            networking,
+            ..QemuConfig::default()
+        };
+        let source = BootSource::KernelInitrd {
+            kernel: "/o/m-kernel".into(),
+            initrd: "/o/m-initrd.img".into(),
+            cmdline: "console=ttyS0".into(),
+            root: None,
+        };
+        let args = text(&command_line(&config, &source, &[]));
+        assert!(
+            args.ends_with(
+                "-netdev socket,id=net0,mcast=230.0.0.1:1234 \
+                 -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:02"
+            ),
+            "{args}"
+        );
+        for bad in [
+            "socket",
+            "socket,mac=52:54:00:00:00:02",
+            "socket,mcast=nowhere",
+            "socket,mcast=230.0.0.1:1234,mac=52:54:00:00:00",
+            "socket,mcast=230.0.0.1:1234,fd=3",
+        ] {
+            assert!(bad.parse::<Networking>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! checks, the API on /run/slipway/engine.sock). At shutdown, after the onshutdown containers,
 //! the init asks it to stop them (SIGTERM) and waits for it. For the boot's timeline, the init
 //! asks the engine's API when it started its first service.
+//!
+//! The swarm agent (pkg/swarm, see `swarm.rs`) is another such daemon: started after the engine
+//! and supervised the same way, so [`Engine`] and [`Supervised`] run any [`Program`].
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -21,8 +24,28 @@ pub const ENGINE: &str = slipway_layout::ENGINE;
 /// The engine's API (its default `--socket`).
 pub const SOCKET: &str = slipway_layout::ENGINE_SOCKET;
 
+/// A daemon the init starts and watches: what it is called on the console, its binary, its
+/// arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    pub name: &'static str,
+    pub path: &'static str,
+    pub args: Vec<String>,
+}
+
+impl Program {
+    pub fn engine() -> Program {
+        Program {
+            name: "engine",
+            path: ENGINE,
+            args: vec!["daemon".into()],
+        }
+    }
+}
+
 pub struct Engine {
     pid: i32,
+    program: Program,
 }
 
 /// The first wait before the engine is started again, doubled after each quick death up to
@@ -36,6 +59,8 @@ const STEADY: Duration = Duration::from_secs(60);
 /// init's children now); a new engine finds them in its state directory.
 pub struct Supervised {
     running: Option<(Engine, Instant)>,
+    /// What to start again while it is not running.
+    program: Option<Program>,
     next_start: Option<Instant>,
     backoff: Duration,
 }
@@ -44,15 +69,16 @@ impl Supervised {
     pub fn new(engine: Engine) -> Self {
         Self {
             running: Some((engine, Instant::now())),
+            program: None,
             next_start: None,
             backoff: FIRST_BACKOFF,
         }
     }
 
-    /// An engine started by an earlier run of the init (before it re-executed itself).
-    pub fn adopt(pid: i32, events: &mut Events) -> Self {
+    /// A daemon started by an earlier run of the init (before it re-executed itself).
+    pub fn adopt(program: Program, pid: i32, events: &mut Events) -> Self {
         events.watch(pid);
-        Self::new(Engine { pid })
+        Self::new(Engine { pid, program })
     }
 
     /// The running engine's pid.
@@ -75,9 +101,10 @@ impl Supervised {
                 self.backoff = FIRST_BACKOFF;
             }
             println!(
-                "slipway-init: engine (pid {}) ended: {status}; restarting it in {:?}",
-                engine.pid, self.backoff
+                "slipway-init: {} (pid {}) ended: {status}; restarting it in {:?}",
+                engine.program.name, engine.pid, self.backoff
             );
+            self.program = Some(engine.program.clone());
             self.running = None;
             self.next_start = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(MOST_BACKOFF);
@@ -88,20 +115,27 @@ impl Supervised {
             _ => return false,
         }
         self.next_start = None;
-        match Engine::start(events) {
+        let Some(program) = self.program.take() else {
+            return false;
+        };
+        match Engine::start_program(&program, events) {
             Some(Ok(engine)) => {
-                println!("slipway-init: engine restarted (pid {})", engine.pid);
+                println!("slipway-init: {} restarted (pid {})", program.name, engine.pid);
                 self.running = Some((engine, Instant::now()));
             }
             Some(Err(e)) => {
                 println!(
-                    "slipway-init: restarting {ENGINE}: {e}; trying again in {:?}",
-                    self.backoff
+                    "slipway-init: restarting {}: {e}; trying again in {:?}",
+                    program.path, self.backoff
                 );
                 self.next_start = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(MOST_BACKOFF);
+                self.program = Some(program);
             }
-            None => println!("slipway-init: {ENGINE} is gone; the engine is not restarted"),
+            None => println!(
+                "slipway-init: {} is gone; the {} is not restarted",
+                program.path, program.name
+            ),
         }
         true
     }
@@ -117,11 +151,19 @@ impl Supervised {
 impl Engine {
     /// Starts the engine if the image has one. Its output goes to the console.
     pub fn start(events: &mut Events) -> Option<Result<Engine, std::io::Error>> {
-        if !Path::new(ENGINE).exists() {
+        Self::start_program(&Program::engine(), events)
+    }
+
+    /// Starts `program` if the image has its binary. Its output goes to the console.
+    pub fn start_program(
+        program: &Program,
+        events: &mut Events,
+    ) -> Option<Result<Engine, std::io::Error>> {
+        if !Path::new(program.path).exists() {
             return None;
         }
-        let mut cmd = Command::new(ENGINE);
-        cmd.arg("daemon");
+        let mut cmd = Command::new(program.path);
+        cmd.args(&program.args);
         // SAFETY: between fork and exec only async-signal-safe calls: pthread_sigmask. The
         // init blocks the signals it reads through its signalfd, and a blocked mask is inherited;
         // the engine needs SIGTERM and SIGCHLD delivered.
@@ -136,7 +178,10 @@ impl Engine {
             // The init reaps every child itself (waitpid(-1)); the Child handle is dropped
             // without waiting, which std allows.
             events.watch(pid);
-            Engine { pid }
+            Engine {
+                pid,
+                program: program.clone(),
+            }
         }))
     }
 
@@ -148,18 +193,19 @@ impl Engine {
     /// by side) and exits. It gets `patience` for that, then SIGKILL (the init's final kill of
     /// every process follows anyway).
     pub fn stop(self, events: &mut Events, patience: Duration) {
+        let name = self.program.name;
         let pid = Pid::from_raw(self.pid);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
             if let Some(status) = events.exit_of(self.pid) {
-                println!("slipway-init: engine stopped ({status})");
+                println!("slipway-init: {name} stopped ({status})");
                 return;
             }
             events.wait(Duration::from_millis(100));
         }
         let _ = kill(pid, Signal::SIGKILL);
-        println!("slipway-init: engine killed after {patience:?}");
+        println!("slipway-init: {name} killed after {patience:?}");
     }
 }
 

@@ -34,6 +34,8 @@ pub struct State {
     /// The services are started: by the engine (its pid) or by the init (their pids).
     pub services_started: bool,
     pub engine: Option<i32>,
+    /// The swarm agent's pid, when the init started one after the engine.
+    pub swarm: Option<i32>,
     pub services: Vec<i32>,
     /// A shutdown was under way.
     pub shutdown: Option<Action>,
@@ -45,6 +47,7 @@ impl State {
             "onboot_started": self.onboot_started,
             "services_started": self.services_started,
             "engine": self.engine,
+            "swarm": self.swarm,
             "services": self.services,
             "shutdown": self.shutdown.map(Action::describe),
         })
@@ -62,6 +65,10 @@ impl State {
                 serde_json::Value::Null => None,
                 p => Some(i32::try_from(p.as_i64()?).ok()?),
             },
+            swarm: v
+                .get("swarm")
+                .and_then(serde_json::Value::as_i64)
+                .and_then(|p| i32::try_from(p).ok()),
             services: v
                 .get("services")?
                 .as_array()?

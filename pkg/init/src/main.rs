@@ -30,6 +30,7 @@ mod net;
 mod root;
 mod services;
 mod shutdown;
+mod swarm;
 mod timeline;
 mod volumes;
 
@@ -204,7 +205,12 @@ fn main() {
         match state.engine {
             Some(pid) => {
                 say(format_args!("adopting the engine (pid {pid})"));
-                Running::Engine(engine::Supervised::adopt(pid, &mut events))
+                let engine = engine::Supervised::adopt(engine::Program::engine(), pid, &mut events);
+                let agent = state.swarm.map(|pid| {
+                    say(format_args!("adopting the swarm agent (pid {pid})"));
+                    engine::Supervised::adopt(swarm::program(), pid, &mut events)
+                });
+                Running::Engine(engine, agent)
             }
             None => Running::Adopted(state.services.clone()),
         }
@@ -215,9 +221,26 @@ fn main() {
             Some(Ok(engine)) => {
                 timeline.mark("engine");
                 say(format_args!("engine started (pid {})", engine.pid()));
-                Running::Engine(engine::Supervised::new(engine))
+                let agent = match engine::Engine::start_program(&swarm::program(), &mut events) {
+                    Some(Ok(agent)) => {
+                        say(format_args!("swarm agent started (pid {})", agent.pid()));
+                        Some(engine::Supervised::new(agent))
+                    }
+                    Some(Err(e)) => {
+                        say(format_args!("starting {}: {e}", swarm::AGENT));
+                        None
+                    }
+                    None => None,
+                };
+                Running::Engine(engine::Supervised::new(engine), agent)
             }
             started => {
+                if Path::new(swarm::AGENT).exists() {
+                    say(format_args!(
+                        "{} not started: the swarm agent needs the engine (pkg/engine before pkg/swarm in init:)",
+                        swarm::AGENT
+                    ));
+                }
                 if let Some(Err(e)) = started {
                     say(format_args!(
                         "starting {}: {e}; starting the services myself",
@@ -240,7 +263,10 @@ fn main() {
     };
     state.services_started = true;
     match &services {
-        Running::Engine(engine) => state.engine = engine.pid(),
+        Running::Engine(engine, agent) => {
+            state.engine = engine.pid();
+            state.swarm = agent.as_ref().and_then(engine::Supervised::pid);
+        }
         Running::Direct(direct) => state.services = direct.pids(),
         Running::Adopted(_) | Running::Nothing => {}
     }
@@ -251,7 +277,7 @@ fn main() {
     } else {
         say("boot finished");
         match services {
-            Running::Engine(_) => Some(FirstServiceWatch::new()),
+            Running::Engine(..) => Some(FirstServiceWatch::new()),
             _ => {
                 report(&timeline);
                 None
@@ -311,10 +337,11 @@ impl FirstServiceWatch {
     }
 }
 
-/// Who runs the services: the engine when the image has one, else the init itself.
+/// Who runs the services: the engine when the image has one (with the swarm agent when the
+/// image has that too), else the init itself.
 enum Running {
     Nothing,
-    Engine(engine::Supervised),
+    Engine(engine::Supervised, Option<engine::Supervised>),
     Direct(services::Services),
     /// Services the init started before it re-executed itself: their main processes.
     Adopted(Vec<i32>),
@@ -495,20 +522,27 @@ fn wait_and_shutdown(
             Some(_) => WATCH_INTERVAL,
             None => Duration::from_secs(60),
         };
-        if let Running::Engine(engine) = &services
-            && let Some(at) = engine.next_start()
-        {
-            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        if let Running::Engine(engine, agent) = &services {
+            for at in [Some(engine), agent.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(engine::Supervised::next_start)
+            {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
         }
         events.wait(wait);
         if events.shutdown.is_some() {
             continue;
         }
-        if let Running::Engine(engine) = &mut services
-            && engine.tend(events)
-        {
-            state.engine = engine.pid();
-            state.save();
+        if let Running::Engine(engine, agent) = &mut services {
+            let engine_changed = engine.tend(events);
+            let agent_changed = agent.as_mut().is_some_and(|a| a.tend(events));
+            if engine_changed || agent_changed {
+                state.engine = engine.pid();
+                state.swarm = agent.as_ref().and_then(engine::Supervised::pid);
+                state.save();
+            }
         }
         if let Some((watch, timeline)) = &mut pending
             && watch.poll(timeline)
@@ -535,7 +569,13 @@ fn wait_and_shutdown(
                 }
             }
             Step::StopServices => match std::mem::replace(&mut services, Running::Nothing) {
-                Running::Engine(engine) => engine.stop(events, ENGINE_PATIENCE),
+                Running::Engine(engine, agent) => {
+                    // The agent first: it talks to the engine, never the other way round.
+                    if let Some(agent) = agent {
+                        agent.stop(events, swarm::PATIENCE);
+                    }
+                    engine.stop(events, ENGINE_PATIENCE);
+                }
                 Running::Direct(s) => s.stop(events, GRACE),
                 Running::Adopted(pids) => stop_adopted(events, &pids),
                 Running::Nothing => {}

@@ -48,6 +48,10 @@ pub enum Verb {
         /// The shortest certificate validity the cluster accepts (Docker: 1h; shorter for tests).
         #[arg(long, default_value = "1h")]
         min_cert_expiry: humantime::Duration,
+        /// Settings files (YAML; see settings.rs), later ones winning: `init` or `join` on the
+        /// first start, addresses, availability, hostname. Missing files are skipped.
+        #[arg(long)]
+        config: Vec<PathBuf>,
     },
     /// Create a swarm with this node as its first manager.
     Init {

@@ -21,6 +21,7 @@ pub mod net;
 pub mod pki;
 pub mod raft;
 pub mod service;
+pub mod settings;
 pub mod state;
 pub mod store;
 

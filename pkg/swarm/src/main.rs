@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
                 raft_tick,
                 hostname,
                 min_cert_expiry,
+                config,
             } => {
                 daemon(
                     cli.socket,
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
                     raft_tick,
                     hostname,
                     min_cert_expiry.into(),
+                    config,
                 )
                 .await
             }
@@ -52,6 +54,7 @@ async fn daemon(
     raft_tick: u64,
     hostname: Option<String>,
     min_cert_expiry: std::time::Duration,
+    config: Vec<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     tracing_subscriber::fmt()
@@ -61,7 +64,12 @@ async fn daemon(
         )
         .with_writer(std::io::stderr)
         .init();
-    let hostname = hostname.unwrap_or_else(|| {
+    // Bad settings are reported and ignored: the API still serves, `init`/`join` by hand work.
+    let settings = slipway_swarm::settings::load(&config).unwrap_or_else(|e| {
+        tracing::error!("settings: {e}");
+        Default::default()
+    });
+    let hostname = hostname.or(settings.hostname.clone()).unwrap_or_else(|| {
         rustix::system::uname()
             .nodename()
             .to_string_lossy()
@@ -83,6 +91,7 @@ async fn daemon(
     })
     .await?;
     tracing::info!("serving the Docker Engine API on {}", socket.display());
+    tokio::spawn(slipway_swarm::settings::apply(daemon.clone(), settings));
     let api = tokio::spawn(slipway_swarm::api::serve(listener, daemon));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
