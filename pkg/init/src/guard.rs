@@ -215,6 +215,7 @@ mod tests {
             onboot_started: 3,
             services_started: true,
             engine: Some(42),
+            swarm: Some(43),
             services: vec![7, 8],
             shutdown: Some(Action::PowerOff),
         };
