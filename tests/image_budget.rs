@@ -43,10 +43,7 @@ fn in_image_programs_are_static_and_fit_their_size_budgets() {
     }
     let names: Vec<&str> = sizes.iter().map(|(n, _, _)| n.as_str()).collect();
     for (name, _) in BUDGETS {
-        assert!(
-            names.contains(name),
-            "{name} is built from pkg/: {names:?}"
-        );
+        assert!(names.contains(name), "{name} is built from pkg/: {names:?}");
     }
     let distinct: std::collections::BTreeMap<_, (&str, usize)> = sizes
         .iter()

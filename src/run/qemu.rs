@@ -225,7 +225,10 @@ pub enum Networking {
     /// QEMU's socket network on a multicast group: every VM started with the same group is on
     /// one Ethernet segment, without root or a bridge on the host (scripts/cluster). Each needs
     /// its own MAC address (QEMU gives every VM the same default).
-    Socket { mcast: String, mac: Option<String> },
+    Socket {
+        mcast: String,
+        mac: Option<String>,
+    },
 }
 
 impl FromStr for Networking {
@@ -260,7 +263,11 @@ impl FromStr for Networking {
                         {
                             mac = Some(v.to_string())
                         }
-                        _ => return Err(bad(&format!("bad socket option {opt:?}: expected mcast=IPV4:PORT or mac=XX:XX:XX:XX:XX:XX"))),
+                        _ => {
+                            return Err(bad(&format!(
+                                "bad socket option {opt:?}: expected mcast=IPV4:PORT or mac=XX:XX:XX:XX:XX:XX"
+                            )));
+                        }
                     }
                 }
                 let mcast = mcast.ok_or_else(|| bad("socket networking needs mcast=ADDR:PORT"))?;

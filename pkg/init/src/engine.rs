@@ -120,7 +120,10 @@ impl Supervised {
         };
         match Engine::start_program(&program, events) {
             Some(Ok(engine)) => {
-                println!("slipway-init: {} restarted (pid {})", program.name, engine.pid);
+                println!(
+                    "slipway-init: {} restarted (pid {})",
+                    program.name, engine.pid
+                );
                 self.running = Some((engine, Instant::now()));
             }
             Some(Err(e)) => {

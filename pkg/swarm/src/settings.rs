@@ -45,7 +45,10 @@ pub enum SettingsError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
     Init,
-    Join { token: String, managers: Vec<String> },
+    Join {
+        token: String,
+        managers: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
