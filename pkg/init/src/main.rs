@@ -208,7 +208,11 @@ fn main() {
                 let engine = engine::Supervised::adopt(engine::Program::engine(), pid, &mut events);
                 let agent = state.swarm.map(|pid| {
                     say(format_args!("adopting the swarm agent (pid {pid})"));
-                    engine::Supervised::adopt(swarm::program(), pid, &mut events)
+                    Box::new(engine::Supervised::adopt(
+                        swarm::program(),
+                        pid,
+                        &mut events,
+                    ))
                 });
                 Running::Engine(engine, agent)
             }
@@ -224,7 +228,7 @@ fn main() {
                 let agent = match engine::Engine::start_program(&swarm::program(), &mut events) {
                     Some(Ok(agent)) => {
                         say(format_args!("swarm agent started (pid {})", agent.pid()));
-                        Some(engine::Supervised::new(agent))
+                        Some(Box::new(engine::Supervised::new(agent)))
                     }
                     Some(Err(e)) => {
                         say(format_args!("starting {}: {e}", swarm::AGENT));
@@ -265,7 +269,7 @@ fn main() {
     match &services {
         Running::Engine(engine, agent) => {
             state.engine = engine.pid();
-            state.swarm = agent.as_ref().and_then(engine::Supervised::pid);
+            state.swarm = agent.as_ref().and_then(|a| a.pid());
         }
         Running::Direct(direct) => state.services = direct.pids(),
         Running::Adopted(_) | Running::Nothing => {}
@@ -341,7 +345,7 @@ impl FirstServiceWatch {
 /// image has that too), else the init itself.
 enum Running {
     Nothing,
-    Engine(engine::Supervised, Option<engine::Supervised>),
+    Engine(engine::Supervised, Option<Box<engine::Supervised>>),
     Direct(services::Services),
     /// Services the init started before it re-executed itself: their main processes.
     Adopted(Vec<i32>),
@@ -523,7 +527,7 @@ fn wait_and_shutdown(
             None => Duration::from_secs(60),
         };
         if let Running::Engine(engine, agent) = &services {
-            for at in [Some(engine), agent.as_ref()]
+            for at in [Some(engine), agent.as_deref()]
                 .into_iter()
                 .flatten()
                 .filter_map(engine::Supervised::next_start)
@@ -540,7 +544,7 @@ fn wait_and_shutdown(
             let agent_changed = agent.as_mut().is_some_and(|a| a.tend(events));
             if engine_changed || agent_changed {
                 state.engine = engine.pid();
-                state.swarm = agent.as_ref().and_then(engine::Supervised::pid);
+                state.swarm = agent.as_ref().and_then(|a| a.pid());
                 state.save();
             }
         }
