@@ -1,7 +1,8 @@
 //! `scripts/cluster` end to end: three VMs of `examples/swarm.yml` under QEMU (TCG) on one socket
 //! network, node1 running `init` from its metadata CD's settings, node2 and node3 `join` with the
 //! token its agent printed on the console, then `node ls` on node1's console shows the three
-//! Ready. About 30 s of boots on a warm store (plus the agent's image build on a cold one).
+//! Ready; node3 restarted resumes its membership from its state disk, and the three are Ready
+//! again. About a minute of boots on a warm store (plus the agent's image build on a cold one).
 //!
 //! Needs qemu-system-x86 and root's QEMU socket networking (a multicast group on the host).
 
@@ -26,7 +27,8 @@ fn three_vms_form_a_swarm_and_node_ls_shows_them_ready() {
         out.status.success(),
         "scripts/cluster failed:\n{stdout}\n{stderr}"
     );
-    // `node ls`'s table: ID [*] HOSTNAME STATUS AVAILABILITY [MANAGER STATUS].
+    // `node ls`'s table: ID [*] HOSTNAME STATUS AVAILABILITY [MANAGER STATUS], printed once when
+    // the three joined and once after node3's restart: both must show the three Ready.
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split_whitespace().filter(|w| *w != "*").collect())
@@ -34,12 +36,20 @@ fn three_vms_form_a_swarm_and_node_ls_shows_them_ready() {
         .collect();
     let mut hosts: Vec<&str> = rows.iter().map(|r| r[1]).collect();
     hosts.sort();
-    assert_eq!(hosts, ["node1", "node2", "node3"], "{stdout}");
+    assert_eq!(
+        hosts,
+        ["node1", "node1", "node2", "node2", "node3", "node3"],
+        "{stdout}"
+    );
     for row in &rows {
         assert_eq!(row[2], "Ready", "{stdout}");
         assert_eq!(row[3], "Active", "{stdout}");
         // node1 made the swarm and is its only manager; the others joined as workers.
-        assert_eq!(row.get(4).copied(), (row[1] == "node1").then_some("Leader"), "{stdout}");
+        assert_eq!(
+            row.get(4).copied(),
+            (row[1] == "node1").then_some("Leader"),
+            "{stdout}"
+        );
     }
     // node1's console has the `docker swarm init` text its agent printed.
     let console = std::fs::read_to_string(work.path().join("node1.log")).unwrap();
@@ -47,4 +57,7 @@ fn three_vms_form_a_swarm_and_node_ls_shows_them_ready() {
         console.contains("Swarm initialized: current node ("),
         "{console}"
     );
+    // node3's console after its restart: it resumed its membership.
+    let console = std::fs::read_to_string(work.path().join("node3.log")).unwrap();
+    assert!(console.contains("rejoined the swarm from"), "{console}");
 }
