@@ -249,10 +249,14 @@ pub async fn apply(daemon: Daemon, settings: Settings) {
     }
 }
 
+/// Records that the settings were applied, and makes the new membership (state.json, the
+/// certificates, the Raft store and this marker) durable at once: a machine whose plug is pulled
+/// a moment after its join must not boot again as a stranger that joins a second time.
 fn mark(marker: &Path) {
     if let Err(e) = std::fs::write(marker, b"") {
         tracing::warn!("settings: writing {}: {e}", marker.display());
     }
+    rustix::fs::sync();
 }
 
 /// What `docker swarm init` prints, on the console: how other machines join this swarm.
