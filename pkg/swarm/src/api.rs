@@ -3,7 +3,8 @@
 //! ```text
 //! GET|HEAD /_ping            GET /version        GET /info (its Swarm section live)
 //! GET  /swarm                POST /swarm/init    POST /swarm/join    POST /swarm/leave?force=
-//! POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken=    GET /swarm/unlockkey
+//! POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken=&rotateManagerUnlockKey=
+//! GET  /swarm/unlockkey      POST /swarm/unlock
 //! GET  /nodes[?filters=]     GET /nodes/{id}     POST /nodes/{id}/update?version=
 //! DELETE /nodes/{id}?force=
 //! ```
@@ -269,13 +270,18 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
                     spec,
                     truthy(q.get("rotateWorkerToken")),
                     truthy(q.get("rotateManagerToken")),
+                    truthy(q.get("rotateManagerUnlockKey")),
                 )
                 .await?;
             Ok(empty(200))
         }
         (&Method::GET, ["swarm", "unlockkey"]) => {
-            daemon.view()?;
-            Ok(json_reply(200, &json!({"UnlockKey": ""})))
+            Ok(json_reply(200, &json!({"UnlockKey": daemon.unlock_key()?})))
+        }
+        (&Method::POST, ["swarm", "unlock"]) => {
+            let unlock: UnlockRequest = body(request).await?;
+            daemon.unlock(&unlock.unlock_key).await?;
+            Ok(empty(200))
         }
         (&Method::GET, ["nodes"]) => {
             let view = daemon.view()?;
@@ -309,6 +315,14 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
         }
         _ => not_found(),
     }
+}
+
+/// Docker's `/swarm/unlock` body.
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UnlockRequest {
+    #[serde(default, deserialize_with = "crate::state::nullable")]
+    unlock_key: String,
 }
 
 type Filters = HashMap<String, Vec<String>>;

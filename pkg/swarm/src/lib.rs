@@ -13,6 +13,7 @@
 //! ```
 
 pub mod api;
+pub mod autolock;
 pub mod cli;
 pub mod daemon;
 pub mod docker;

@@ -198,9 +198,6 @@ impl SwarmSpec {
                 "invalid Raft ticks: ElectionTick must be greater than HeartbeatTick".into(),
             );
         }
-        if self.encryption_config.auto_lock_managers {
-            return Err("autolock is not supported by this swarm agent yet".into());
-        }
         if let Some(e) = self.ca_config.node_cert_expiry
             && e != 0
             && (e < 0 || Duration::from_nanos(e as u64) < min_cert_expiry)
@@ -238,6 +235,9 @@ pub struct Cluster {
     pub root_ca: RootCa,
     pub worker_secret: String,
     pub manager_secret: String,
+    /// The unlock key (`SWMKEY-1-...`) while autolock is on.
+    #[serde(default)]
+    pub unlock_key: Option<String>,
 }
 
 // The CA key and the join secrets never reach a log line.
@@ -351,6 +351,9 @@ pub enum Command {
         spec: SwarmSpec,
         worker_secret: Option<String>,
         manager_secret: Option<String>,
+        /// A new unlock key (autolock turned on, or its key rotated).
+        #[serde(default)]
+        unlock_key: Option<String>,
         now: String,
     },
     /// `init --force-new-cluster`: the first entry of the new one-manager Raft cluster carries
@@ -525,6 +528,7 @@ impl ClusterState {
                 spec,
                 worker_secret,
                 manager_secret,
+                unlock_key,
                 now,
             } => {
                 let Some(cluster) = self.cluster.as_mut() else {
@@ -539,6 +543,11 @@ impl ClusterState {
                 }
                 if let Some(secret) = manager_secret {
                     cluster.manager_secret = secret;
+                }
+                if !cluster.spec.encryption_config.auto_lock_managers {
+                    cluster.unlock_key = None;
+                } else if unlock_key.is_some() {
+                    cluster.unlock_key = unlock_key;
                 }
                 cluster.version = index;
                 cluster.updated_at = now;
