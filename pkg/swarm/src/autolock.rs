@@ -31,8 +31,7 @@ pub const LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it 
 pub const INVALID_KEY: &str = "swarm could not be unlocked: invalid key provided";
 pub const NOT_LOCKED: &str = "swarm is not locked";
 pub const BAD_KEY_STRING: &str = "invalid key string";
-pub const LEAVE_LOCKED: &str =
-    "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message.";
+pub const LEAVE_LOCKED: &str = "Swarm is encrypted and locked. Please unlock it first or use `--force` to ignore this message.";
 
 const SEALED_PREFIX: &str = "slipway-swarm-sealed-v1 ";
 const PURPOSE: &[u8] = b"swarm-node.key+dek";
@@ -180,7 +179,10 @@ pub fn sync(daemon: &Daemon, session: &Session) -> Result<(), ApiError> {
     }
     let (key_path, dek_path) = daemon.key_paths();
     let Some((key_pem, dek_hex)) = read(&key_path, &dek_path, current.as_deref())? else {
-        return Err(ApiError::new(500, "the node key is sealed with an unknown key"));
+        return Err(ApiError::new(
+            500,
+            "the node key is sealed with an unknown key",
+        ));
     };
     write(
         &key_path,
@@ -246,7 +248,8 @@ pub fn read_unlock_key() -> anyhow::Result<String> {
         if let Some(saved) = &saved {
             let mut quiet = saved.clone();
             quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
-            let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+            let _ =
+                rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
         }
         saved
     } else {

@@ -187,8 +187,10 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
+impl Session {
+    /// Stops the node's loops. Some of them hold the session while they sleep, so dropping
+    /// the daemon's reference alone does not end them.
+    fn abort_tasks(&self) {
         for task in self
             .tasks
             .lock()
@@ -197,6 +199,12 @@ impl Drop for Session {
         {
             task.abort();
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.abort_tasks();
     }
 }
 
@@ -590,7 +598,11 @@ impl Daemon {
         }
         let files = self.files();
         std::fs::create_dir_all(files.raft_dir()).map_err(|e| internal("raft directory", e))?;
-        let kek = session.kek.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let kek = session
+            .kek
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let dek = crate::autolock::read(&files.key(), &files.dek(), kek.as_deref())?
             .and_then(|(_, dek)| unhex(&dek?))
             .ok_or_else(|| internal("data key", "missing or malformed"))?;
@@ -1008,8 +1020,7 @@ impl Daemon {
             },
         };
         self.save_membership(&local, &ca_der, &issued.certificate, &key_der)?;
-        let session =
-            self.new_session(local, ca_der, &issued.certificate, &key_der, role, None)?;
+        let session = self.new_session(local, ca_der, &issued.certificate, &key_der, role, None)?;
         if role == Role::Manager {
             // The leader replicates to this node while it joins: its Raft service must be live.
             *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
@@ -1106,6 +1117,7 @@ impl Daemon {
         }
         self.stop_manager(&session).await;
         *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = None;
+        session.abort_tasks();
         drop(session);
         self.wipe();
         tracing::info!("left the swarm");
@@ -1292,9 +1304,7 @@ impl Daemon {
         let _op = self.0.op.lock().await;
         if !self.is_locked() {
             return Err(match self.session() {
-                Some(s) if s.manager().is_some() => {
-                    ApiError::new(409, crate::autolock::NOT_LOCKED)
-                }
+                Some(s) if s.manager().is_some() => ApiError::new(409, crate::autolock::NOT_LOCKED),
                 Some(_) => ApiError::new(503, NOT_A_MANAGER_WORKER),
                 None => ApiError::new(503, NOT_A_MANAGER_INACTIVE),
             });
@@ -1351,7 +1361,9 @@ impl Daemon {
             for addr in managers {
                 match net::probe(&addr, tls.clone()).await {
                     net::Probe::Trusted => return,
-                    net::Probe::Refused(why) => refused = Some(format!("the manager at {addr}: {why}")),
+                    net::Probe::Refused(why) => {
+                        refused = Some(format!("the manager at {addr}: {why}"))
+                    }
                     net::Probe::Unreachable => {}
                 }
             }
@@ -1365,7 +1377,9 @@ impl Daemon {
 
     async fn give_up(&self, session: &std::sync::Weak<Session>, why: String) {
         let _op = self.0.op.lock().await;
-        let Some(session) = session.upgrade() else { return };
+        let Some(session) = session.upgrade() else {
+            return;
+        };
         if !self.session().is_some_and(|c| Arc::ptr_eq(&c, &session)) {
             return;
         }
@@ -1376,6 +1390,8 @@ impl Daemon {
         self.stop_manager(&session).await;
         *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = None;
         *self.0.error.write().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        // Last: this runs in one of those tasks, which ends at its next await.
+        session.abort_tasks();
     }
 
     // ---- the CA and the dispatcher (gRPC handlers) ---------------------------------------------

@@ -250,7 +250,10 @@ pub async fn probe(addr: &str, tls: Arc<ClientConfig>) -> Probe {
 
 fn classify(e: &std::io::Error) -> Probe {
     use rustls::AlertDescription as A;
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(tls @ rustls::Error::InvalidCertificate(_)) => Probe::Refused(format!(
             "its certificate is not signed by this node's CA ({tls})"
         )),
@@ -262,9 +265,7 @@ fn classify(e: &std::io::Error) -> Probe {
                 | A::DecryptError
                 | A::CertificateRequired,
             ),
-        ) => Probe::Refused(format!(
-            "it refused this node's certificate ({tls})"
-        )),
+        ) => Probe::Refused(format!("it refused this node's certificate ({tls})")),
         _ => Probe::Unreachable,
     }
 }
