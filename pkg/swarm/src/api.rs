@@ -220,6 +220,8 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
     match (&method, segments.as_slice()) {
         (&Method::GET | &Method::HEAD, ["_ping"]) => {
             let swarm = match daemon.session() {
+                None if daemon.is_locked() => "locked",
+                None if daemon.local_error().is_some() => "error",
                 None => "inactive",
                 Some(s) if s.manager().is_some() => "active/manager",
                 Some(_) => "active/worker",

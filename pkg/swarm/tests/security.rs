@@ -101,6 +101,17 @@ fn an_autolocked_manager_is_locked_after_a_restart_until_its_key_is_given() {
     h1.start();
     let h1 = cluster.node("h1");
     assert_eq!(local_state(h1), "locked");
+    assert_eq!(
+        h1.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+            .trim(),
+        "locked"
+    );
+    let ping = h1.api("GET", "/_ping", "");
+    assert!(
+        ping.headers.to_ascii_lowercase().contains("swarm: locked"),
+        "{}",
+        ping.headers
+    );
     let err = h1.docker(&["node", "ls"]).unwrap_err();
     assert!(err.contains(LOCKED), "{err}");
     let reply = h1.api("GET", "/swarm/unlockkey", "");
