@@ -456,6 +456,7 @@ impl Daemon {
         let files = daemon.files();
         if files.state().exists() {
             match daemon.resume(None).await {
+                Ok(()) if daemon.is_locked() => {}
                 Ok(()) => tracing::info!(
                     "rejoined the swarm from {}",
                     daemon.0.opts.state_dir.display()
@@ -598,14 +599,13 @@ impl Daemon {
         }
         let files = self.files();
         std::fs::create_dir_all(files.raft_dir()).map_err(|e| internal("raft directory", e))?;
-        let kek = session
-            .kek
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let dek = crate::autolock::read(&files.key(), &files.dek(), kek.as_deref())?
-            .and_then(|(_, dek)| unhex(&dek?))
-            .ok_or_else(|| internal("data key", "missing or malformed"))?;
+        // Read under the lock the autolock watcher re-seals under.
+        let dek = {
+            let kek = session.kek.lock().unwrap_or_else(|e| e.into_inner());
+            crate::autolock::read(&files.key(), &files.dek(), kek.as_deref())
+        }?
+        .and_then(|(_, dek)| unhex(&dek?))
+        .ok_or_else(|| internal("data key", "missing or malformed"))?;
         let db = store::Db::open(
             &files.raft_dir().join("raft.redb"),
             store::Dek::new(&dek).map_err(|e| internal("data key", e))?,
@@ -1261,6 +1261,22 @@ impl Daemon {
         let view = self.view()?;
         spec.validate(self.0.opts.min_cert_expiry)
             .map_err(|m| ApiError::new(400, m))?;
+        let ca = &spec.ca_config;
+        let rotations = |c: &crate::state::CaConfig| c.force_rotate.unwrap_or(0);
+        if view
+            .state
+            .cluster
+            .as_ref()
+            .is_some_and(|c| rotations(&c.spec.ca_config) != rotations(ca))
+            || !ca.signing_ca_cert.is_empty()
+            || !ca.signing_ca_key.is_empty()
+            || !ca.external_cas.is_empty()
+        {
+            return Err(ApiError::new(
+                400,
+                "CA rotation and external CAs (swarm ca --rotate, --external-ca) are not supported by this swarm agent yet",
+            ));
+        }
         // A new unlock key when autolock is turned on, or rotated while on.
         let locked_now = view
             .state

@@ -254,18 +254,18 @@ fn classify(e: &std::io::Error) -> Probe {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(tls @ rustls::Error::InvalidCertificate(_)) => Probe::Refused(format!(
+        // Only "signed by another CA" counts; an expired or otherwise odd certificate says
+        // nothing about which swarm the peer belongs to.
+        Some(
+            tls @ rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            ),
+        ) => Probe::Refused(format!(
             "its certificate is not signed by this node's CA ({tls})"
         )),
-        Some(
-            tls @ rustls::Error::AlertReceived(
-                A::BadCertificate
-                | A::UnknownCA
-                | A::CertificateUnknown
-                | A::DecryptError
-                | A::CertificateRequired,
-            ),
-        ) => Probe::Refused(format!("it refused this node's certificate ({tls})")),
+        Some(tls @ rustls::Error::AlertReceived(A::UnknownCA | A::DecryptError)) => {
+            Probe::Refused(format!("it refused this node's certificate ({tls})"))
+        }
         _ => Probe::Unreachable,
     }
 }

@@ -132,6 +132,30 @@ pub struct CaConfig {
     /// Nanoseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_cert_expiry: Option<i64>,
+    /// `swarm ca --rotate` increments it (CA rotation is refused until implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_rotate: Option<u64>,
+    #[serde(
+        rename = "SigningCACert",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub signing_ca_cert: String,
+    #[serde(
+        rename = "SigningCAKey",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub signing_ca_key: String,
+    #[serde(
+        rename = "ExternalCAs",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub external_cas: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -202,6 +202,15 @@ fn an_autolocked_manager_is_locked_after_a_restart_until_its_key_is_given() {
     assert!(err.contains("Swarm is encrypted and locked"), "{err}");
     unlock(h1, false, &key2).unwrap_or_else(|e| panic!("unlock: {e}\n{}", cluster.logs()));
     assert_eq!(local_state(h1), "active");
+
+    // `swarm ca` shows the root CA; rotating it is refused, not silently accepted (S29 is not
+    // implemented yet).
+    let ca = h1.docker_ok(&["swarm", "ca"]);
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    let err = h1
+        .docker(&["swarm", "ca", "--rotate", "--detach"])
+        .unwrap_err();
+    assert!(err.contains("CA rotation"), "{err}");
 }
 
 #[test]
