@@ -1289,7 +1289,7 @@ impl Daemon {
         check(
             self.propose(Command::UpdateSwarm {
                 version,
-                spec,
+                spec: Box::new(spec),
                 worker_secret: rotate_worker.then(ids::new_secret),
                 manager_secret: rotate_manager.then(ids::new_secret),
                 unlock_key,

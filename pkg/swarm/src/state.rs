@@ -372,7 +372,7 @@ pub enum Command {
     },
     UpdateSwarm {
         version: Option<u64>,
-        spec: SwarmSpec,
+        spec: Box<SwarmSpec>,
         worker_secret: Option<String>,
         manager_secret: Option<String>,
         /// A new unlock key (autolock turned on, or its key rotated).
@@ -561,7 +561,7 @@ impl ClusterState {
                 if version.is_some_and(|v| v != cluster.version) {
                     return refused(500, OUT_OF_SEQUENCE);
                 }
-                cluster.spec = spec.with_defaults();
+                cluster.spec = (*spec).with_defaults();
                 if let Some(secret) = worker_secret {
                     cluster.worker_secret = secret;
                 }
