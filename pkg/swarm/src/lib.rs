@@ -7,6 +7,7 @@
 //! api (Docker Engine API, unix socket) ─┐
 //! cli (the client verbs) ───────────────┴─► daemon (membership, operations, loops)
 //!                                              ├─ pki (root CA, node certs, rustls configs)
+//!                                              ├─ autolock (the unlock key sealing node keys)
 //!                                              ├─ raft + store (openraft on redb, sealed at rest)
 //!                                              ├─ state (the replicated cluster state)
 //!                                              └─ net + service (gRPC over mutual TLS, :2377)
