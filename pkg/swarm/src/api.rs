@@ -3,7 +3,8 @@
 //! ```text
 //! GET|HEAD /_ping            GET /version        GET /info (its Swarm section live)
 //! GET  /swarm                POST /swarm/init    POST /swarm/join    POST /swarm/leave?force=
-//! POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken=    GET /swarm/unlockkey
+//! POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken=&rotateManagerUnlockKey=
+//! GET  /swarm/unlockkey      POST /swarm/unlock
 //! GET  /nodes[?filters=]     GET /nodes/{id}     POST /nodes/{id}/update?version=
 //! DELETE /nodes/{id}?force=
 //! ```
@@ -219,6 +220,8 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
     match (&method, segments.as_slice()) {
         (&Method::GET | &Method::HEAD, ["_ping"]) => {
             let swarm = match daemon.session() {
+                None if daemon.is_locked() => "locked",
+                None if daemon.local_error().is_some() => "error",
                 None => "inactive",
                 Some(s) if s.manager().is_some() => "active/manager",
                 Some(_) => "active/worker",
@@ -269,13 +272,18 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
                     spec,
                     truthy(q.get("rotateWorkerToken")),
                     truthy(q.get("rotateManagerToken")),
+                    truthy(q.get("rotateManagerUnlockKey")),
                 )
                 .await?;
             Ok(empty(200))
         }
         (&Method::GET, ["swarm", "unlockkey"]) => {
-            daemon.view()?;
-            Ok(json_reply(200, &json!({"UnlockKey": ""})))
+            Ok(json_reply(200, &json!({"UnlockKey": daemon.unlock_key()?})))
+        }
+        (&Method::POST, ["swarm", "unlock"]) => {
+            let unlock: UnlockRequest = body(request).await?;
+            daemon.unlock(&unlock.unlock_key).await?;
+            Ok(empty(200))
         }
         (&Method::GET, ["nodes"]) => {
             let view = daemon.view()?;
@@ -309,6 +317,14 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
         }
         _ => not_found(),
     }
+}
+
+/// Docker's `/swarm/unlock` body.
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UnlockRequest {
+    #[serde(default, deserialize_with = "crate::state::nullable")]
+    unlock_key: String,
 }
 
 type Filters = HashMap<String, Vec<String>>;

@@ -7,12 +7,14 @@
 //! api (Docker Engine API, unix socket) ─┐
 //! cli (the client verbs) ───────────────┴─► daemon (membership, operations, loops)
 //!                                              ├─ pki (root CA, node certs, rustls configs)
+//!                                              ├─ autolock (the unlock key sealing node keys)
 //!                                              ├─ raft + store (openraft on redb, sealed at rest)
 //!                                              ├─ state (the replicated cluster state)
 //!                                              └─ net + service (gRPC over mutual TLS, :2377)
 //! ```
 
 pub mod api;
+pub mod autolock;
 pub mod cli;
 pub mod daemon;
 pub mod docker;
