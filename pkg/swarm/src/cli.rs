@@ -38,8 +38,8 @@ pub enum Verb {
         #[arg(long, default_value = DEFAULT_ENGINE)]
         engine: PathBuf,
         /// Length of a Raft tick in milliseconds: the leader's heartbeat is one tick, elections
-        /// take ElectionTick (10) to twice that many. SwarmKit ticks every second (elections in
-        /// 10-20 s); a quarter second elects a new leader in 2.5-5 s.
+        /// start 1.5 to 2 × ElectionTick (10) ticks after it. SwarmKit ticks every second
+        /// (elections in 10-20 s); a quarter second elects a new leader in 3.75-5 s.
         #[arg(long, default_value_t = 250)]
         raft_tick: u64,
         /// The node's hostname (default: the host's).

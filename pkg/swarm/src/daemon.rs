@@ -74,7 +74,7 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// The engine's socket: the tasks of services run through it (the next issue).
     pub engine: PathBuf,
-    /// The length of a Raft tick (SwarmKit: 1 s); elections take 10 to 20 ticks.
+    /// The length of a Raft tick (SwarmKit: 1 s); elections start after 15 to 20 ticks.
     pub raft_tick: Duration,
     pub hostname: String,
     /// The shortest node certificate validity `init`/`update` accept (Docker: one hour).
