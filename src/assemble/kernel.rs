@@ -105,7 +105,8 @@ pub(super) fn kernel_files(
 
 /// The cached files of `dir`, if it has every one of `names` unchanged since it was written.
 fn cached(dir: &Path, names: &[&str]) -> Option<KernelFiles> {
-    let recorded: Recorded = serde_json::from_slice(&fs::read(dir.join("index.json")).ok()?).ok()?;
+    let recorded: Recorded =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).ok()?).ok()?;
     let mut files = KernelFiles::new();
     for name in names {
         let file = match recorded.get(*name)? {
@@ -114,7 +115,10 @@ fn cached(dir: &Path, names: &[&str]) -> Option<KernelFiles> {
                 let path: PathBuf = dir.join(file_name);
                 let f = File::open(&path).ok()?;
                 if fingerprint(&f.metadata().ok()?) != *print {
-                    tracing::warn!("{} changed since it was written; unpacking again", path.display());
+                    tracing::warn!(
+                        "{} changed since it was written; unpacking again",
+                        path.display()
+                    );
                     return None;
                 }
                 Some(f)

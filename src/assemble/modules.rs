@@ -218,9 +218,12 @@ pub(super) fn trim(tree: &mut Tree, merged: &Merged) -> Result<(), AssembleError
 /// Whether [`trim`] reads modules' contents: for a modules directory without `modules.dep`,
 /// whose indexes it generates from the modules themselves.
 pub(super) fn reads_module_contents(tree: &Tree) -> bool {
-    module_dirs(tree)
-        .iter()
-        .any(|dir| !matches!(tree.get(&format!("{dir}/modules.dep")).map(|e| &e.kind), Some(Kind::File(_))))
+    module_dirs(tree).iter().any(|dir| {
+        !matches!(
+            tree.get(&format!("{dir}/modules.dep")).map(|e| &e.kind),
+            Some(Kind::File(_))
+        )
+    })
 }
 
 /// `lib/modules/<release>` (and the `/usr` spelling) directories that hold a kernel's modules.

@@ -311,7 +311,10 @@ fn add_kernel(
         name => Some(name.unwrap_or("kernel.tar")),
     };
     let ucode = k.ucode.as_deref().filter(|u| !u.is_empty());
-    let names: Vec<&str> = [Some(binary), tar_name, ucode].into_iter().flatten().collect();
+    let names: Vec<&str> = [Some(binary), tar_name, ucode]
+        .into_iter()
+        .flatten()
+        .collect();
     let files = super::kernel::kernel_files(store, image, &names)?;
     let open = |name: &str, missing: String| -> Result<std::fs::File, AssembleError> {
         files
@@ -342,7 +345,8 @@ fn add_kernel(
         let mut magic = [0u8; 4];
         let plain = std::io::Read::read(&mut file, &mut magic)
             .map_err(|e| fail(format!("reading `{name}`: {e}")))?;
-        let compressed = plain >= 2 && (magic.starts_with(&[0x1f, 0x8b]) || magic == [0x28, 0xb5, 0x2f, 0xfd]);
+        let compressed =
+            plain >= 2 && (magic.starts_with(&[0x1f, 0x8b]) || magic == [0x28, 0xb5, 0x2f, 0xfd]);
         std::io::Seek::rewind(&mut file).map_err(|e| fail(format!("reading `{name}`: {e}")))?;
         if compressed {
             // A compressed tar cannot be seeked into: it is unpacked whole, as any layer.
@@ -369,7 +373,10 @@ fn add_kernel(
         }
     }
     if let Some(ucode) = ucode {
-        let (_, data) = read(ucode, format!("has no microcode file `{ucode}` (kernel.ucode)"))?;
+        let (_, data) = read(
+            ucode,
+            format!("has no microcode file `{ucode}` (kernel.ucode)"),
+        )?;
         tree.insert(crate::format::UCODE_PATH, Entry::file(data, 0o644));
     }
     Ok(lazy)

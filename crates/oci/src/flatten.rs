@@ -620,12 +620,7 @@ impl Sink for TreeSink {
                 }
                 Kind::Dir
             }
-            Node::File
-                if self
-                    .lazy
-                    .as_ref()
-                    .is_some_and(|(wanted, _)| wanted(&key)) =>
-            {
+            Node::File if self.lazy.as_ref().is_some_and(|(wanted, _)| wanted(&key)) => {
                 let placeholder = Arc::new(Vec::new());
                 let (_, files) = self.lazy.as_mut().expect("checked");
                 files.push(LazyFile {
