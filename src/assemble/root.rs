@@ -362,7 +362,7 @@ fn add_kernel(
                 &label,
                 &image.digest,
                 &file,
-                |path| super::modules::is_module_file(path),
+                super::modules::is_module_file,
             )?;
             tree.graft("", &modules);
             lazy = Some(LazyModules {
