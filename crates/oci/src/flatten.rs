@@ -573,6 +573,13 @@ pub fn apply_tar_file_lazily(
         links: HashMap::new(),
         lazy: Some((Box::new(lazy), Vec::new())),
     };
+    let layer_err = |source| FlattenError::Layer {
+        image: name.to_string(),
+        layer: layer.clone(),
+        source,
+    };
+    // Offsets are from the start of the file, where [`LazyFile::read`] reads them.
+    io::Seek::rewind(&mut &*tar).map_err(layer_err)?;
     let mut archive = tar::Archive::new(tar);
     let entries = archive
         .entries_with_seek()

@@ -313,6 +313,9 @@ fn lazy_tar_file_matches_the_eager_tree() {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_cksum();
         b.append_data(&mut h, path, data).unwrap();
     }
