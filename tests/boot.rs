@@ -167,7 +167,8 @@ fn minimal_example_boots_runs_its_containers_and_powers_off() {
             "kernel",
             "mounts",
             "modules",
-            "onboot 000-hello",
+            "onboot 000-dhcpcd",
+            "onboot 001-hello",
             "engine"
         ])),
         "{names:?}"

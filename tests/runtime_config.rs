@@ -138,12 +138,13 @@ fn manifest_fields_override_image_config_and_defaults() {
     assert_eq!(spec["linux"]["namespaces"][3]["path"], "/run/ns/uts");
     assert_eq!(
         mount(&spec, "/dev")["type"],
-        "bind",
-        "a bind replaces the default /dev mount"
+        "tmpfs",
+        "a bind of /dev keeps the container's own /dev for youki's nodes"
     );
     assert_eq!(
-        mount(&spec, "/dev")["options"],
-        json!(["rw", "rbind", "rshared"])
+        spec["hooks"]["createContainer"][0]["args"],
+        json!(["slipway-dev-bind", "/dev", "rw", "rbind", "rshared"]),
+        "and binds the host's /dev over it from a hook"
     );
     assert_eq!(
         mount(&spec, "/data")["source"],
@@ -192,7 +193,10 @@ fn label_defaults_apply_unless_the_manifest_says_otherwise() {
         spec["process"]["capabilities"]["effective"],
         json!(["CAP_KILL", "CAP_SYS_ADMIN"])
     );
-    assert_eq!(mount(&spec, "/dev")["type"], "bind");
+    assert_eq!(
+        spec["hooks"]["createContainer"][0]["args"][1], "/dev",
+        "the label's /dev bind, through the hook"
+    );
     assert_eq!(mount(&spec, "/var")["type"], "bind");
 }
 
@@ -238,4 +242,20 @@ fn a_relative_mount_destination_is_taken_relative_to_root() {
     );
     let spec = runtime_config(&c, None, &BTreeMap::new());
     assert_eq!(mount(&spec, "/writeable-host-etc")["type"], "overlay");
+}
+
+#[test]
+fn binding_the_hosts_dev_keeps_a_tmpfs_dev_and_binds_it_from_a_hook() {
+    let c = image("name: getty\nimage: x\nbinds: [\"/dev:/dev\", \"/run:/run\"]\n");
+    let spec = runtime_config(&c, None, &BTreeMap::new());
+    // youki fills the container's own /dev (its default nodes would collide with the host's)...
+    assert_eq!(mount(&spec, "/dev")["type"], "tmpfs");
+    assert_eq!(mount(&spec, "/run")["type"], "bind");
+    // ...and the hook binds the host's /dev over it afterwards.
+    assert_eq!(
+        spec["hooks"]["createContainer"],
+        json!([{"path": "/proc/self/exe", "args": ["slipway-dev-bind", "/dev", "rw", "rbind", "rshared"]}])
+    );
+    let plain = runtime_config(&image("name: a\nimage: x\n"), None, &BTreeMap::new());
+    assert!(plain.get("hooks").is_none());
 }

@@ -50,6 +50,8 @@ struct RawItem {
     applets: Option<String>,
     symlinks: Option<BTreeMap<String, String>>,
     dirs: Option<Vec<String>>,
+    concat: Option<String>,
+    remove: Option<Vec<String>>,
     #[serde(rename = "build-env")]
     build_env: Option<BTreeMap<String, String>>,
     to: Option<String>,
@@ -105,6 +107,13 @@ pub enum Source {
     Symlinks(BTreeMap<String, String>),
     /// Empty directories (mode 0755): mount points of a read-only root.
     Dirs(Vec<String>),
+    /// One file (mode 0644) at `to` joining the regular files directly in the image's folder `dir`
+    /// (as assembled by the items before), in byte order of their names, each ending with a
+    /// newline: a bundle a Debian maintainer script would make (`update-ca-certificates`).
+    Concat { dir: String, to: String },
+    /// Paths (and everything below them) taken out of the image assembled so far; each must be
+    /// there.
+    Remove(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +246,8 @@ fn check(path: &Path, raw: Raw) -> Result<BuildFile, PkgError> {
             ("applets", it.applets.is_some()),
             ("symlinks", it.symlinks.is_some()),
             ("dirs", it.dirs.is_some()),
+            ("concat", it.concat.is_some()),
+            ("remove", it.remove.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -246,7 +257,7 @@ fn check(path: &Path, raw: Raw) -> Result<BuildFile, PkgError> {
                 &loc,
                 field,
                 format!(
-                    "an item names exactly one of `crate`, `files`, `deb`, `kernel`, `applets`, `symlinks`, `dirs` (found {})",
+                    "an item names exactly one of `crate`, `files`, `deb`, `kernel`, `applets`, `symlinks`, `dirs`, `concat`, `remove` (found {})",
                     if kinds.is_empty() {
                         "none".to_string()
                     } else {
@@ -270,7 +281,7 @@ fn check(path: &Path, raw: Raw) -> Result<BuildFile, PkgError> {
             not_for("build-env", it.build_env.is_some())?;
         }
         let source = match kinds[0] {
-            "crate" | "files" => {
+            "crate" | "files" | "concat" => {
                 not_for("paths", it.paths.is_some())?;
                 not_for("version", it.version.is_some())?;
                 let Some(to) = it.to.clone() else {
@@ -287,7 +298,16 @@ fn check(path: &Path, raw: Raw) -> Result<BuildFile, PkgError> {
                         format!("`{to}` must be an absolute path"),
                     ));
                 }
-                if let Some(name) = it.krate {
+                if let Some(dir) = it.concat {
+                    if !dir.starts_with('/') {
+                        return Err(at(
+                            &loc,
+                            format!("{field}.concat"),
+                            format!("`{dir}` must be an absolute path (a folder of the image)"),
+                        ));
+                    }
+                    Source::Concat { dir, to }
+                } else if let Some(name) = it.krate {
                     Source::Crate {
                         name,
                         to,
@@ -343,6 +363,20 @@ fn check(path: &Path, raw: Raw) -> Result<BuildFile, PkgError> {
                 }
                 if other == "dirs" {
                     Source::Dirs(it.dirs.unwrap_or_default())
+                } else if other == "remove" {
+                    let paths = it.remove.unwrap_or_default();
+                    if let Some(bad) = paths.iter().find(|p| {
+                        !p.starts_with('/')
+                            || p.trim_matches('/').is_empty()
+                            || p.split('/').any(|c| c == "..")
+                    }) {
+                        return Err(at(
+                            &loc,
+                            format!("{field}.remove"),
+                            format!("`{bad}` must be an absolute path without `..`"),
+                        ));
+                    }
+                    Source::Remove(paths)
                 } else {
                     Source::Symlinks(it.symlinks.unwrap_or_default())
                 }
@@ -463,6 +497,35 @@ mod tests {
             err("image: a\ncontents:\n  - files: ../etc\n    to: /\n").1,
             "contents[0].files"
         );
+    }
+
+    #[test]
+    fn concat_and_remove_parse_and_bad_paths_are_rejected() {
+        let bf = parse(
+            Path::new("b.yml"),
+            "image: a\ncontents:\n  - concat: /d\n    to: /f\n  - remove: [/d]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            bf.contents[0].source,
+            Source::Concat {
+                dir: "/d".into(),
+                to: "/f".into()
+            }
+        );
+        assert_eq!(bf.contents[1].source, Source::Remove(vec!["/d".into()]));
+        assert_eq!(
+            err("image: a\ncontents:\n  - concat: /d\n").1,
+            "contents[0].to"
+        );
+        assert_eq!(
+            err("image: a\ncontents:\n  - concat: d\n    to: /f\n").1,
+            "contents[0].concat"
+        );
+        for bad in ["/", "a", "/a/../b"] {
+            let (line, field, _) = err(&format!("image: a\ncontents:\n  - remove: [\"{bad}\"]\n"));
+            assert_eq!((line, field.as_str()), (3, "contents[0].remove"), "{bad}");
+        }
     }
 
     #[test]

@@ -245,6 +245,20 @@ fn assemble(
     let mut tree = Tree::new();
     let mut labels = BTreeMap::new();
     for (item, input) in plan.file.contents.iter().zip(&plan.inputs) {
+        if let Source::Remove(paths) = &item.source {
+            for path in paths {
+                if tree.get(path).is_none() {
+                    return Err(PkgError::Files {
+                        path: plan.file.path.clone(),
+                        message: format!(
+                            "remove: {path} is not in the image (items before it put no such path)"
+                        ),
+                    });
+                }
+                tree.remove(path);
+            }
+            continue;
+        }
         let mut part = match (&item.source, input) {
             (Source::Crate { to, env, .. }, Input::Crate(c)) => {
                 let mut t = Tree::new();
@@ -267,6 +281,11 @@ fn assemble(
                 t
             }
             (Source::Applets { binary }, _) => applets(&tree, binary, &plan.file.path)?,
+            (Source::Concat { dir, to }, _) => {
+                let mut t = Tree::new();
+                t.insert(to, Entry::file(concat(&tree, dir, &plan.file.path)?, 0o644));
+                t
+            }
             (Source::Dirs(dirs), _) => {
                 let mut t = Tree::new();
                 for d in dirs {
@@ -361,6 +380,39 @@ fn files_tree(from: &Path, to: &str) -> Result<Tree, PkgError> {
     Ok(tree)
 }
 
+/// The regular files directly in `dir` of `tree`, joined in byte order of their names (the tree's
+/// order), each ending with a newline. Deterministic: names and bytes only.
+fn concat(tree: &Tree, dir: &str, build_yml: &Path) -> Result<Vec<u8>, PkgError> {
+    let err = |message: String| PkgError::Files {
+        path: build_yml.to_path_buf(),
+        message,
+    };
+    if !matches!(tree.get(dir).map(|e| &e.kind), Some(Kind::Dir)) {
+        return Err(err(format!(
+            "concat: {dir} is not a folder of the image (list the items that fill it before)"
+        )));
+    }
+    let depth = normalise(dir).split('/').count() + 1;
+    let mut out = Vec::new();
+    let mut files = 0;
+    for (path, entry) in tree.children(dir) {
+        if path.split('/').count() != depth {
+            continue;
+        }
+        if let Kind::File(data) = &entry.kind {
+            out.extend_from_slice(data);
+            if !data.is_empty() && !data.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            files += 1;
+        }
+    }
+    if files == 0 {
+        return Err(err(format!("concat: {dir} has no files to join")));
+    }
+    Ok(out)
+}
+
 /// One symlink per applet of the multi-call binary at `binary` in `tree`, from the binary's own
 /// `--list-full` (busybox). Existing paths are left alone. The binary is run on the build host:
 /// it is a static x86_64 program, and its applet list is fixed by its bytes (which the tag hashes).
@@ -445,4 +497,30 @@ pub fn push(
         reference: crate::oci::resolve::full_reference(&target)?,
         digest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_joins_the_files_of_a_folder_in_name_order_with_newlines() {
+        let mut t = Tree::new();
+        t.insert("certs/b.crt", Entry::file(b"B".to_vec(), 0o644));
+        t.insert("certs/a.crt", Entry::file(b"A\n".to_vec(), 0o644));
+        t.insert("certs/sub/c.crt", Entry::file(b"C\n".to_vec(), 0o644));
+        t.insert("certs/link", Entry::symlink("a.crt"));
+        let yml = Path::new("pkg/x/build.yml");
+        assert_eq!(concat(&t, "/certs", yml).unwrap(), b"A\nB\n");
+        for (dir, message) in [
+            ("/none", "concat: /none is not a folder of the image"),
+            ("/certs/sub/c.crt", "is not a folder"),
+        ] {
+            let err = concat(&t, dir, yml).unwrap_err().to_string();
+            assert!(err.contains(message) && err.contains("build.yml"), "{err}");
+        }
+        t.insert("empty", Entry::dir(0o755));
+        let err = concat(&t, "/empty", yml).unwrap_err().to_string();
+        assert!(err.contains("concat: /empty has no files to join"), "{err}");
+    }
 }

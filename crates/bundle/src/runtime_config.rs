@@ -149,7 +149,11 @@ pub fn runtime_config(
     if let Some(h) = &c.hostname {
         spec["hostname"] = json!(h);
     }
-    spec["mounts"] = json!(mounts(c, readonly));
+    let (mounts, host_dev) = mounts(c, readonly);
+    spec["mounts"] = json!(mounts);
+    if let Some(dev) = host_dev {
+        spec["hooks"] = json!({ "createContainer": [dev_bind_hook(&dev)] });
+    }
     spec["linux"] = linux;
     let annotations = annotations(c);
     if !annotations.is_empty() {
@@ -224,9 +228,32 @@ fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Mount
     }
 }
 
+/// The name the multi-call binary (pkg/init) answers to as the hook that binds a host directory
+/// on a container's /dev: see [`dev_bind_hook`].
+pub const DEV_BIND_HOOK: &str = "slipway-dev-bind";
+
+/// A bind mount on `/dev` (LinuxKit's getty, format and mount bind the host's /dev) cannot be an
+/// ordinary mount of the spec: youki makes its default nodes (/dev/null, /dev/tty, the /dev/fd
+/// links, ...) in the container's /dev after the mounts, and on the host's /dev they exist
+/// already (EEXIST), and making them there would change the host's /dev. runc skips its /dev
+/// setup when /dev is a bind; youki cannot be told to. So the container keeps its own tmpfs /dev
+/// for youki to fill, and a createContainer hook (run in the container's mount namespace after
+/// youki's /dev setup, before the root is entered) binds the host's directory over it. The hook
+/// is the runtime's own binary (`/proc/self/exe` of the container's init process) under
+/// [`DEV_BIND_HOOK`], given the source and the mount options.
+fn dev_bind_hook(dev: &Mount) -> Value {
+    let mut args = vec![
+        DEV_BIND_HOOK.to_string(),
+        dev.source.clone().unwrap_or_else(|| "/dev".into()),
+    ];
+    args.extend(dev.options.iter().flatten().cloned());
+    json!({ "path": "/proc/self/exe", "args": args })
+}
+
 /// Default mounts, then the manifest's mounts, binds and tmpfs; later ones replace earlier ones at
-/// the same destination. Sorted by destination so parents are mounted before children.
-fn mounts(c: &Image, readonly: bool) -> Vec<Value> {
+/// the same destination. Sorted by destination so parents are mounted before children. A bind on
+/// `/dev` is returned apart (see [`dev_bind_hook`]) and the default tmpfs stays in its place.
+fn mounts(c: &Image, readonly: bool) -> (Vec<Value>, Option<Mount>) {
     let ro = |mut opts: Vec<&'static str>| {
         if readonly {
             opts.push("ro");
@@ -245,12 +272,13 @@ fn mounts(c: &Image, readonly: bool) -> Vec<Value> {
         "proc",
         &["nosuid", "nodev", "noexec", "relatime"],
     ));
-    put(mount(
+    let dev_tmpfs = mount(
         "/dev",
         "tmpfs",
         "tmpfs",
         &ro(vec!["nosuid", "strictatime", "mode=755", "size=65536k"]),
-    ));
+    );
+    put(dev_tmpfs.clone());
     put(mount(
         "/dev/pts",
         "devpts",
@@ -321,7 +349,14 @@ fn mounts(c: &Image, readonly: bool) -> Vec<Value> {
             ..Default::default()
         });
     }
-    by_dest
+    let mut host_dev = None;
+    if by_dest
+        .get("/dev")
+        .is_some_and(|m| m.kind.as_deref() == Some("bind"))
+    {
+        host_dev = by_dest.insert("/dev".into(), dev_tmpfs);
+    }
+    let mounts = by_dest
         .into_values()
         .map(|m| {
             let mut v = json!({
@@ -338,7 +373,8 @@ fn mounts(c: &Image, readonly: bool) -> Vec<Value> {
             }
             v
         })
-        .collect()
+        .collect();
+    (mounts, host_dev)
 }
 
 /// LinuxKit's inference: a missing type comes from the source (`proc`, `sysfs`, `devpts`,

@@ -18,6 +18,8 @@
 /// The tracing target of libcontainer's container-init warnings. Built without seccomp (see
 /// Cargo.toml), it warns at every container start that seccomp is not there to enforce
 /// `noNewPrivileges` (which the kernel's prctl does anyway): loggers raise this target to errors.
+pub mod dev_bind;
+
 pub const NO_SECCOMP_WARNINGS: &str = "libcontainer::process::init::process";
 
 use std::ffi::{CString, OsString};
@@ -216,7 +218,10 @@ impl Runtime {
             source,
         };
         let name = CString::new(name).map_err(|e| err(io::Error::other(e)))?;
-        let fd = match open_read_only(&self.state_dir.join("init"), program) {
+        // A mount point of this process's own: the engine's helper processes open the program
+        // at the same time.
+        let point = self.state_dir.join(format!("init.{}", std::process::id()));
+        let fd = match open_read_only(&point, program) {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::warn!(
@@ -269,6 +274,7 @@ impl Runtime {
                 overlay,
                 exit: None,
                 under_init,
+                child: true,
             }),
             Err(err) => {
                 // Leave nothing mounted behind a container that never ran; the original error
@@ -330,6 +336,70 @@ impl Runtime {
             });
         }
         Ok(container)
+    }
+
+    /// Takes over the container `id` that an earlier process created from `bundle` with this
+    /// state directory (a helper process, or an engine that died): its state is read back, so
+    /// it can be signalled, waited for and deleted as if created here. `init` says whether it
+    /// was started under the init program. `None` when no state of that id exists.
+    ///
+    /// Whether its process can be reaped here (a child, or an orphan re-parented to this
+    /// process as a subreaper) is found out now; when it cannot, [`Container::try_wait`]
+    /// never reports an end, and the caller watches the process by other means (a pidfd).
+    pub fn load(&self, id: &str, bundle: &Path, init: bool) -> Result<Option<Container>> {
+        let root = self.state_dir.join(id);
+        if !root.join("state.json").exists() {
+            return Ok(None);
+        }
+        let inner = LcContainer::load(root).map_err(|source| Error::Create {
+            id: id.to_owned(),
+            bundle: bundle.to_owned(),
+            source: Box::new(source),
+        })?;
+        let child = inner.pid().is_some_and(|pid| {
+            use nix::sys::wait::{Id, waitid};
+            // WNOWAIT: only asks; the status stays for `try_wait`. ECHILD: not ours to reap.
+            waitid(
+                Id::Pid(pid),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+            )
+            .is_ok()
+        });
+        let overlay = bundle.join("lower").is_dir().then(|| Overlay {
+            tmp: self.state_dir.join("overlay").join(id),
+            rootfs: bundle.join("rootfs"),
+        });
+        Ok(Some(Container {
+            id: id.to_owned(),
+            inner,
+            overlay,
+            exit: None,
+            under_init: init && self.init.is_some(),
+            child,
+        }))
+    }
+
+    /// Removes whatever a container `id` that never finished starting left behind (its helper
+    /// was killed half-way): its processes, cgroup and state when libcontainer wrote any, and
+    /// its writable overlay. Best effort: each step runs whatever the previous ones did.
+    pub fn clean_up(&self, id: &str, bundle: &Path) {
+        match self.load(id, bundle, false) {
+            Ok(Some(container)) => {
+                if let Err(e) = container.delete() {
+                    tracing::warn!("{e}");
+                }
+            }
+            Ok(None) | Err(_) => {
+                let overlay = Overlay {
+                    tmp: self.state_dir.join("overlay").join(id),
+                    rootfs: bundle.join("rootfs"),
+                };
+                if overlay.tmp.exists() {
+                    let _ = overlay.unmount(id);
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(self.state_dir.join(id));
     }
 
     /// LinuxKit's layout for containers whose root is writable: the image is in `lower/`, and
@@ -509,6 +579,9 @@ pub struct Container {
     overlay: Option<Overlay>,
     exit: Option<ExitStatus>,
     under_init: bool,
+    /// Whether its main process is a child of this process (or re-parented to it), which
+    /// `waitpid` can reap; not so for one taken over from an engine that died.
+    child: bool,
 }
 
 impl Container {
@@ -523,6 +596,21 @@ impl Container {
         self.under_init
     }
 
+    /// Whether its main process still runs (as libcontainer's state and `/proc` tell).
+    pub fn is_running(&self) -> bool {
+        self.inner.status() == libcontainer::container::ContainerStatus::Running
+    }
+
+    /// When the container was created, as its state records it.
+    pub fn created(&self) -> Option<std::time::SystemTime> {
+        self.inner.created().map(Into::into)
+    }
+
+    /// Whether this process can reap the container's main process (see [`Runtime::load`]).
+    pub fn is_child(&self) -> bool {
+        self.child
+    }
+
     /// The container's main process, as seen from the caller's pid namespace.
     pub fn pid(&self) -> Result<i32> {
         self.inner
@@ -535,7 +623,16 @@ impl Container {
 
     /// Blocks until the main process ends and returns how it ended. Calling it again returns
     /// the same status.
+    /// Not for a container that is not a child ([`Container::is_child`]): that returns an
+    /// error at once.
     pub fn wait(&mut self) -> Result<ExitStatus> {
+        if !self.child {
+            return Err(Error::Wait {
+                id: self.id.clone(),
+                pid: self.pid()?,
+                source: nix::Error::ECHILD,
+            });
+        }
         self.wait_with(WaitPidFlag::empty())
             .map(|status| status.expect("a blocking waitpid returns an end status"))
     }
@@ -548,6 +645,9 @@ impl Container {
     fn wait_with(&mut self, flags: WaitPidFlag) -> Result<Option<ExitStatus>> {
         if let Some(exit) = self.exit {
             return Ok(Some(exit));
+        }
+        if !self.child {
+            return Ok(None);
         }
         let pid = self.pid()?;
         loop {
@@ -604,7 +704,7 @@ impl Container {
         })?;
         // Processes killed by delete are children of ours; reap the main one so it does not
         // stay a zombie. ECHILD (already reaped) is fine.
-        if self.exit.is_none() {
+        if self.exit.is_none() && self.child {
             let _ = self.wait();
         }
         if let Some(overlay) = self.overlay.take() {

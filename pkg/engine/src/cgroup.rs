@@ -21,6 +21,19 @@ pub fn cgroups_path(bundle: &Path) -> Option<PathBuf> {
     (!path.contains(':')).then(|| PathBuf::from(path.trim_start_matches('/')))
 }
 
+/// Makes the parents of a bundle's cgroup on a cgroup v2 host, before helper processes create
+/// containers side by side: libcgroups makes each missing component with `create_dir` after an
+/// existence check, so two containers under one new parent race and one fails with EEXIST.
+pub fn make_parents(root: &Path, bundle: &Path) -> std::io::Result<()> {
+    let Some(parent) = cgroups_path(bundle).and_then(|p| p.parent().map(Path::to_path_buf)) else {
+        return Ok(());
+    };
+    if parent.as_os_str().is_empty() || !root.join("cgroup.controllers").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root.join(parent))
+}
+
 /// The `oom_kill` count of the cgroup `path` (relative to each hierarchy's root) under `root`,
 /// from cgroup v2's `memory.events` or else v1's `memory.oom_control`. `None` when neither
 /// can be read (no memory controller, or the cgroup is gone).
@@ -73,5 +86,26 @@ mod tests {
         assert_eq!(cgroups_path(&bundle), Some(PathBuf::from("slipway/web")));
         std::fs::write(bundle.join("config.json"), r#"{"linux": {}}"#).unwrap();
         assert_eq!(cgroups_path(&bundle), None);
+    }
+
+    #[test]
+    fn parents_are_made_on_cgroup_v2_only() {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        std::fs::write(
+            bundle.path().join("config.json"),
+            r#"{"linux": {"cgroupsPath": "/slipway/services/web"}}"#,
+        )
+        .unwrap();
+        make_parents(root.path(), bundle.path()).unwrap();
+        assert!(!root.path().join("slipway").exists(), "not a v2 hierarchy");
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        make_parents(root.path(), bundle.path()).unwrap();
+        assert!(root.path().join("slipway/services").is_dir());
+        assert!(
+            !root.path().join("slipway/services/web").exists(),
+            "the leaf is the helper's"
+        );
+        make_parents(root.path(), bundle.path()).unwrap();
     }
 }

@@ -99,6 +99,37 @@ enum Command {
         dest: PathBuf,
         reference: String,
     },
+    /// Create and start a container, print {"pid"} (run by the daemon: creating may block).
+    #[command(hide = true)]
+    CreateContainer {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The init program the command runs under.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        #[arg(long)]
+        stdout: PathBuf,
+        #[arg(long)]
+        stderr: PathBuf,
+    },
+    /// Run a command in a container, print its outcome as JSON (run by the daemon).
+    #[command(hide = true)]
+    ExecContainer {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        timeout_ms: u64,
+        #[arg(required = true, last = true)]
+        cmd: Vec<String>,
+    },
     /// Send a signal to a container's main process.
     Kill {
         #[arg(short = 's', long = "signal", default_value = "SIGKILL")]
@@ -198,6 +229,43 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    // The daemon's helpers: each is one process doing one blocking thing, single-threaded
+    // (libcontainer's clone3), without the daemon's runtime.
+    match &cli.command {
+        Some(Command::CreateContainer {
+            state_dir,
+            id,
+            bundle,
+            init,
+            stdout,
+            stderr,
+        }) => {
+            return crate::supervisor::create_helper_main(
+                state_dir,
+                id,
+                bundle,
+                init.as_deref(),
+                stdout,
+                stderr,
+            );
+        }
+        Some(Command::ExecContainer {
+            state_dir,
+            id,
+            bundle,
+            timeout_ms,
+            cmd,
+        }) => {
+            return crate::exec::helper_main(
+                state_dir,
+                id,
+                bundle,
+                cmd,
+                Duration::from_millis(*timeout_ms),
+            );
+        }
+        _ => {}
+    }
     // One thread: see the supervisor module on libcontainer's clone3.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -247,6 +315,9 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     let program = std::env::current_exe().context("finding this program (pull-image, init)")?;
+    // Containers are created by helper processes and are their children; when a helper exits,
+    // its container comes to the engine, which reaps it.
+    nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
     let engine = Engine::load(&EngineConfig {
         bundles: args.bundles.clone(),
         log_dir: args.log_dir.clone(),
@@ -264,6 +335,7 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
         socket.display(),
         args.bundles.display()
     );
+    tokio::spawn(crate::supervisor::reap_strays(engine.clone()));
     engine.spawn_supervisors();
     let server = tokio::spawn(crate::api::serve(listener, engine.clone()));
     tokio::select! {
@@ -279,7 +351,10 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
 
 async fn client(client: Client, command: Command) -> anyhow::Result<()> {
     let (method, path, body) = match &command {
-        Command::Daemon(_) | Command::PullImage { .. } => unreachable!("handled by main"),
+        Command::Daemon(_)
+        | Command::PullImage { .. }
+        | Command::CreateContainer { .. }
+        | Command::ExecContainer { .. } => unreachable!("handled by main"),
         Command::Run {
             name,
             restart,
@@ -402,7 +477,11 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
         | Command::Stop { name, .. }
         | Command::Restart { name, .. }
         | Command::Kill { name, .. } => println!("{name}"),
-        Command::Daemon(_) | Command::PullImage { .. } | Command::Logs { .. } => {}
+        Command::Daemon(_)
+        | Command::PullImage { .. }
+        | Command::CreateContainer { .. }
+        | Command::ExecContainer { .. }
+        | Command::Logs { .. } => {}
     }
     Ok(())
 }

@@ -6,8 +6,10 @@
 //! needs (user first), joins its cgroup (so the command counts against its limits), applies its
 //! capabilities, `noNewPrivileges` and seccomp profile, and changes into its root. It starts the
 //! process with the same raw clone3 path as a container's creation, so, like that, it is called
-//! from the engine's one thread. The process is a child of the engine (`CLONE_PARENT`): the
-//! engine reaps it through a pidfd.
+//! from one thread. The engine does not call it itself: [`exec_in_child`] runs it in a helper
+//! process (`slipway-engine exec-container`), whose child the command is (`CLONE_PARENT`) and
+//! which reaps it through a pidfd, so a command that hangs while joining the container (or a
+//! container whose namespaces cannot be entered) holds a helper up, never the engine's API.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,12 @@ pub enum ExecError {
     },
     #[error("container {id}: starting {command:?}: {message}")]
     Start {
+        id: String,
+        command: Vec<String>,
+        message: String,
+    },
+    #[error("container {id}: running {command:?}: {message}")]
+    Helper {
         id: String,
         command: Vec<String>,
         message: String,
@@ -211,9 +219,114 @@ pub async fn exec(
     })
 }
 
+/// What the helper prints: an [`ExecOutcome`] in JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Reported {
+    /// The exit code, or 128 + the signal; absent when the command timed out.
+    code: Option<i32>,
+    /// Set when a signal ended it.
+    signal: Option<i32>,
+    output: String,
+}
+
+/// The helper process's side: runs [`exec`] on a runtime of its own and prints the outcome as
+/// one JSON line (errors go to stderr, and the exit code is 1).
+pub fn helper_main(
+    state_dir: &Path,
+    id: &str,
+    bundle: &Path,
+    command: &[String],
+    timeout: Duration,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("slipway-engine: starting tokio: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(exec(state_dir, id, bundle, command, timeout)) {
+        Ok(outcome) => {
+            let reported = Reported {
+                code: outcome.status.map(ExitStatus::code),
+                signal: match outcome.status {
+                    Some(ExitStatus::Signaled(signal)) => Some(signal as i32),
+                    _ => None,
+                },
+                output: outcome.output,
+            };
+            println!(
+                "{}",
+                serde_json::to_string(&reported).expect("JSON values serialize")
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("slipway-engine: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs [`exec`] in a helper process (`PROGRAM exec-container ...`) and waits for its answer
+/// without blocking the engine. The helper is killed (with its process group) when this future
+/// is dropped, or when it outlives the command's timeout by [`HELPER_GRACE`].
+pub async fn exec_in_child(
+    program: &Path,
+    state_dir: &Path,
+    id: &str,
+    bundle: &Path,
+    command: &[String],
+    timeout: Duration,
+) -> Result<ExecOutcome, ExecError> {
+    if command.first().is_none_or(String::is_empty) {
+        return Err(ExecError::NoCommand { id: id.to_owned() });
+    }
+    let failed = |message: String| ExecError::Helper {
+        id: id.to_owned(),
+        command: command.to_vec(),
+        message,
+    };
+    let mut child = tokio::process::Command::new(program);
+    child
+        .arg("exec-container")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--id")
+        .arg(id)
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--timeout-ms")
+        .arg(timeout.as_millis().to_string())
+        .arg("--")
+        .args(command);
+    let output = crate::supervisor::helper_output(child, timeout + HELPER_GRACE)
+        .await
+        .map_err(failed)?;
+    let reported: Reported = serde_json::from_slice(&output)
+        .map_err(|e| failed(format!("unexpected helper output: {e}")))?;
+    let status = match (reported.code, reported.signal) {
+        (None, _) => None,
+        (Some(_), Some(signal)) => nix::sys::signal::Signal::try_from(signal)
+            .ok()
+            .map(ExitStatus::Signaled),
+        (Some(code), None) => Some(ExitStatus::Exited(code)),
+    };
+    Ok(ExecOutcome {
+        status,
+        output: reported.output,
+    })
+}
+
+/// How long a helper may run past its command's timeout (joining the container, reaping).
+pub const HELPER_GRACE: Duration = Duration::from_secs(10);
+
 /// The engine's children (of every thread; the engine has one), from
 /// `/proc/self/task/*/children`.
-fn children() -> std::collections::BTreeSet<i32> {
+pub(crate) fn children() -> std::collections::BTreeSet<i32> {
     let mut pids = std::collections::BTreeSet::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return pids;

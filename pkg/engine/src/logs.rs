@@ -12,7 +12,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
@@ -186,6 +186,143 @@ fn append(path: &Path) -> io::Result<fs::File> {
     fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// A container's stdout or stderr: a regular file the container appends to
+/// (`STATE/output/ID.stdout`), which the engine reads behind it into the [`Logs`].
+///
+/// A file rather than a pipe so that the output outlives the engine: a container's pipe would
+/// lose its reader when the engine dies, and its next write would kill it with SIGPIPE. A
+/// restarted engine reopens the file and goes on from the offset saved beside it (`.pos`,
+/// after each complete line). The part already read is given back to the file system with
+/// `FALLOC_FL_PUNCH_HOLE`, so the file takes no more room than what is not read yet; its
+/// offsets stay, so the container's appends are never disturbed.
+#[derive(Debug)]
+pub struct Output {
+    file: fs::File,
+    path: PathBuf,
+    /// Bytes read so far.
+    offset: u64,
+    /// The start of a line not ended yet.
+    pending: Vec<u8>,
+}
+
+impl Output {
+    /// `DIR/ID.stdout` or `DIR/ID.stderr`.
+    pub fn path(dir: &Path, id: &str, stream: &str) -> PathBuf {
+        dir.join(format!("{id}.{stream}"))
+    }
+
+    fn pos_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".pos");
+        PathBuf::from(name)
+    }
+
+    /// Creates an empty file at `path` for a new run (its container is given it to append
+    /// to), and opens it for reading from the start.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let _ = fs::remove_file(Self::pos_path(path));
+        fs::write(path, b"")?;
+        Self::open(path)
+    }
+
+    /// Opens the file of a running container for reading where the last reader stopped.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        // Written to only by punching out what was read, which needs a writable descriptor.
+        let file = fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let offset = fs::read_to_string(Self::pos_path(path))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            offset,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Moves every complete line written since the last call into `logs` (and, with `all`,
+    /// an unfinished last line too). Returns whether anything was read.
+    pub fn drain(&mut self, stream: &str, logs: &Logs, all: bool) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut chunk = [0u8; 16 * 1024];
+        let mut read = false;
+        loop {
+            let n = match self.file.read_at(&mut chunk, self.offset) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            read = true;
+            self.offset += n as u64;
+            self.pending.extend_from_slice(&chunk[..n]);
+            while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                logs.push(stream, &String::from_utf8_lossy(&line));
+            }
+            while self.pending.len() >= MAX_LINE {
+                let line: Vec<u8> = self.pending.drain(..MAX_LINE).collect();
+                logs.push(stream, &String::from_utf8_lossy(&line));
+            }
+        }
+        if all && !self.pending.is_empty() {
+            logs.push(stream, &String::from_utf8_lossy(&self.pending));
+            self.pending.clear();
+        }
+        if read || all {
+            let done = self.offset - self.pending.len() as u64;
+            // Best effort: without it a restarted engine repeats some lines.
+            let _ = fs::write(Self::pos_path(&self.path), done.to_string());
+            // Whole blocks only: a punched partial block reads as zeros, not as a hole.
+            let end = done & !4095;
+            if end > 0 {
+                let _ = rustix::fs::fallocate(
+                    &self.file,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    0,
+                    end,
+                );
+            }
+        }
+        read
+    }
+
+    /// Removes the file and its offset (the run is over and read to its end).
+    pub fn remove(self) {
+        let _ = fs::remove_file(Self::pos_path(&self.path));
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// How often [`follow_outputs`] looks for new output.
+pub const OUTPUT_POLL: Duration = Duration::from_millis(100);
+
+/// Reads the container's outputs into `logs` until `stop` fires (or its sender goes away),
+/// then reads them to their end and removes them. Polled rather than watched with inotify:
+/// a regular file gives no end-of-file wake-up, and a tenth of a second is soon enough for a
+/// log.
+pub async fn follow_outputs(
+    mut outputs: Vec<(Output, &'static str)>,
+    logs: std::sync::Arc<Logs>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        for (output, stream) in &mut outputs {
+            output.drain(stream, &logs, false);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(OUTPUT_POLL) => {}
+            _ = &mut stop => break,
+        }
+    }
+    for (mut output, stream) in outputs {
+        output.drain(stream, &logs, true);
+        output.remove();
+    }
+}
+
 /// Copies `reader` (a pipe from the container) into `logs` line by line until end of file.
 pub async fn pump(mut reader: impl tokio::io::AsyncRead + Unpin, stream: &str, logs: &Logs) {
     let mut pending: Vec<u8> = Vec::new();
@@ -283,5 +420,42 @@ mod tests {
         let number = |line: &str| -> u32 { line.split(' ').nth(2).unwrap().parse().unwrap() };
         assert_eq!(number(last_old) + 1, number(first_new));
         assert!(!fs::read_to_string(logs.old(2)).unwrap().starts_with("ooo"));
+    }
+
+    #[test]
+    fn output_is_read_on_by_a_new_reader_without_loss_or_repeats_and_read_parts_are_freed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = Output::path(dir.path(), "service-web", "stdout");
+        let logs = Logs::open(&dir.path().join("web.log")).unwrap();
+        let mut first = Output::create(&path).unwrap();
+        let mut writer = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let text = "z".repeat(200);
+        for i in 0..100 {
+            writeln!(writer, "{i:03} {text}").unwrap();
+        }
+        write!(writer, "100 half").unwrap();
+        assert!(first.drain("stdout", &logs, false));
+        assert_eq!(logs.snapshot().len(), 100);
+        // Whole blocks already read are given back: the file is sparse now.
+        let meta = fs::metadata(&path).unwrap();
+        assert!(meta.blocks() * 512 < meta.len(), "{meta:?}");
+        // Another engine (the first one died) reads on from the saved offset.
+        drop(first);
+        let mut second = Output::open(&path).unwrap();
+        writeln!(writer, " done").unwrap();
+        writeln!(writer, "101 last").unwrap();
+        assert!(second.drain("stdout", &logs, false));
+        let lines = logs.snapshot();
+        assert_eq!(lines.len(), 102, "{lines:?}");
+        assert!(
+            lines[100].ends_with(" stdout 100 half done\n"),
+            "{}",
+            lines[100]
+        );
+        assert!(lines[101].ends_with(" stdout 101 last\n"), "{}", lines[101]);
+        assert!(!second.drain("stdout", &logs, false));
+        second.remove();
+        assert!(!path.exists());
     }
 }

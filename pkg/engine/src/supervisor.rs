@@ -12,7 +12,15 @@
 //!
 //! Everything runs on one thread (a current-thread tokio runtime): libcontainer starts a
 //! container with a raw clone3, which runs no fork handlers, so the child could deadlock on a
-//! libc lock held by another thread of the engine at that moment.
+//! libc lock held by another thread of the engine at that moment. For the same reason what may
+//! block (creating a container, entering one) is not done on that thread but in helper
+//! processes ([`create_helper_main`], [`crate::exec::helper_main`]); the engine, a child
+//! subreaper, inherits the containers' processes when the helpers exit.
+//!
+//! Containers outlive the engine: their output goes to files ([`logs::Output`]) rather than
+//! pipes, and [`Engine::load`] takes over the containers of the state directory that still run
+//! (libcontainer's state, loaded back), so an engine killed and started again supervises the
+//! same processes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
@@ -91,6 +99,8 @@ pub enum EngineError {
 pub enum State {
     /// Waiting for its dependencies to run.
     Waiting,
+    /// Being created and started (by a helper process).
+    Starting,
     Running,
     /// Ended; restarting after the backoff delay.
     Restarting,
@@ -217,6 +227,17 @@ struct Shared {
     /// Names being created by `run` or removed by `rm`: taken, but not (or no longer) usable.
     /// Locked after `entries` when both are.
     reserved: Mutex<BTreeSet<String>>,
+    /// This program, run as the helper processes that create containers and exec in them.
+    program: PathBuf,
+    /// The init program containers run under, unless the runtime could not open it.
+    init: Option<PathBuf>,
+}
+
+impl Shared {
+    /// Where containers' stdout and stderr files are (see [`logs::Output`]).
+    fn outputs(&self) -> PathBuf {
+        self.runtime.state_dir().join("output")
+    }
 }
 
 /// Frees a reserved name when creating or removing its container ends, however it ends.
@@ -265,6 +286,8 @@ pub struct Engine {
     /// The start order; containers made by `run` are appended, and removed by `rm`.
     order: Arc<Mutex<Vec<String>>>,
     config: Arc<EngineConfig>,
+    /// Running containers of an earlier engine, until their supervisors take them.
+    adopted: Arc<Mutex<BTreeMap<String, Container>>>,
 }
 
 /// A container's entry before it first runs.
@@ -319,10 +342,14 @@ impl Engine {
             dir: config.state_dir.clone(),
             source: std::io::Error::other(e),
         })?;
+        let mut init = None;
         if let Some(program) = &config.init {
             // Without it the services still run, as their containers' first process.
             match runtime.clone().with_init(program, crate::shim::NAME) {
-                Ok(with_init) => runtime = with_init,
+                Ok(with_init) => {
+                    runtime = with_init;
+                    init = Some(program.clone());
+                }
                 Err(e) => tracing::error!("{e}: commands run without the init"),
             }
         }
@@ -377,10 +404,27 @@ impl Engine {
                 entry.logs.push("engine", error);
             }
         }
-        let specs = specs
+        let specs: Vec<ServiceSpec> = specs
             .into_iter()
             .filter(|s| order.contains(&s.name))
             .collect();
+        // Containers an earlier engine started with this state directory: those still running
+        // are taken over, what is left of the others is removed.
+        let mut adopted = BTreeMap::new();
+        for spec in &specs {
+            let id = container_id(&spec.name);
+            match runtime.load(&id, &spec.bundle, spec.init) {
+                Ok(None) => {}
+                Ok(Some(container)) if container.is_running() => {
+                    adopted.insert(spec.name.clone(), container);
+                }
+                Ok(Some(_)) => runtime.clean_up(&id, &spec.bundle),
+                Err(e) => {
+                    tracing::warn!("service {}: {e}; removing its state", spec.name);
+                    runtime.clean_up(&id, &spec.bundle);
+                }
+            }
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 entries: Mutex::new(entries),
@@ -389,7 +433,10 @@ impl Engine {
                 runtime,
                 stop_grace: config.stop_grace,
                 reserved: Mutex::new(BTreeSet::new()),
+                program: config.puller.clone(),
+                init,
             }),
+            adopted: Arc::new(Mutex::new(adopted)),
             specs: Arc::new(specs),
             order: Arc::new(Mutex::new(order)),
             config: Arc::new(config.clone()),
@@ -407,7 +454,9 @@ impl Engine {
     fn spawn_supervisor(&self, spec: ServiceSpec, started: Option<oneshot::Sender<()>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared.update(&spec.name, |e| e.commands = Some(tx));
+        let adopted = lock(&self.adopted).remove(&spec.name);
         let mut supervisor = Supervisor::new(self.shared.clone(), spec, rx);
+        supervisor.adopted = adopted;
         supervisor.started_replies.extend(started);
         tokio::spawn(async move { supervisor.run().await });
     }
@@ -707,7 +756,8 @@ impl Engine {
             }
             entry.info.bundle.clone()
         };
-        crate::exec::exec(
+        crate::exec::exec_in_child(
+            &self.shared.program,
             self.shared.runtime.state_dir(),
             &container_id(name),
             &bundle,
@@ -798,6 +848,8 @@ struct Supervisor {
     logs: Arc<Logs>,
     /// Replies owed once the container runs (or fails to start).
     started_replies: Vec<oneshot::Sender<()>>,
+    /// A container still running from an earlier engine: the first run takes it over.
+    adopted: Option<Container>,
 }
 
 impl Supervisor {
@@ -816,6 +868,7 @@ impl Supervisor {
             commands,
             logs,
             started_replies: Vec::new(),
+            adopted: None,
         }
     }
 
@@ -857,7 +910,12 @@ impl Supervisor {
                     }
                 }
             }
-            match self.wait_for_dependencies().await {
+            let waited = if self.adopted.is_some() {
+                Some(true)
+            } else {
+                self.wait_for_dependencies().await
+            };
+            match waited {
                 Some(true) => {}
                 Some(false) => {
                     want_running = false;
@@ -976,11 +1034,61 @@ impl Supervisor {
         }
     }
 
-    /// Starts the container, logs its output and waits for it to end or for a request.
+    /// Starts the container (or takes over the one adopted from an earlier engine), logs its
+    /// output and waits for it to end or for a request. Requests are answered while a helper
+    /// process creates the container: a stop aborts a start that hangs.
     async fn run_once(&mut self) -> Ended {
         let name = self.spec.name.clone();
         self.shared.update(&name, |e| e.info.runs += 1);
-        let running = match self.start() {
+        let running = match self.adopted.take() {
+            Some(container) => adopt(&self.shared, &self.spec, &self.logs, container),
+            None => {
+                self.set_state(State::Starting);
+                let helper = Arc::new(std::sync::atomic::AtomicI32::new(0));
+                // Boxed, so that dropping it below really drops (and kills) it.
+                let mut start = Box::pin(start(
+                    self.shared.clone(),
+                    self.spec.clone(),
+                    self.logs.clone(),
+                    helper.clone(),
+                ));
+                let mut aborted = None;
+                let result = loop {
+                    tokio::select! {
+                        result = &mut start => break result,
+                        command = self.commands.recv() => match command {
+                            Some(Command::Start(done)) => self.started_replies.push(done),
+                            Some(Command::Stop { done, .. }) => {
+                                aborted = Some(Ended::Stopped(vec![done]));
+                                break Err("stopped while starting".to_owned());
+                            }
+                            Some(Command::Restart { done, .. }) => {
+                                aborted = Some(Ended::Restarted(vec![done]));
+                                break Err("restarted while starting".to_owned());
+                            }
+                            None => {
+                                aborted = Some(Ended::Gone);
+                                break Err("the engine is going away".to_owned());
+                            }
+                        },
+                    }
+                };
+                // Dropping the start kills its helper's process group.
+                drop(start);
+                if let Err(error) = &result {
+                    self.abandon_start(helper.load(std::sync::atomic::Ordering::SeqCst))
+                        .await;
+                    if let Some(ended) = aborted {
+                        self.note(error);
+                        self.shared.update(&name, |e| e.info.pid = None);
+                        self.reply_started();
+                        return ended;
+                    }
+                }
+                result
+            }
+        };
+        let mut running = match running {
             Ok(running) => running,
             Err(error) => {
                 self.note(&format!("failed to start: {error}"));
@@ -992,10 +1100,9 @@ impl Supervisor {
                 return Ended::Exit(None);
             }
         };
-        let (mut container, pidfd) = running;
         self.reply_started();
-        // Aborted when the run ends, whatever ends it; an exec it was waiting for is reaped
-        // by the exec module's guard.
+        // Aborted when the run ends, whatever ends it; an exec it was waiting for is killed
+        // with its helper.
         let _health = self.spec.health.clone().map(|check| {
             AbortOnDrop(tokio::spawn(health_checks(
                 self.shared.clone(),
@@ -1009,7 +1116,7 @@ impl Supervisor {
         let mut restart = false;
         let status = loop {
             tokio::select! {
-                status = exited(&pidfd, &mut container) => break status,
+                status = exited(&running.pidfd, &mut running.container) => break status,
                 command = self.commands.recv() => match command {
                     Some(Command::Start(done)) => {
                         let _ = done.send(());
@@ -1017,23 +1124,23 @@ impl Supervisor {
                     Some(Command::Stop { grace, done }) => {
                         stop_replies.push(done);
                         let grace = self.grace(grace);
-                        break self.terminate(&mut container, &pidfd, grace).await;
+                        break self.terminate(&mut running.container, &running.pidfd, grace).await;
                     }
                     Some(Command::Restart { grace, done }) => {
                         stop_replies.push(done);
                         restart = true;
                         let grace = self.grace(grace);
-                        break self.terminate(&mut container, &pidfd, grace).await;
+                        break self.terminate(&mut running.container, &running.pidfd, grace).await;
                     }
                     None => {
-                        let status = self.terminate(&mut container, &pidfd, Duration::from_secs(1)).await;
-                        self.finish(container, status);
+                        let status = self.terminate(&mut running.container, &running.pidfd, Duration::from_secs(1)).await;
+                        self.finish(running, status).await;
                         return Ended::Gone;
                     }
                 },
             }
         };
-        self.finish(container, status);
+        self.finish(running, status).await;
         match (stop_replies.is_empty(), restart) {
             (true, _) => Ended::Exit(status),
             (false, false) => Ended::Stopped(stop_replies),
@@ -1041,81 +1148,29 @@ impl Supervisor {
         }
     }
 
+    /// After a start that failed or was given up: waits (briefly) for the killed helper to be
+    /// gone, so that it creates nothing more, then removes what it left.
+    async fn abandon_start(&self, helper: i32) {
+        if helper > 0 {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && process_alive(helper) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // No longer starting: the stray reaper may take the container's first process, which
+        // the clean-up kills (see [`reap_strays`]).
+        self.set_state(State::Stopped);
+        self.shared
+            .runtime
+            .clean_up(&container_id(&self.spec.name), &self.spec.bundle);
+        // Its first process may have ended already, while this start still counted.
+        sweep(&self.shared);
+    }
+
     fn reply_started(&mut self) {
         for reply in self.started_replies.drain(..) {
             let _ = reply.send(());
         }
-    }
-
-    /// Creates the container with its stdout and stderr on pipes the engine reads, and opens
-    /// a pidfd on its process.
-    fn start(&self) -> Result<(Container, AsyncFd<OwnedFd>), String> {
-        let (out_r, out_w) = std::io::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
-        let (err_r, err_w) = std::io::pipe().map_err(|e| format!("creating a pipe: {e}"))?;
-        let stdin = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
-        let id = container_id(&self.spec.name);
-        let container = self
-            .shared
-            .runtime
-            .create_and_start_with(
-                &id,
-                &self.spec.bundle,
-                Stdio {
-                    stdin,
-                    stdout: Some(out_w.into()),
-                    stderr: Some(err_w.into()),
-                },
-                self.spec.init,
-            )
-            .map_err(|e| e.to_string())?;
-        let pid = container.pid().map_err(|e| e.to_string())?;
-        let pidfd = rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| format!("process id {pid} is not valid"))
-            .and_then(|p| {
-                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                    .map_err(|e| format!("opening a pidfd on process {pid}: {e}"))
-            })
-            .and_then(|fd| {
-                // SAFETY: an OwnedFd keeps its descriptor open, unchanged, for as long as it
-                // lives, and the AsyncFd owns it.
-                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                    .map_err(|e| format!("watching process {pid}: {e}"))
-            });
-        let pidfd = match pidfd {
-            Ok(pidfd) => pidfd,
-            Err(e) => {
-                let _ = container.delete();
-                return Err(e);
-            }
-        };
-        for (reader, stream) in [(out_r, "stdout"), (err_r, "stderr")] {
-            let logs = self.logs.clone();
-            match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
-                Ok(reader) => {
-                    tokio::spawn(async move { logs::pump(reader, stream, &logs).await });
-                }
-                Err(e) => self.note(&format!("cannot read its {stream}: {e}")),
-            }
-        }
-        let shared_fd = Arc::new(
-            pidfd
-                .get_ref()
-                .try_clone()
-                .map_err(|e| format!("duplicating the pidfd of {pid}: {e}"))?,
-        );
-        let started_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        self.shared.update(&self.spec.name, |e| {
-            e.info.state = State::Running;
-            e.info.pid = Some(pid);
-            e.info.started_at = Some(started_at);
-            e.info.error = None;
-            e.info.health = self.spec.health.as_ref().map(|_| Health::Starting);
-            e.info.health_failures = 0;
-            e.info.health_output = None;
-            e.pidfd = Some(shared_fd);
-        });
-        self.note(&format!("started (pid {pid})"));
-        Ok((container, pidfd))
     }
 
     /// SIGTERM, then SIGKILL to every process of the container after `grace`. Under the init
@@ -1146,19 +1201,33 @@ impl Supervisor {
         }
     }
 
-    /// Records how the run ended and removes the container.
-    fn finish(&self, container: Container, status: Option<ExitStatus>) {
+    /// Records how the run ended, reads its output to the end and removes the container.
+    async fn finish(&self, running: Running, status: Option<ExitStatus>) {
+        let Running {
+            container,
+            pidfd: _,
+            outputs,
+        } = running;
         // Before the delete, which removes the cgroup.
         let oom_kills = crate::cgroup::cgroups_path(&self.spec.bundle).and_then(|path| {
             crate::cgroup::oom_kills(Path::new(crate::cgroup::CGROUP_ROOT), &path)
         });
-        let mut described = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+        let mut described = match status {
+            Some(status) => status.to_string(),
+            None if !container.is_child() => {
+                "exit status unknown (taken over from an earlier engine)".to_owned()
+            }
+            None => "unknown status".to_owned(),
+        };
         if let Some(n) = oom_kills.filter(|n| *n > 0) {
             described.push_str(&format!(
                 " (out of memory: the OOM killer killed {n} process{})",
                 if n == 1 { "" } else { "es" }
             ));
         }
+        let (stop, task) = outputs;
+        let _ = stop.send(());
+        let _ = task.await;
         self.note(&format!("ended ({described})"));
         self.shared.update(&self.spec.name, |e| {
             e.info.pid = None;
@@ -1174,8 +1243,176 @@ impl Supervisor {
     }
 }
 
+/// A container that runs, as its supervisor holds it.
+struct Running {
+    container: Container,
+    pidfd: AsyncFd<OwnedFd>,
+    /// Stops the task reading its output; the task ends once it has read everything.
+    outputs: (oneshot::Sender<()>, tokio::task::JoinHandle<()>),
+}
+
+/// Whether process `pid` exists and has not ended (a zombie has).
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+/// How long a helper process may take to create and start a container (its hooks included)
+/// before the start is given up.
+pub const CREATE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Creates and starts the service's container in a helper process (`PROGRAM create-container`),
+/// its stdout and stderr appended to files the engine reads ([`logs::Output`]), then takes the
+/// container over from the state the helper wrote. The helper's pid is stored in `helper` for
+/// the caller to wait on if it gives the start up.
+async fn start(
+    shared: Arc<Shared>,
+    spec: ServiceSpec,
+    logs: Arc<Logs>,
+    helper: Arc<std::sync::atomic::AtomicI32>,
+) -> Result<Running, String> {
+    let id = container_id(&spec.name);
+    crate::cgroup::make_parents(Path::new(crate::cgroup::CGROUP_ROOT), &spec.bundle)
+        .map_err(|e| format!("creating the parent cgroup of {}: {e}", spec.name))?;
+    let dir = shared.outputs();
+    let mut outputs = Vec::new();
+    for stream in ["stdout", "stderr"] {
+        let path = logs::Output::path(&dir, &id, stream);
+        let output =
+            logs::Output::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        outputs.push((output, path));
+    }
+    let mut command = tokio::process::Command::new(&shared.program);
+    command
+        .arg("create-container")
+        .arg("--state-dir")
+        .arg(shared.runtime.state_dir())
+        .arg("--id")
+        .arg(&id)
+        .arg("--bundle")
+        .arg(&spec.bundle)
+        .arg("--stdout")
+        .arg(&outputs[0].1)
+        .arg("--stderr")
+        .arg(&outputs[1].1);
+    let init = shared.init.as_ref().filter(|_| spec.init);
+    if let Some(init) = init {
+        command.arg("--init").arg(init);
+    }
+    let output = helper_output_with_pid(command, CREATE_LIMIT, &helper).await?;
+    let created: Created = serde_json::from_slice(&output)
+        .map_err(|e| format!("unexpected output of the helper process: {e}"))?;
+    let container = shared
+        .runtime
+        .load(&id, &spec.bundle, init.is_some())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("container {id}: the helper process left no state"))?;
+    if container.pid().ok() != Some(created.pid) {
+        return Err(format!(
+            "container {id}: the helper reported process {}, the state another",
+            created.pid
+        ));
+    }
+    let outputs = outputs
+        .into_iter()
+        .zip(["stdout", "stderr"])
+        .map(|((output, _), stream)| (output, stream))
+        .collect();
+    watch(&shared, &spec, &logs, container, outputs)
+}
+
+/// Takes over a container that an earlier engine started and that still runs: its process is
+/// watched through a pidfd and its output read on from where that engine stopped.
+fn adopt(
+    shared: &Arc<Shared>,
+    spec: &ServiceSpec,
+    logs: &Arc<Logs>,
+    container: Container,
+) -> Result<Running, String> {
+    let id = container_id(&spec.name);
+    let dir = shared.outputs();
+    let mut outputs = Vec::new();
+    for stream in ["stdout", "stderr"] {
+        let path = logs::Output::path(&dir, &id, stream);
+        match logs::Output::open(&path) {
+            Ok(output) => outputs.push((output, stream)),
+            Err(e) => logs.push(
+                "engine",
+                &format!("its {stream} is lost: {}: {e}", path.display()),
+            ),
+        }
+    }
+    let pid = container.pid().map_err(|e| e.to_string())?;
+    let running = watch(shared, spec, logs, container, outputs)?;
+    logs.push("engine", &format!("taken over (pid {pid})"));
+    tracing::info!("service {}: taken over (pid {pid})", spec.name);
+    Ok(running)
+}
+
+/// Opens a pidfd on the container's process, starts reading its output and records it as
+/// running.
+fn watch(
+    shared: &Arc<Shared>,
+    spec: &ServiceSpec,
+    logs: &Arc<Logs>,
+    container: Container,
+    outputs: Vec<(logs::Output, &'static str)>,
+) -> Result<Running, String> {
+    let pid = container.pid().map_err(|e| e.to_string())?;
+    let pidfd = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| format!("process id {pid} is not valid"))
+        .and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .map_err(|e| format!("opening a pidfd on process {pid}: {e}"))
+        })
+        .and_then(|fd| {
+            // SAFETY: an OwnedFd keeps its descriptor open, unchanged, for as long as it
+            // lives, and the AsyncFd owns it.
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .map_err(|e| format!("watching process {pid}: {e}"))
+        });
+    let fds = pidfd.and_then(|pidfd| {
+        let dup = pidfd
+            .get_ref()
+            .try_clone()
+            .map_err(|e| format!("duplicating the pidfd of {pid}: {e}"))?;
+        Ok((pidfd, dup))
+    });
+    let (pidfd, shared_fd) = match fds {
+        Ok(fds) => fds,
+        Err(e) => {
+            let _ = container.delete();
+            return Err(e);
+        }
+    };
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(logs::follow_outputs(outputs, logs.clone(), stopped));
+    let started_at = container.created().unwrap_or_else(SystemTime::now);
+    let started_at = humantime::format_rfc3339_millis(started_at).to_string();
+    shared.update(&spec.name, |e| {
+        e.info.state = State::Running;
+        e.info.pid = Some(pid);
+        e.info.started_at = Some(started_at);
+        e.info.error = None;
+        e.info.health = spec.health.as_ref().map(|_| Health::Starting);
+        e.info.health_failures = 0;
+        e.info.health_output = None;
+        e.pidfd = Some(Arc::new(shared_fd));
+    });
+    tracing::info!("service {}: started (pid {pid})", spec.name);
+    logs.push("engine", &format!("started (pid {pid})"));
+    Ok(Running {
+        container,
+        pidfd,
+        outputs: (stop, task),
+    })
+}
+
 /// Waits for the container's process to end: its pidfd becomes readable, then it is reaped.
-/// `None` when it cannot be waited for (someone else reaped it).
+/// `None` when it cannot be waited for: someone else reaped it, or it is not the engine's
+/// child (taken over from an earlier engine), so its status went to its parent.
 async fn exited(pidfd: &AsyncFd<OwnedFd>, container: &mut Container) -> Option<ExitStatus> {
     loop {
         match container.try_wait() {
@@ -1192,6 +1429,200 @@ async fn exited(pidfd: &AsyncFd<OwnedFd>, container: &mut Container) -> Option<E
                 tracing::error!("polling the pidfd of {}: {e}", container.id());
                 return None;
             }
+        }
+        if !container.is_child() {
+            return None;
+        }
+    }
+}
+
+/// Kills a helper's process group (the helper and whatever it started: a hook, a container's
+/// first processes) unless disarmed: dropping a start or exec half-way leaves nothing running.
+struct KillGroup(Option<i32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs a helper process (in a process group of its own) for at most `limit` and returns its
+/// stdout; an error is the last line of its stderr. Everything the engine does that may block
+/// (creating a container, entering one for exec) runs this way: the engine's one thread only
+/// waits for a pipe.
+pub(crate) async fn helper_output(
+    command: tokio::process::Command,
+    limit: Duration,
+) -> Result<Vec<u8>, String> {
+    helper_output_with_pid(command, limit, &std::sync::atomic::AtomicI32::new(0)).await
+}
+
+/// [`helper_output`], storing the helper's pid in `pid` once it runs.
+async fn helper_output_with_pid(
+    mut command: tokio::process::Command,
+    limit: Duration,
+    pid: &std::sync::atomic::AtomicI32,
+) -> Result<Vec<u8>, String> {
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .map_err(|e| format!("starting a helper process: {e}"))?;
+    let mut group = KillGroup(child.id().and_then(|p| i32::try_from(p).ok()));
+    pid.store(group.0.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(format!("waiting for the helper process: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "the helper process did not finish in {}",
+                humantime::format_duration(limit)
+            ));
+        }
+    };
+    // It exited: its group's id may be reused from now on.
+    group.0 = None;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("no error output");
+        return Err(format!(
+            "{} ({})",
+            last.trim_start_matches("slipway-engine: "),
+            output.status
+        ));
+    }
+    Ok(output.stdout)
+}
+
+/// Reaps, whenever a child ends, the processes that came to the engine as a child subreaper
+/// and that nothing else waits for: what a killed helper left (a hook it ran). Only zombies
+/// that are not process group leaders are taken: the helpers lead their own groups (tokio
+/// reaps them) and containers' first processes lead their own sessions (their supervisors
+/// reap them), so no status anyone waits for is taken from them. The exception: the first
+/// process of a container whose start was given up (killed with its helper; the state may not
+/// have recorded its pid) leads its session too, so session leaders that no supervisor
+/// watches are taken as well, while no other start is under way (a container just created
+/// is not watched yet).
+pub async fn reap_strays(engine: Engine) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut children) = signal(SignalKind::child()) else {
+        tracing::warn!("cannot watch for SIGCHLD: stray processes stay zombies");
+        return;
+    };
+    while children.recv().await.is_some() {
+        sweep(&engine.shared);
+    }
+}
+
+/// One pass of [`reap_strays`].
+fn sweep(shared: &Shared) {
+    let (watched, starting): (BTreeSet<i32>, bool) = {
+        let entries = lock(&shared.entries);
+        (
+            entries.values().filter_map(|e| e.info.pid).collect(),
+            entries.values().any(|e| e.info.state == State::Starting),
+        )
+    };
+    reap_zombies(|pid, group, session| {
+        group != pid || (session == pid && !starting && !watched.contains(&pid))
+    });
+}
+
+/// Reaps the engine's zombie children for which `take(pid, process group, session)` holds.
+fn reap_zombies(take: impl Fn(i32, i32, i32) -> bool) {
+    for pid in crate::exec::children() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' ').take(4).collect())
+            .unwrap_or_default();
+        let number = |field: &str| field.parse::<i32>().unwrap_or(0);
+        if let [state, _ppid, group, session] = fields[..]
+            && state == "Z"
+            && take(pid, number(group), number(session))
+        {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
+}
+
+/// What `create-container` reports.
+#[derive(Serialize, Deserialize)]
+struct Created {
+    pid: i32,
+}
+
+/// The helper process's side of a start: creates and starts container `id` from `bundle`
+/// (under the init program `init` when given), its stdout and stderr appended to the given
+/// files, prints `{"pid": N}` and exits. The container's process is the helper's child; when
+/// the helper exits it is re-parented to the engine, a child subreaper, which reaps it.
+pub fn create_helper_main(
+    state_dir: &Path,
+    id: &str,
+    bundle: &Path,
+    init: Option<&Path>,
+    stdout: &Path,
+    stderr: &Path,
+) -> std::process::ExitCode {
+    let created = (|| -> Result<i32, String> {
+        let mut runtime = Runtime::new(state_dir).map_err(|e| e.to_string())?;
+        if let Some(program) = init {
+            runtime = runtime
+                .with_init(program, crate::shim::NAME)
+                .map_err(|e| e.to_string())?;
+        }
+        let append = |path: &Path| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("opening {}: {e}", path.display()))
+        };
+        let stdin = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+        let container = runtime
+            .create_and_start_with(
+                id,
+                bundle,
+                Stdio {
+                    stdin,
+                    stdout: Some(append(stdout)?),
+                    stderr: Some(append(stderr)?),
+                },
+                init.is_some(),
+            )
+            .map_err(|e| e.to_string())?;
+        container.pid().map_err(|e| e.to_string())
+    })();
+    match created {
+        Ok(pid) => {
+            println!(
+                "{}",
+                serde_json::to_string(&Created { pid }).expect("JSON values serialize")
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("slipway-engine: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -1224,7 +1655,8 @@ async fn health_checks(
     let id = container_id(&name);
     loop {
         tokio::time::sleep(check.interval).await;
-        let (ok, output) = match crate::exec::exec(
+        let (ok, output) = match crate::exec::exec_in_child(
+            &shared.program,
             shared.runtime.state_dir(),
             &id,
             &bundle,

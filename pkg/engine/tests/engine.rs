@@ -1298,3 +1298,198 @@ fn the_shim_alone_exits_as_its_command_did_and_passes_signals_to_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+impl Daemon {
+    /// `request`, failing when the engine takes longer than `limit` to answer.
+    fn request_within(&self, limit: Duration, method: Method, path: &str) -> (StatusCode, Value) {
+        let reply = self
+            .runtime
+            .block_on(async {
+                tokio::time::timeout(limit, self.client.request(method, path, None)).await
+            })
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no answer to {path} in {limit:?}; daemon: {}",
+                    self.stderr()
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}; daemon: {}", self.stderr()));
+        let value = reply.json();
+        (reply.status, value)
+    }
+
+    /// SIGKILL to the daemon (it cleans nothing up), and its socket removed so that `start`
+    /// waits for the next one.
+    fn kill9(&mut self) {
+        let mut child = self.child.take().expect("a running daemon");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        fs::remove_file(self.client.socket()).unwrap();
+    }
+}
+
+#[test]
+fn a_stuck_container_start_leaves_the_api_answering_and_can_be_stopped() {
+    let mut d = Daemon::new("stuck");
+    d.service("web", "echo up; exec sleep 600", json!({}));
+    d.service("stuck", "echo never; exec sleep 600", json!({}));
+    // libcontainer runs createRuntime hooks in the process that creates the container and
+    // waits for them: this start hangs for a minute.
+    edit_config(&d, "stuck", |config| {
+        config["hooks"] =
+            json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "60"]}]});
+    });
+    d.start();
+    std::thread::sleep(Duration::from_millis(500));
+    // The engine answers while the hook runs.
+    let (status, list) = d.request_within(Duration::from_secs(2), Method::GET, "/v1/containers");
+    assert_eq!(status, StatusCode::OK, "{list}");
+    d.wait_for("web", 10, |i| state(i) == "running");
+    let began = Instant::now();
+    let (status, list) = d.request_within(Duration::from_secs(2), Method::GET, "/v1/containers");
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let stuck = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "stuck")
+        .unwrap()
+        .clone();
+    assert_eq!(state(&stuck), "starting", "{stuck}");
+    // An exec into the other container works meanwhile.
+    let (status, reply) = d.request(
+        Method::POST,
+        &container_path("web", "exec"),
+        Some(r#"{"cmd": ["echo", "hi"], "timeout": 5}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["output"], "hi\n", "{reply}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    // A stop gives the start up: the helper is killed and nothing of the container is left.
+    let stopping = Instant::now();
+    let (status, info) = d.request(Method::POST, &container_path("stuck", "stop"), None);
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(state(&info), "stopped", "{info}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(!d.path("state/service-stuck").exists());
+    // The hook the killed helper ran came to the engine (a subreaper), which reaped it.
+    let engine = d.child.as_ref().unwrap().id() as i64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while zombie_children(engine) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the engine left zombies: {:?}",
+            fs::read_to_string(format!("/proc/{engine}/task/{engine}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|p| fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state(&d.inspect("web")), "running");
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}
+
+/// The highest `tick N` in a log.
+fn last_tick(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split(" stdout tick ").nth(1))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_restarted_engine_takes_over_its_running_services() {
+    let mut d = Daemon::new("adopt");
+    d.service(
+        "web",
+        "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done",
+        json!({"org.slipway.restart": "always"}),
+    );
+    d.service(
+        "other",
+        "echo up; exec sleep 600",
+        json!({"org.slipway.restart": "always"}),
+    );
+    d.start();
+    let web = d.wait_for("web", 10, |i| state(i) == "running");
+    let other = d.wait_for("other", 10, |i| state(i) == "running");
+    let (web_pid, other_pid) = (web["pid"].as_i64().unwrap(), other["pid"].as_i64().unwrap());
+    d.wait_for_log("web", "tick 3\n", 1);
+    d.kill9();
+    assert!(process_exists(web_pid) && process_exists(other_pid));
+    std::thread::sleep(Duration::from_millis(500));
+    d.start();
+
+    // Taken over, not started again.
+    let web = d.wait_for("web", 10, |i| state(i) == "running");
+    assert_eq!(web["pid"].as_i64(), Some(web_pid), "{web}");
+    let other = d.wait_for("other", 10, |i| state(i) == "running");
+    assert_eq!(other["pid"].as_i64(), Some(other_pid), "{other}");
+    assert!(
+        d.logs("web")
+            .contains(&format!("taken over (pid {web_pid})"))
+    );
+    // Its output goes on into the log, what it wrote while no engine ran included.
+    let before = last_tick(&d.logs("web"));
+    d.wait_for_log("web", &format!("tick {}\n", before + 5), 1);
+    let log = d.logs("web");
+    let ticks: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split(" stdout tick ").nth(1))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let after: Vec<u64> = ticks.iter().copied().filter(|&n| n > 3).collect();
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines lost or repeated: {ticks:?}"
+    );
+    let file = fs::read_to_string(d.path("log/web.log")).unwrap();
+    assert!(
+        file.contains(&format!(" stdout tick {}\n", before + 5)),
+        "{file}"
+    );
+
+    // Supervised again: an exit is noticed through its pidfd and the policy restarts it.
+    let (status, _) = d.request(
+        Method::POST,
+        &container_path("other", "kill"),
+        Some(r#"{"signal": "SIGKILL"}"#),
+    );
+    assert_eq!(status, StatusCode::OK);
+    let other = d.wait_for("other", 10, |i| {
+        state(i) == "running" && i["pid"].as_i64() != Some(other_pid)
+    });
+    assert!(
+        other["last_exit"].as_str().unwrap().contains("unknown"),
+        "{other}"
+    );
+    assert!(!process_exists(other_pid));
+
+    // Stop works on a taken-over container and removes it.
+    let (status, info) = d.request(
+        Method::POST,
+        &container_path("web", "stop"),
+        Some(r#"{"timeout": 2}"#),
+    );
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(state(&info), "stopped", "{info}");
+    assert!(!process_exists(web_pid));
+    assert!(!d.path("state/service-web").exists());
+    assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}

@@ -106,6 +106,8 @@ fn multi_call() -> Option<fn() -> std::process::ExitCode> {
         "metadata" => Some(slipway_metadata::main),
         "sysctl" => Some(slipway_sysctl::main),
         "rngd" => Some(slipway_rngd::main),
+        // The hook that binds the host's /dev on a container's (slipway-bundle's dev_bind_hook).
+        "slipway-dev-bind" => Some(slipway_runtime::dev_bind::main),
         _ => None,
     }
 }
@@ -341,6 +343,9 @@ fn boot(test: bool, started: u64, switched: Option<&root::Switched>, timeline: &
         if let Err(e) = mounts::make_shared(target) {
             say(e);
         }
+    }
+    if let Err(e) = mounts::make_resolv_conf() {
+        say(e);
     }
     if !test {
         if let Err(e) = mounts::remount_root_read_only() {

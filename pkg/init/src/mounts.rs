@@ -124,6 +124,24 @@ mod size_tests {
     }
 }
 
+/// Where /etc/resolv.conf points (a symlink of the init image): made empty at boot so that a
+/// container binding /etc/resolv.conf (LinuxKit's labels do) starts before any DHCP lease, and
+/// dhcpcd's resolvconf replaces it when a lease brings resolvers.
+pub const RESOLV_CONF: &str = "/run/resolvconf/resolv.conf";
+
+pub fn make_resolv_conf() -> Result<(), Error> {
+    let path = Path::new(RESOLV_CONF);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(err("creating", dir))?;
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(err("creating", path))
+}
+
 pub fn mount_one(mnt: &Mount) -> Result<(), Error> {
     let target = Path::new(mnt.target);
     fs::create_dir_all(target).map_err(err("creating mount point", target))?;

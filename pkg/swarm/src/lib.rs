@@ -1,0 +1,30 @@
+#![recursion_limit = "256"]
+//! Slipway's swarm agent: the cluster part of Docker's swarm mode (a built-in CA, join tokens,
+//! mutual TLS between nodes, Raft among managers, nodes and their heartbeats), driven through the
+//! Docker Engine API on a unix socket so Docker's own CLI works against it.
+//!
+//! ```text
+//! api (Docker Engine API, unix socket) ─┐
+//! cli (the client verbs) ───────────────┴─► daemon (membership, operations, loops)
+//!                                              ├─ pki (root CA, node certs, rustls configs)
+//!                                              ├─ raft + store (openraft on redb, sealed at rest)
+//!                                              ├─ state (the replicated cluster state)
+//!                                              └─ net + service (gRPC over mutual TLS, :2377)
+//! ```
+
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod docker;
+pub mod ids;
+pub mod net;
+pub mod pki;
+pub mod raft;
+pub mod service;
+pub mod state;
+pub mod store;
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("slipway.swarm.v1");
+}

@@ -1,0 +1,95 @@
+use clap::Parser;
+use slipway_swarm::cli::{Cli, Verb};
+use slipway_swarm::daemon::{Daemon, Options};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Verb::Daemon {
+                state,
+                engine,
+                raft_tick,
+                hostname,
+                min_cert_expiry,
+            } => {
+                daemon(
+                    cli.socket,
+                    state,
+                    engine,
+                    raft_tick,
+                    hostname,
+                    min_cert_expiry.into(),
+                )
+                .await
+            }
+            verb => slipway_swarm::cli::run(&cli.socket, verb).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn daemon(
+    socket: std::path::PathBuf,
+    state: std::path::PathBuf,
+    engine: std::path::PathBuf,
+    raft_tick: u64,
+    hostname: Option<String>,
+    min_cert_expiry: std::time::Duration,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let hostname = hostname.unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    // Listen first: the API answers /_ping and /version before anything else is ready.
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    let daemon = Daemon::start(Options {
+        state_dir: state,
+        engine,
+        raft_tick: std::time::Duration::from_millis(raft_tick.max(10)),
+        hostname,
+        min_cert_expiry,
+    })
+    .await?;
+    tracing::info!("serving the Docker Engine API on {}", socket.display());
+    let api = tokio::spawn(slipway_swarm::api::serve(listener, daemon));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = api => {}
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Raft among managers: openraft's types for this cluster, its network over our gRPC service
+//! `Raft`, and the timings (SwarmKit's tick of 1 s, ElectionTick 10, HeartbeatTick 1 by default,
+//! scaled by `--raft-tick` in tests).
+
+// openraft's trait methods return its own (large) error types; there is no other way to spell them.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use rustls::ClientConfig;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::net;
+use crate::proto::RaftMessage;
+use crate::proto::raft_client::RaftClient;
+use crate::state::{Command, CommandResult, RaftSpec};
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// openraft's configuration from the tick length and the cluster's Raft spec (tick counts, the
+/// snapshot interval, the log entries kept behind a snapshot for slow followers).
+pub fn config(tick: Duration, spec: &RaftSpec) -> Result<Arc<Config>, openraft::ConfigError> {
+    let tick_ms = tick.as_millis().max(10) as u64;
+    let election_tick = (spec.election_tick.max(2)) as u64;
+    let config = Config {
+        cluster_name: "swarm".into(),
+        heartbeat_interval: tick_ms.saturating_mul(spec.heartbeat_tick.max(1) as u64),
+        election_timeout_min: tick_ms.saturating_mul(election_tick),
+        election_timeout_max: tick_ms.saturating_mul(election_tick).saturating_mul(2),
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(
+            spec.snapshot_interval.unwrap_or(10_000).max(1),
+        ),
+        // Each chunk travels as JSON inside one gRPC message.
+        snapshot_max_chunk_size: 1024 * 1024,
+        max_in_snapshot_log_to_keep: spec.log_entries_for_slow_followers.unwrap_or(500),
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+pub fn encode<T: Serialize>(value: &T) -> RaftMessage {
+    RaftMessage {
+        payload: serde_json::to_vec(value).unwrap_or_default(),
+    }
+}
+
+pub fn decode<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, tonic::Status> {
+    serde_json::from_slice(&message.payload)
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad Raft message: {e}")))
+}
+
+/// Dials the other managers with this manager's certificate.
+pub struct Network {
+    pub tls: Arc<ClientConfig>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            client: net::channel(&node.addr, self.tls.clone(), Duration::from_secs(10))
+                .ok()
+                .map(|c| RaftClient::new(c).max_decoding_message_size(net::MAX_MESSAGE)),
+        }
+    }
+}
+
+pub struct Peer {
+    target: u64,
+    client: Option<RaftClient<tonic::transport::Channel>>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
+
+impl Peer {
+    fn client<E: std::error::Error>(&self) -> RpcResult<RaftClient<tonic::transport::Channel>, E> {
+        self.client.clone().ok_or_else(|| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                "bad manager address",
+            )))
+        })
+    }
+
+    fn answer<T: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        response: Result<tonic::Response<RaftMessage>, tonic::Status>,
+    ) -> RpcResult<T, E> {
+        let message = match response {
+            Ok(message) => message.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
+            Err(status) => return Err(RPCError::Network(NetworkError::new(&status))),
+        };
+        let result: Result<T, E> =
+            decode(&message).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn with_ttl<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(option.hard_ttl());
+    request
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
+        let response = self
+            .client()?
+            .append_entries(with_ttl(encode(&rpc), &option))
+            .await;
+        self.answer(response)
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
+        let response = self
+            .client()?
+            .install_snapshot(with_ttl(encode(&rpc), &option))
+            .await;
+        self.answer(response)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>, RaftError<u64>> {
+        let response = self.client()?.vote(with_ttl(encode(&rpc), &option)).await;
+        self.answer(response)
+    }
+}
