@@ -19,7 +19,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use qemu_direct::{boot, cache, slipway};
+use qemu_direct::{assert_packages_reproducible, boot, cache, slipway};
 
 const PACKAGES: &[&str] = &["pkg/metadata", "pkg/sysctl", "pkg/rngd", "pkg/poweroff"];
 
@@ -166,20 +166,5 @@ fn a_missing_data_file_is_an_error_naming_it() {
 
 #[test]
 fn the_host_packages_build_to_the_same_digest_twice() {
-    let digest = |dir: &str| {
-        let out = slipway(cache())
-            .args(["pkg", "build", "--json", "--force", dir])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{dir}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["images"][0]["digest"].as_str().unwrap().to_string()
-    };
-    for dir in PACKAGES {
-        assert_eq!(digest(dir), digest(dir), "{dir} is not reproducible");
-    }
+    assert_packages_reproducible(PACKAGES);
 }

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qemu_direct::{boot, cache, raw_drive, slipway};
+use qemu_direct::{assert_packages_reproducible, boot, cache, raw_drive, slipway};
 
 const PACKAGES: &[&str] = &["pkg/ca-certificates", "pkg/openntpd", "pkg/swap"];
 
@@ -201,22 +201,7 @@ fn ca_certificates_openntpd_and_swap_do_their_jobs_in_a_booted_image() {
 
 #[test]
 fn ca_certificates_openntpd_and_swap_build_to_the_same_digest_twice() {
-    let digest = |dir: &str| {
-        let out = slipway(cache())
-            .args(["pkg", "build", "--json", "--force", dir])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{dir}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["images"][0]["digest"].as_str().unwrap().to_string()
-    };
-    for dir in PACKAGES {
-        assert_eq!(digest(dir), digest(dir), "{dir} is not reproducible");
-    }
+    assert_packages_reproducible(PACKAGES);
 }
 
 /// swap.sh's refusals, run by the build host's busybox sh (the package's shell): each names what

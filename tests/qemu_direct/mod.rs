@@ -112,3 +112,23 @@ pub fn raw_drive(path: &Path, rest: &str) -> Vec<String> {
         format!("file={},format=raw{rest}", path.display()),
     ]
 }
+
+/// Builds each package folder twice (`pkg build --force`) and asserts both digests are equal.
+pub fn assert_packages_reproducible(dirs: &[&str]) {
+    let digest = |dir: &str| {
+        let out = slipway(cache())
+            .args(["pkg", "build", "--json", "--force", dir])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["images"][0]["digest"].as_str().unwrap().to_string()
+    };
+    for dir in dirs {
+        assert_eq!(digest(dir), digest(dir), "{dir} is not reproducible");
+    }
+}
