@@ -112,6 +112,22 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// apt's state as its file metadata: see the module comment.
 fn apt_fingerprint() -> String {
+    let conf = std::env::var_os("APT_CONFIG").map(PathBuf::from);
+    let mut files = vec![PathBuf::from("/var/lib/dpkg/status")];
+    files.extend(conf.clone());
+    let mut fingerprint = files_fingerprint(
+        &[Path::new("/etc/apt"), Path::new("/var/lib/apt/lists")],
+        &files,
+    );
+    if let Some(conf) = conf {
+        fingerprint.push_str(&format!(" APT_CONFIG={}", conf.display()));
+    }
+    fingerprint
+}
+
+/// A hash of the inode, size, mtime and ctime of every file below `dirs` (apt's `partial` folder
+/// and lock files aside) and of `files`.
+fn files_fingerprint(dirs: &[&Path], files: &[PathBuf]) -> String {
     let mut lines = Vec::new();
     let mut stat = |p: &Path| {
         if let Ok(m) = std::fs::metadata(p)
@@ -129,17 +145,13 @@ fn apt_fingerprint() -> String {
             ));
         }
     };
-    let mut stack = vec![
-        PathBuf::from("/etc/apt"),
-        PathBuf::from("/var/lib/apt/lists"),
-    ];
+    let mut stack: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
         };
         for e in rd.flatten() {
             let p = e.path();
-            // apt's download area and lock, not its lists.
             if p.ends_with("partial") || p.ends_with("lock") {
                 continue;
             }
@@ -150,13 +162,56 @@ fn apt_fingerprint() -> String {
             }
         }
     }
-    stat(Path::new("/var/lib/dpkg/status"));
-    if let Some(conf) = std::env::var_os("APT_CONFIG") {
-        stat(Path::new(&conf));
-        lines.push(format!("APT_CONFIG={}", conf.to_string_lossy()));
+    for f in files {
+        stat(f);
     }
     lines.sort();
     sha256_hex(lines.join("\n").as_bytes())
+}
+
+impl Memo {
+    /// The answer for `arg` while apt's state is `fingerprint` (answers for another state are
+    /// dropped).
+    fn apt_answer(&mut self, fingerprint: &str, arg: &str) -> Option<DebSpec> {
+        if self.apt_fingerprint != fingerprint {
+            self.apt_fingerprint = fingerprint.to_string();
+            self.apt.clear();
+        }
+        self.apt.get(arg).cloned()
+    }
+
+    /// The answer kept under `key`, when every file it was read from is as it was.
+    fn crate_answer(&self, key: &str) -> Option<CrateInputs> {
+        self.crates
+            .iter()
+            .find(|a| a.key == key)
+            .filter(|a| a.files.iter().all(|(p, h)| file_hash(p) == *h))
+            .map(|a| a.inputs.clone())
+    }
+
+    /// Keeps `inputs`, cargo's answer for the package in `dir`, under `key`, with the hashes of
+    /// the files it comes from.
+    fn keep_crate(&mut self, key: String, dir: &Path, inputs: &CrateInputs) {
+        let mut paths = cargo_settings_files(dir, &inputs.workspace_root);
+        paths.extend(inputs.dirs.iter().map(|d| d.join("Cargo.toml")));
+        paths.sort();
+        paths.dedup();
+        let files = paths
+            .into_iter()
+            .map(|p| {
+                let h = file_hash(&p);
+                (p, h)
+            })
+            .collect();
+        self.crates.retain(|a| a.key != key);
+        self.crates.push(CrateAnswer {
+            key,
+            files,
+            inputs: inputs.clone(),
+        });
+        let excess = self.crates.len().saturating_sub(MAX_CRATES);
+        self.crates.drain(..excess);
+    }
 }
 
 /// apt's answer for `arg` (`package` or `package=version`): the memo's, or `ask`'s (then kept).
@@ -166,14 +221,7 @@ pub fn apt(
 ) -> Result<DebSpec, PkgError> {
     static FINGERPRINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let fingerprint = FINGERPRINT.get_or_init(apt_fingerprint);
-    let known = with_memo(|m| {
-        if m.apt_fingerprint != *fingerprint {
-            m.apt_fingerprint = fingerprint.clone();
-            m.apt.clear();
-        }
-        m.apt.get(arg).cloned()
-    });
-    if let Some(spec) = known {
+    if let Some(spec) = with_memo(|m| m.apt_answer(fingerprint, arg)) {
         return Ok(spec);
     }
     let spec = ask()?;
@@ -264,39 +312,102 @@ pub fn crate_inputs(
 ) -> Result<CrateInputs, PkgError> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let key = sha256_hex(format!("{}\n{name}\n{rustc}\n{}", dir.display(), cargo_env()).as_bytes());
-    let known = with_memo(|m| {
-        m.crates
-            .iter()
-            .find(|a| a.key == key)
-            .filter(|a| a.files.iter().all(|(p, h)| file_hash(p) == *h))
-            .map(|a| a.inputs.clone())
-    });
-    if let Some(mut inputs) = known {
+    if let Some(mut inputs) = with_memo(|m| m.crate_answer(&key)) {
         inputs.rustc = rustc.to_string();
         return Ok(inputs);
     }
     let inputs = ask()?;
-    let mut paths = cargo_settings_files(&dir, &inputs.workspace_root);
-    paths.extend(inputs.dirs.iter().map(|d| d.join("Cargo.toml")));
-    paths.sort();
-    paths.dedup();
-    let files = paths
-        .into_iter()
-        .map(|p| {
-            let h = file_hash(&p);
-            (p, h)
-        })
-        .collect();
     with_memo(|m| {
-        m.crates.retain(|a| a.key != key);
-        m.crates.push(CrateAnswer {
-            key,
-            files,
-            inputs: inputs.clone(),
-        });
-        let excess = m.crates.len().saturating_sub(MAX_CRATES);
-        m.crates.drain(..excess);
+        m.keep_crate(key, &dir, &inputs);
         save(m);
     });
     Ok(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(version: &str) -> DebSpec {
+        DebSpec {
+            package: "busybox-static".into(),
+            version: version.into(),
+            sha256: "00".repeat(32),
+            depends: String::new(),
+        }
+    }
+
+    #[test]
+    fn apt_answers_hold_only_for_the_state_they_were_read_in() {
+        let lists = tempfile::tempdir().unwrap();
+        let list = lists.path().join("deb.debian.org_Packages");
+        std::fs::write(&list, "Package: busybox-static\n").unwrap();
+        let before = files_fingerprint(&[lists.path()], &[]);
+        let mut memo = Memo::default();
+        assert_eq!(memo.apt_answer(&before, "busybox-static"), None);
+        memo.apt.insert("busybox-static".into(), spec("1"));
+        assert_eq!(memo.apt_answer(&before, "busybox-static"), Some(spec("1")));
+        // `apt-get update` replaces a list: another state, and the answers of the old one go.
+        std::fs::write(
+            lists.path().join("new"),
+            "Package: busybox-static\nVersion: 2\n",
+        )
+        .unwrap();
+        std::fs::rename(lists.path().join("new"), &list).unwrap();
+        let after = files_fingerprint(&[lists.path()], &[]);
+        assert_ne!(before, after);
+        assert_eq!(memo.apt_answer(&after, "busybox-static"), None);
+        assert_eq!(memo.apt_answer(&before, "busybox-static"), None);
+        // apt's download area is not its state.
+        std::fs::create_dir(lists.path().join("partial")).unwrap();
+        std::fs::write(lists.path().join("partial/x"), "x").unwrap();
+        assert_eq!(files_fingerprint(&[lists.path()], &[]), after);
+    }
+
+    #[test]
+    fn crate_answers_hold_while_the_manifests_are_unchanged() {
+        let ws = tempfile::tempdir().unwrap();
+        let root = ws.path().canonicalize().unwrap();
+        let krate = root.join("crates/a");
+        let pkg = root.join("pkg/a");
+        std::fs::create_dir_all(&krate).unwrap();
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(root.join("Cargo.toml"), "[workspace]\n").unwrap();
+        std::fs::write(root.join("Cargo.lock"), "version = 4\n").unwrap();
+        std::fs::write(krate.join("Cargo.toml"), "[package]\nname = \"a\"\n").unwrap();
+        let inputs = CrateInputs {
+            name: "a".into(),
+            workspace_root: root.clone(),
+            dirs: vec![krate.clone()],
+            locked: vec![],
+            workspace_settings: String::new(),
+            bin: "a".into(),
+            rustc: String::new(),
+        };
+        let mut memo = Memo::default();
+        assert!(memo.crate_answer("k").is_none());
+        memo.keep_crate("k".into(), &pkg, &inputs);
+        assert_eq!(memo.crate_answer("k").unwrap().dirs, vec![krate.clone()]);
+        assert!(memo.crate_answer("other").is_none());
+        // A crate's manifest, the lock file, or a cargo config that appears: asked again.
+        for (file, text) in [
+            (
+                krate.join("Cargo.toml"),
+                "[package]\nname = \"a\"\n[dependencies]\nb = { path = \"../b\" }\n",
+            ),
+            (root.join("Cargo.lock"), "version = 4\n[[package]]\n"),
+            (root.join(".cargo/config.toml"), "[patch.crates-io]\n"),
+        ] {
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, text).unwrap();
+            assert!(
+                memo.crate_answer("k").is_none(),
+                "{} changed",
+                file.display()
+            );
+            memo.keep_crate("k".into(), &pkg, &inputs);
+            assert!(memo.crate_answer("k").is_some());
+        }
+        assert_eq!(memo.crates.len(), 1);
+    }
 }
