@@ -48,6 +48,10 @@ pub enum Verb {
         /// The shortest certificate validity the cluster accepts (Docker: 1h; shorter for tests).
         #[arg(long, default_value = "1h")]
         min_cert_expiry: humantime::Duration,
+        /// What runs this node's tasks: containers through the engine, or nothing (`fake`: tasks
+        /// run at once; for tests and scale runs).
+        #[arg(long, value_enum, default_value_t = crate::agent_tasks::ExecutorKind::Engine)]
+        executor: crate::agent_tasks::ExecutorKind,
     },
     /// Create a swarm with this node as its first manager.
     Init {

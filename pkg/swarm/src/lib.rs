@@ -12,17 +12,22 @@
 //!                                              └─ net + service (gRPC over mutual TLS, :2377)
 //! ```
 
+pub mod agent_tasks;
 pub mod api;
 pub mod cli;
 pub mod daemon;
+pub mod dispatcher;
 pub mod docker;
 pub mod executor;
 pub mod ids;
 pub mod model;
 pub mod net;
+pub mod objects;
+pub mod orchestrator;
 pub mod pki;
 pub mod raft;
 pub mod service;
+pub mod services_api;
 pub mod state;
 pub mod store;
 
