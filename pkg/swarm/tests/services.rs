@@ -367,7 +367,9 @@ fn rolling_update_goes_two_at_a_time_pauses_on_failure_and_rolls_back() {
     let cluster = three_nodes();
     let h1 = cluster.node("h1");
     let mut svc = spec("roll", 6);
-    svc["UpdateConfig"] = json!({"Parallelism": 2, "Delay": 500_000_000i64,
+    // The delay outlasts the executor's report of a failure (it reconciles every second), so
+    // the failing update below pauses after its first batch.
+    svc["UpdateConfig"] = json!({"Parallelism": 2, "Delay": 1_500_000_000i64,
         "FailureAction": "pause", "Monitor": 1_000_000_000i64, "Order": "stop-first"});
     create(h1, &svc);
     cluster.wait(LONG, "6 replicas", || {
