@@ -93,12 +93,17 @@ pub async fn run(daemon: Daemon, session: Weak<Session>, executor: Arc<dyn Execu
         }
         let Some(s) = session.upgrade() else { return };
         let Some(addr) = s.leader() else { continue };
-        let Ok(channel) = s.channel(&addr) else { continue };
+        let Ok(channel) = s.channel(&addr) else {
+            continue;
+        };
         drop(s);
         let payload = serde_json::to_vec(&changes).unwrap_or_default();
         let mut request = tonic::Request::new(proto::UpdateTaskStatusRequest { statuses: payload });
         request.set_timeout(Duration::from_secs(5));
-        match ControlClient::new(channel).update_task_status(request).await {
+        match ControlClient::new(channel)
+            .update_task_status(request)
+            .await
+        {
             Ok(_) => {
                 for c in changes {
                     sent.insert(c.task_id, c.status);

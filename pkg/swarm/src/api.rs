@@ -143,7 +143,9 @@ pub(crate) fn version_param(q: &HashMap<String, String>) -> Result<Option<u64>, 
     }
 }
 
-pub(crate) async fn body<T: DeserializeOwned + Default>(request: Request<Incoming>) -> Result<T, ApiError> {
+pub(crate) async fn body<T: DeserializeOwned + Default>(
+    request: Request<Incoming>,
+) -> Result<T, ApiError> {
     let declared = request
         .headers()
         .get(hyper::header::CONTENT_LENGTH)

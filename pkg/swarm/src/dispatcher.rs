@@ -95,9 +95,7 @@ fn leader_parts(daemon: &Daemon) -> Result<Arc<ManagerParts>, Status> {
         .manager()
         .ok_or_else(|| Status::unavailable("not a manager"))?;
     if parts.raft.metrics().borrow().state != openraft::ServerState::Leader {
-        let view = daemon
-            .view()
-            .map_err(|e| Status::unavailable(e.message))?;
+        let view = daemon.view().map_err(|e| Status::unavailable(e.message))?;
         return Err(crate::daemon::not_leader(&view));
     }
     Ok(parts)
@@ -189,7 +187,10 @@ pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> 
         return Ok(());
     }
     daemon
-        .propose(Command::Objects(Box::new(ObjectCommand::Tasks { ops, now })))
+        .propose(Command::Objects(Box::new(ObjectCommand::Tasks {
+            ops,
+            now,
+        })))
         .await
         .map_err(|e| Status::unavailable(e.message))?;
     Ok(())

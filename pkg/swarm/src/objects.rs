@@ -342,7 +342,8 @@ impl Objects {
     fn apply_task_op(&mut self, index: u64, op: TaskOp, now: &str) {
         match op {
             TaskOp::Create(mut task) => {
-                if self.tasks.contains_key(&task.id) || !self.services.contains_key(&task.service_id)
+                if self.tasks.contains_key(&task.id)
+                    || !self.services.contains_key(&task.service_id)
                 {
                     return;
                 }

@@ -214,8 +214,12 @@ impl control_server::Control for Handler {
         request: Request<proto::UpdateTaskStatusRequest>,
     ) -> Result<Response<proto::UpdateTaskStatusResponse>, Status> {
         let peer = net::require(&request, None)?;
-        crate::dispatcher::update_statuses(&self.daemon, &peer.node_id, &request.get_ref().statuses)
-            .await?;
+        crate::dispatcher::update_statuses(
+            &self.daemon,
+            &peer.node_id,
+            &request.get_ref().statuses,
+        )
+        .await?;
         Ok(Response::new(proto::UpdateTaskStatusResponse {}))
     }
 

@@ -146,9 +146,7 @@ fn insert_defaults(spec: &mut Value) {
                 *entry = json!({});
             }
             for (k, v) in defaults {
-                entry
-                    .as_object_mut()
-                    .map(|m| m.entry(k).or_insert(v));
+                entry.as_object_mut().map(|m| m.entry(k).or_insert(v));
             }
         }
     }
@@ -255,7 +253,10 @@ fn validate(view: &View, spec: &mut ServiceSpec) -> Result<(), ApiError> {
             }
             .unwrap_or("");
             if !view.state.objects.files(kind).contains_key(id) {
-                return Err(invalid(format!("{} reference not found: {id}", kind.as_str())));
+                return Err(invalid(format!(
+                    "{} reference not found: {id}",
+                    kind.as_str()
+                )));
             }
         }
     }
@@ -349,9 +350,7 @@ fn task_matches(state: &ClusterState, task: &Task, filters: &Filters) -> bool {
         values.is_empty()
             || values.iter().any(|v| match key.as_str() {
                 "id" => task.id.starts_with(v.as_str()),
-                "service" => state
-                    .find_service(v)
-                    .is_ok_and(|s| s.id == task.service_id),
+                "service" => state.find_service(v).is_ok_and(|s| s.id == task.service_id),
                 "node" => state.find_node(v).is_ok_and(|n| n.id == task.node_id),
                 "desired-state" => match v.as_str() {
                     "running" => task.desired_state <= TaskState::Running,
@@ -415,7 +414,10 @@ fn inspect_task(daemon: &Daemon, key: &str) -> Result<Reply, ApiError> {
         }
     });
     match task {
-        Some(t) => Ok(json_reply(200, &serde_json::to_value(t).unwrap_or(Value::Null))),
+        Some(t) => Ok(json_reply(
+            200,
+            &serde_json::to_value(t).unwrap_or(Value::Null),
+        )),
         None => Err(ApiError::new(404, format!("task {key} not found"))),
     }
 }

@@ -60,10 +60,7 @@ fn update(node: &Node, service: &str, change: impl FnOnce(&mut Value)) {
 
 fn tasks(node: &Node, service: &str) -> Vec<Value> {
     let filters = json!({"service": {service: true}}).to_string();
-    let path = format!(
-        "/v1.41/tasks?filters={}",
-        percent_encode(&filters)
-    );
+    let path = format!("/v1.41/tasks?filters={}", percent_encode(&filters));
     let reply = node.api("GET", &path, "");
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.json().as_array().cloned().unwrap_or_default()
@@ -96,7 +93,10 @@ fn hosts(node: &Node) -> BTreeMap<String, String> {
         .map(|n| {
             (
                 n["ID"].as_str().unwrap_or("").to_string(),
-                n["Description"]["Hostname"].as_str().unwrap_or("").to_string(),
+                n["Description"]["Hostname"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
             )
         })
         .collect()
@@ -163,7 +163,8 @@ fn replicas_spread_scale_keeps_slots_drain_pause_and_a_dead_node_is_replaced_at_
     let by_name = h1.api("GET", "/v1.41/services/web", "").json();
     let id = by_name["ID"].as_str().unwrap().to_string();
     assert_eq!(
-        h1.api("GET", &format!("/v1.41/services/{}", &id[..6]), "").json()["ID"],
+        h1.api("GET", &format!("/v1.41/services/{}", &id[..6]), "")
+            .json()["ID"],
         id.as_str()
     );
     let missing = h1.api("GET", "/v1.41/services/nope", "");
@@ -176,7 +177,11 @@ fn replicas_spread_scale_keeps_slots_drain_pause_and_a_dead_node_is_replaced_at_
         &web.to_string(),
     );
     assert_eq!(stale.status, 500);
-    assert!(stale.body.contains("update out of sequence"), "{}", stale.body);
+    assert!(
+        stale.body.contains("update out of sequence"),
+        "{}",
+        stale.body
+    );
     let dup = h1.api("POST", "/v1.41/services/create", &web.to_string());
     assert_eq!(dup.status, 409, "{}", dup.body);
 
@@ -186,14 +191,18 @@ fn replicas_spread_scale_keeps_slots_drain_pause_and_a_dead_node_is_replaced_at_
         let s = slots(h1, "s16");
         (s.len() == 2).then_some(s)
     });
-    update(h1, "s16", |s| s["Mode"]["Replicated"]["Replicas"] = json!(4));
+    update(h1, "s16", |s| {
+        s["Mode"]["Replicated"]["Replicas"] = json!(4)
+    });
     let scaled = cluster.wait(LONG, "4 replicas of s16", || {
         let s = slots(h1, "s16");
         (s.len() == 4).then_some(s)
     });
     assert_eq!(scaled[&1], first[&1]);
     assert_eq!(scaled[&2], first[&2]);
-    update(h1, "s16", |s| s["Mode"]["Replicated"]["Replicas"] = json!(1));
+    update(h1, "s16", |s| {
+        s["Mode"]["Replicated"]["Replicas"] = json!(1)
+    });
     let down = cluster.wait(LONG, "1 replica of s16", || {
         let s = slots(h1, "s16");
         (s.len() == 1).then_some(s)
@@ -205,11 +214,13 @@ fn replicas_spread_scale_keeps_slots_drain_pause_and_a_dead_node_is_replaced_at_
     h1.docker_ok(&["node", "update", "--availability", "drain", "h3"]);
     cluster.wait(LONG, "web off the drained h3", || {
         let s = spread(h1, "web");
-        (s.get("h3").is_none() && s.values().sum::<usize>() == 9).then_some(())
+        (!s.contains_key("h3") && s.values().sum::<usize>() == 9).then_some(())
     });
     h1.docker_ok(&["node", "update", "--availability", "pause", "h2"]);
     let before = spread(h1, "web")["h2"];
-    update(h1, "web", |s| s["Mode"]["Replicated"]["Replicas"] = json!(12));
+    update(h1, "web", |s| {
+        s["Mode"]["Replicated"]["Replicas"] = json!(12)
+    });
     cluster.wait(LONG, "3 more replicas, all on h1", || {
         let s = spread(h1, "web");
         (s.values().sum::<usize>() == 12).then_some(())
@@ -223,10 +234,14 @@ fn replicas_spread_scale_keeps_slots_drain_pause_and_a_dead_node_is_replaced_at_
     assert!(on_h2 > 0);
     cluster.node_mut("h2").kill();
     let h1 = cluster.node("h1");
-    cluster.wait(Duration::from_secs(20), "web's 12 replicas back without h2", || {
-        let s = spread(h1, "web");
-        (s.get("h2").is_none() && s.values().sum::<usize>() == 12).then_some(())
-    });
+    cluster.wait(
+        Duration::from_secs(20),
+        "web's 12 replicas back without h2",
+        || {
+            let s = spread(h1, "web");
+            (!s.contains_key("h2") && s.values().sum::<usize>() == 12).then_some(())
+        },
+    );
 
     // Removal takes the tasks along.
     assert_eq!(h1.api("DELETE", "/v1.41/services/web", "").status, 200);
@@ -274,7 +289,7 @@ fn global_services_follow_nodes_and_constraints_wait_for_a_label() {
     h1.docker_ok(&["node", "update", "--availability", "drain", "h2"]);
     cluster.wait(LONG, "no agent task on drained h2", || {
         let s = spread(h1, "agent");
-        (s.get("h2").is_none() && s.len() == 2).then_some(())
+        (!s.contains_key("h2") && s.len() == 2).then_some(())
     });
     h1.docker_ok(&["node", "update", "--availability", "active", "h2"]);
     cluster.wait(LONG, "an agent task on h2 again", || {
@@ -321,8 +336,7 @@ fn restart_policy_counts_attempts_and_secrets_cannot_go_while_used() {
     let mut flappy = spec("flappy", 1);
     flappy["TaskTemplate"]["ContainerSpec"]["Env"] =
         json!(["SLIPWAY_FAKE_EXIT=1", "SLIPWAY_FAKE_DELAY_MS=50"]);
-    flappy["TaskTemplate"]["RestartPolicy"] =
-        json!({"Condition": "any", "Delay": 50_000_000i64});
+    flappy["TaskTemplate"]["RestartPolicy"] = json!({"Condition": "any", "Delay": 50_000_000i64});
     create(h1, &flappy);
     std::thread::sleep(Duration::from_secs(3));
     let n = tasks(h1, "flappy").len();
@@ -338,7 +352,10 @@ fn restart_policy_counts_attempts_and_secrets_cannot_go_while_used() {
     let secret_id = secret.json()["ID"].as_str().unwrap().to_string();
     let listed = h1.api("GET", "/v1.41/secrets", "").json();
     assert_eq!(listed[0]["Spec"]["Name"], "pw");
-    assert!(listed[0]["Spec"].get("Data").is_none(), "no secret data out");
+    assert!(
+        listed[0]["Spec"].get("Data").is_none(),
+        "no secret data out"
+    );
     let mut user = spec("user", 1);
     user["TaskTemplate"]["ContainerSpec"]["Secrets"] = json!([{
         "File": {"Name": "pw", "UID": "0", "GID": "0", "Mode": 292},
@@ -410,7 +427,10 @@ fn rolling_update_goes_two_at_a_time_pauses_on_failure_and_rolls_back() {
         .map(|t| t["Slot"].as_u64())
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    assert!(bad <= 2, "the update paused after its first batch ({bad} slots)");
+    assert!(
+        bad <= 2,
+        "the update paused after its first batch ({bad} slots)"
+    );
     let current = h1.api("GET", "/v1.41/services/roll", "").json();
     let version = current["Version"]["Index"].as_u64().unwrap();
     let rb = h1.api(
@@ -475,9 +495,17 @@ fn dockers_cli_creates_scales_updates_rolls_back_and_removes_a_service() {
     });
     let rows = ps(h1);
     let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    assert!(names.contains(&"cli.1") && names.contains(&"cli.2"), "{rows:?}");
+    assert!(
+        names.contains(&"cli.1") && names.contains(&"cli.2"),
+        "{rows:?}"
+    );
     assert!(rows.iter().any(|r| r.1 == "h1") && rows.iter().any(|r| r.1 == "h2"));
-    let ls = h1.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Mode}} {{.Replicas}}"]);
+    let ls = h1.docker_ok(&[
+        "service",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Mode}} {{.Replicas}}",
+    ]);
     assert_eq!(ls.trim(), "cli replicated 2/2");
     h1.docker_ok(&["service", "scale", "--detach", "cli=3"]);
     cluster.wait(LONG, "3 running", || (ps(h1).len() == 3).then_some(()));

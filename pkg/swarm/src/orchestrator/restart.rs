@@ -12,11 +12,18 @@ use crate::objects::Service;
 pub const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 
 fn nanos(n: Option<i64>) -> Option<Duration> {
-    n.filter(|&n| n >= 0).map(|n| Duration::from_nanos(n as u64))
+    n.filter(|&n| n >= 0)
+        .map(|n| Duration::from_nanos(n as u64))
 }
 
 /// Whether the ended `task` of `key` is to be replaced now; counts the restart when it is.
-pub fn due(service: &Service, key: &Key, task: &Task, memory: &mut Memory, now: SystemTime) -> bool {
+pub fn due(
+    service: &Service,
+    key: &Key,
+    task: &Task,
+    memory: &mut Memory,
+    now: SystemTime,
+) -> bool {
     let policy = task.spec.restart_policy.clone().unwrap_or_default();
     let restart = match policy.condition.as_deref() {
         Some("none") => false,

@@ -26,7 +26,11 @@ impl Key {
 }
 
 pub fn is_global(service: &Service) -> bool {
-    service.spec.mode.as_ref().is_some_and(|m| m.global.is_some())
+    service
+        .spec
+        .mode
+        .as_ref()
+        .is_some_and(|m| m.global.is_some())
 }
 
 pub fn replicas(service: &Service) -> u64 {
@@ -172,7 +176,15 @@ pub fn reconcile(
             dirty.push((key.clone(), current));
         }
     }
-    update::step(service, &state.objects.tasks, &dirty, memory, now, stamp, plan);
+    update::step(
+        service,
+        &state.objects.tasks,
+        &dirty,
+        memory,
+        now,
+        stamp,
+        plan,
+    );
 }
 
 pub fn create(service: &Service, key: &Key, stamp: &str, plan: &mut Plan) {

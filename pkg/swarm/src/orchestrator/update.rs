@@ -122,12 +122,18 @@ pub fn step(
                     return;
                 }
                 _ => {
-                    let paused = if rolling_back { "rollback_paused" } else { "paused" };
+                    let paused = if rolling_back {
+                        "rollback_paused"
+                    } else {
+                        "paused"
+                    };
                     plan.services.push(ObjectCommand::SetUpdateStatus {
                         id: service.id.clone(),
                         status: Some(status(
                             paused,
-                            format!("update paused due to failure or early termination of task {id}"),
+                            format!(
+                                "update paused due to failure or early termination of task {id}"
+                            ),
                             stamp,
                             false,
                         )),
