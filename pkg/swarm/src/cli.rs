@@ -107,6 +107,15 @@ pub enum Verb {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeVerb),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(crate::cli_services::ServiceVerb),
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(crate::cli_services::FileVerb),
+    /// Manage configs.
+    #[command(subcommand)]
+    Config(crate::cli_services::FileVerb),
 }
 
 #[derive(Subcommand)]
@@ -177,7 +186,7 @@ pub async fn request(
     Ok((status, value))
 }
 
-async fn call(
+pub(crate) async fn call(
     socket: &Path,
     method: &str,
     path: &str,
@@ -202,6 +211,9 @@ fn nanos(d: Option<humantime::Duration>) -> Option<i64> {
 pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
     match verb {
         Verb::Daemon { .. } => unreachable!("the daemon is started by main"),
+        Verb::Service(verb) => crate::cli_services::service(socket, verb).await?,
+        Verb::Secret(verb) => crate::cli_services::file(socket, "secrets", verb).await?,
+        Verb::Config(verb) => crate::cli_services::file(socket, "configs", verb).await?,
         Verb::Init {
             advertise_addr,
             listen_addr,

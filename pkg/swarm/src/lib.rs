@@ -15,6 +15,7 @@
 pub mod agent_tasks;
 pub mod api;
 pub mod cli;
+pub mod cli_services;
 pub mod daemon;
 pub mod dispatcher;
 pub mod docker;

@@ -553,4 +553,50 @@ fn dockers_cli_creates_scales_updates_rolls_back_and_removes_a_service() {
     assert!(err.to_lowercase().contains("nope"), "{err}");
     h1.docker_ok(&["service", "rm", "cli"]);
     assert_eq!(h1.docker_ok(&["service", "ls", "-q"]).trim(), "");
+
+    // The agent's own CLI speaks the same verbs.
+    let cli = |args: &[&str]| {
+        h1.cli(args)
+            .unwrap_or_else(|e| panic!("slipway-swarm {args:?}: {e}"))
+    };
+    let secret_file = cluster.dir.path().join("pw");
+    std::fs::write(&secret_file, "hunter2").unwrap();
+    cli(&["secret", "create", "pw", secret_file.to_str().unwrap()]);
+    assert!(cli(&["secret", "ls"]).contains("pw"));
+    cli(&[
+        "service",
+        "create",
+        "--name",
+        "own",
+        "--replicas",
+        "2",
+        "--secret",
+        "pw",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    cli(&["service", "scale", "own=3"]);
+    cluster.wait(LONG, "own's 3 tasks running", || {
+        let ls = cli(&["service", "ls"]);
+        let ps = cli(&["service", "ps", "own"]);
+        let running = ps
+            .lines()
+            .filter(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() >= 5 && w[3] == "running" && w[4] == "running"
+            })
+            .count();
+        (ls.contains("3/3") && running == 3).then_some(())
+    });
+    let inspected: Value = serde_json::from_str(&cli(&["service", "inspect", "own"])).unwrap();
+    assert_eq!(inspected[0]["Spec"]["Mode"]["Replicated"]["Replicas"], 3);
+    let err = h1.cli(&["secret", "rm", "pw"]).expect_err("pw is in use");
+    assert!(
+        err.contains("is in use by the following service: own"),
+        "{err}"
+    );
+    cli(&["service", "rm", "own"]);
+    cli(&["secret", "rm", "pw"]);
+    assert_eq!(cli(&["secret", "ls", "-q"]).trim(), "");
 }
