@@ -338,9 +338,20 @@ fn restart_policy_counts_attempts_and_secrets_cannot_go_while_used() {
         json!(["SLIPWAY_FAKE_EXIT=1", "SLIPWAY_FAKE_DELAY_MS=50"]);
     flappy["TaskTemplate"]["RestartPolicy"] = json!({"Condition": "any", "Delay": 50_000_000i64});
     create(h1, &flappy);
-    std::thread::sleep(Duration::from_secs(3));
-    let n = tasks(h1, "flappy").len();
-    assert!((2..=5).contains(&n), "{n} tasks kept");
+    let ids = |t: Vec<Value>| -> std::collections::BTreeSet<String> {
+        t.iter()
+            .map(|t| t["ID"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let five = cluster.wait(LONG, "5 flappy tasks", || {
+        let t = tasks(h1, "flappy");
+        (t.len() == 5).then(|| ids(t))
+    });
+    cluster.wait(LONG, "flappy restarted again, still 5 kept", || {
+        let t = tasks(h1, "flappy");
+        assert!(t.len() <= 5, "{} tasks kept", t.len());
+        (ids(t) != five).then_some(())
+    });
 
     // Secrets: refused removal while a service uses one.
     let secret = h1.api(

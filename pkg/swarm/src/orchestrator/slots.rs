@@ -141,17 +141,19 @@ pub fn reconcile(
             .filter(|t| t.desired_state <= TaskState::Running)
             .collect();
         live.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
-        history(state, tasks, live.len(), retention, stamp, plan);
         if !wanted.contains(key) {
             for task in &live {
                 shutdown(plan, task);
             }
+            history(state, tasks, live.len(), retention, stamp, plan);
             continue;
         }
         let Some(current) = live.first().copied() else {
             if open.contains(key) {
                 create(service, key, stamp, plan);
             }
+            let created = usize::from(open.contains(key));
+            history(state, tasks, created, retention, stamp, plan);
             continue;
         };
         // Older tasks of the slot: kept while a start-first replacement is not running yet.
@@ -160,21 +162,29 @@ pub fn reconcile(
                 shutdown(plan, old);
             }
         }
-        if !global && node_lost(state, current) && !ended(current) {
+        let replace = if !global && node_lost(state, current) && !ended(current) {
+            true
+        } else if ended(current) {
+            restart::due(service, key, current, memory, now)
+        } else {
+            if current.spec != service.spec.task_template {
+                dirty.push((key.clone(), current));
+            }
+            false
+        };
+        if replace {
             shutdown(plan, current);
             create(service, key, stamp, plan);
-            continue;
         }
-        if ended(current) {
-            if restart::due(service, key, current, memory, now) {
-                shutdown(plan, current);
-                create(service, key, stamp, plan);
-            }
-            continue;
-        }
-        if current.spec != service.spec.task_template {
-            dirty.push((key.clone(), current));
-        }
+        // The replaced task joins the history as its replacement arrives.
+        history(
+            state,
+            tasks,
+            live.len() + usize::from(replace),
+            retention,
+            stamp,
+            plan,
+        );
     }
     update::step(
         service,
