@@ -195,3 +195,75 @@ pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> 
         .map_err(|e| Status::unavailable(e.message))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerSpec, FileReference, TaskSpec};
+    use crate::objects::{FileObject, FileSpec};
+
+    fn task(id: &str, node: &str, secret: Option<&str>) -> Task {
+        Task {
+            id: id.into(),
+            node_id: node.into(),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Assigned,
+                ..TaskStatus::default()
+            },
+            spec: TaskSpec {
+                container_spec: Some(ContainerSpec {
+                    image: "busybox".into(),
+                    secrets: secret
+                        .map(|s| FileReference {
+                            secret_id: Some(s.into()),
+                            ..FileReference::default()
+                        })
+                        .into_iter()
+                        .collect(),
+                    ..ContainerSpec::default()
+                }),
+                ..TaskSpec::default()
+            },
+            ..Task::default()
+        }
+    }
+
+    #[test]
+    fn a_node_gets_its_own_tasks_and_only_the_secrets_they_use() {
+        let mut state = ClusterState::default();
+        for (id, name) in [("s1", "pw"), ("s2", "other")] {
+            state.objects.secrets.insert(
+                id.into(),
+                FileObject {
+                    id: id.into(),
+                    spec: FileSpec {
+                        name: name.into(),
+                        data: "aHVudGVyMg==".into(),
+                        ..FileSpec::default()
+                    },
+                    ..FileObject::default()
+                },
+            );
+        }
+        let tasks = [
+            task("t1", "n1", Some("s1")),
+            task("t2", "n2", Some("s2")),
+            task("t3", "n1", None),
+        ];
+        for t in tasks {
+            state.objects.tasks.insert(t.id.clone(), t);
+        }
+        let mut removed = task("t4", "n1", Some("s2"));
+        removed.desired_state = TaskState::Remove;
+        state.objects.tasks.insert("t4".into(), removed);
+        let a = assignment_for(&state, "n1");
+        let ids: Vec<&str> = a.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t1", "t3"]);
+        assert_eq!(a.secrets.len(), 1);
+        assert_eq!(a.secrets[0].name, "pw");
+        assert_eq!(a.secrets[0].data, b"hunter2");
+        assert!(assignment_for(&state, "n3").tasks.is_empty());
+        assert!(assignment_for(&state, "n3").secrets.is_empty());
+    }
+}

@@ -611,3 +611,48 @@ fn dockers_cli_creates_scales_updates_rolls_back_and_removes_a_service() {
     cli(&["secret", "rm", "pw"]);
     assert_eq!(cli(&["secret", "ls", "-q"]).trim(), "");
 }
+
+#[test]
+fn start_first_keeps_the_old_tasks_while_the_new_ones_never_get_healthy() {
+    if executor() != "fake" {
+        return;
+    }
+    let cluster = cluster(1);
+    cluster.init();
+    let h1 = cluster.node("h1");
+    let mut svc = spec("sf", 2);
+    svc["UpdateConfig"] = json!({"Parallelism": 1, "Order": "start-first",
+        "FailureAction": "pause", "Monitor": 1_000_000_000i64});
+    create(h1, &svc);
+    cluster.wait(LONG, "2 replicas", || {
+        (running(&tasks(h1, "sf")).len() == 2).then_some(())
+    });
+    let old: Vec<String> = running(&tasks(h1, "sf"))
+        .iter()
+        .map(|t| t["ID"].as_str().unwrap().to_string())
+        .collect();
+    // S20: the new task never passes its health check: it stays starting, the old ones run.
+    update(h1, "sf", |s| {
+        s["TaskTemplate"]["ContainerSpec"]["Env"] = json!(["SLIPWAY_FAKE_UNHEALTHY=1"]);
+    });
+    cluster.wait(LONG, "one new task starting", || {
+        let t = tasks(h1, "sf");
+        t.iter()
+            .any(|t| t["Status"]["State"] == "starting")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t = tasks(h1, "sf");
+    let still: Vec<String> = running(&t)
+        .iter()
+        .map(|t| t["ID"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(still, old, "the old tasks keep running: {t:#?}");
+    let starting = t
+        .iter()
+        .filter(|t| t["Status"]["State"] == "starting")
+        .count();
+    assert_eq!(starting, 1, "parallelism 1: {t:#?}");
+    let s = h1.api("GET", "/v1.41/services/sf", "").json();
+    assert_eq!(s["UpdateStatus"]["State"], "updating");
+}

@@ -7,6 +7,8 @@
 //! - `SLIPWAY_FAKE_EXIT=N`: the task ends with exit code N (0: `complete`, else `failed`) after
 //!   `SLIPWAY_FAKE_DELAY_MS` (default 500) of running.
 //! - `SLIPWAY_FAKE_REJECT=message`: the task is `rejected` with that error.
+//! - `SLIPWAY_FAKE_UNHEALTHY=1`: the task stays `starting`, as behind a health check that never
+//!   passes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -58,6 +60,9 @@ impl FakeExecutor {
         let (started, current) = tasks.entry(task.id.clone()).or_insert_with(|| {
             let initial = match env(task, "SLIPWAY_FAKE_REJECT") {
                 Some(reason) => status(TaskState::Rejected, "rejected", 0, reason.to_string()),
+                None if env(task, "SLIPWAY_FAKE_UNHEALTHY").is_some() => {
+                    status(TaskState::Starting, "starting", 0, String::new())
+                }
                 None => status(TaskState::Running, "started", 0, String::new()),
             };
             (now, initial)

@@ -383,4 +383,89 @@ mod tests {
             Some("no suitable node (scheduling constraints not satisfied on 3 nodes)")
         );
     }
+
+    #[test]
+    fn host_ports_max_replicas_and_reservations_limit_placement() {
+        let mut state = ClusterState::default();
+        for id in ["n1", "n2"] {
+            state.nodes.insert(id.into(), node(id, &[]));
+        }
+        let mut service = crate::objects::Service::default();
+        service.id = "s".into();
+        service.spec.endpoint_spec = Some(crate::model::EndpointSpec {
+            mode: None,
+            ports: vec![crate::model::PortConfig {
+                target_port: 80,
+                published_port: Some(8080),
+                publish_mode: Some("host".into()),
+                ..Default::default()
+            }],
+        });
+        state.objects.services.insert("s".into(), service);
+        for i in 0..3 {
+            let id = format!("t{i}");
+            state.objects.tasks.insert(
+                id.clone(),
+                Task {
+                    id,
+                    service_id: "s".into(),
+                    created_at: format!("{i}"),
+                    ..Task::default()
+                },
+            );
+        }
+        let ops = schedule(&state, "now");
+        let assigned = ops
+            .iter()
+            .filter(|op| matches!(op, TaskOp::Assign { .. }))
+            .count();
+        assert_eq!(assigned, 2, "one task per node on port 8080");
+        let reason = ops.iter().find_map(|op| match op {
+            TaskOp::Status { status, .. } => Some(status.err.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            reason.as_deref(),
+            Some("no suitable node (host-mode port already in use on 2 nodes)")
+        );
+        // Without the port: max one replica per node, and a reservation no node has.
+        state
+            .objects
+            .services
+            .get_mut("s")
+            .unwrap()
+            .spec
+            .endpoint_spec = None;
+        for t in state.objects.tasks.values_mut() {
+            t.spec.placement = Some(crate::model::Placement {
+                max_replicas: Some(1),
+                ..Default::default()
+            });
+        }
+        let ops = schedule(&state, "now");
+        let reason = ops.iter().find_map(|op| match op {
+            TaskOp::Status { status, .. } => Some(status.err.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            reason.as_deref(),
+            Some("no suitable node (max replicas per node limit exceed)")
+        );
+        for t in state.objects.tasks.values_mut() {
+            t.spec.placement = None;
+            t.spec.resources = Some(crate::model::ResourceRequirements {
+                limits: None,
+                reservations: Some(crate::model::Resources {
+                    memory_bytes: 2 << 30,
+                    ..Default::default()
+                }),
+            });
+        }
+        let ops = schedule(&state, "now");
+        assert!(
+            ops.iter()
+                .all(|op| matches!(op, TaskOp::Status { status, .. }
+            if status.err == "no suitable node (insufficient resources on 2 nodes)"))
+        );
+    }
 }
