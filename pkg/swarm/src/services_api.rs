@@ -229,6 +229,10 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
+/// A bound Docker does not have: a typo of a few zeros must not make the leader write
+/// billions of tasks.
+const MAX_REPLICAS: u64 = 1_000_000;
+
 /// Docker's checks of a service spec, and the defaults it stores (replicated, one replica).
 fn validate(view: &View, spec: &mut ServiceSpec) -> Result<(), ApiError> {
     if !valid_name(&spec.name) {
@@ -275,6 +279,11 @@ fn validate(view: &View, spec: &mut ServiceSpec) -> Result<(), ApiError> {
         }
         (Some(r), None) if r.replicas.is_none() => {
             mode.replicated = Some(crate::model::Replicated { replicas: Some(1) });
+        }
+        (Some(r), None) if r.replicas.is_some_and(|n| n > MAX_REPLICAS) => {
+            return Err(invalid(format!(
+                "this swarm agent runs at most {MAX_REPLICAS} replicas of a service"
+            )));
         }
         _ => {}
     }

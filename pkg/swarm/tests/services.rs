@@ -564,6 +564,19 @@ fn dockers_cli_creates_scales_updates_rolls_back_and_removes_a_service() {
     assert!(err.to_lowercase().contains("nope"), "{err}");
     h1.docker_ok(&["service", "rm", "cli"]);
     assert_eq!(h1.docker_ok(&["service", "ls", "-q"]).trim(), "");
+    // Without --detach, Docker's CLI follows the tasks until the service converged.
+    let out = h1.docker_ok(&[
+        "service",
+        "create",
+        "--no-resolve-image",
+        "--name",
+        "waited",
+        "--replicas",
+        "2",
+        IMAGE,
+    ]);
+    assert!(out.contains("converged"), "{out}");
+    h1.docker_ok(&["service", "rm", "waited"]);
 
     // The agent's own CLI speaks the same verbs.
     let cli = |args: &[&str]| {

@@ -31,6 +31,10 @@ use crate::state::{ClusterState, Command, now_rfc3339};
 /// How often the leader reconciles.
 const ROUND: Duration = Duration::from_millis(100);
 
+/// New tasks per round: bounds one Raft entry (a service scaled to thousands converges over a
+/// few rounds instead of one entry too large to replicate).
+pub const MAX_CREATES_PER_ROUND: usize = 1000;
+
 /// What the leader remembers between rounds.
 #[derive(Default)]
 pub struct Memory {
@@ -45,6 +49,7 @@ pub struct Memory {
 pub struct Plan {
     pub ops: Vec<TaskOp>,
     pub services: Vec<ObjectCommand>,
+    pub created: usize,
 }
 
 pub fn new_task(service: &Service, slot: u64, node_id: &str, now: &str) -> Task {

@@ -11,6 +11,9 @@ use crate::model::{Task, TaskSpec, TaskState, TaskStatus};
 use crate::objects::TaskOp;
 use crate::state::{Availability, ClusterState, Node, NodeState};
 
+/// Tasks considered per round.
+const MAX_PER_ROUND: usize = 5000;
+
 /// The filters, in the order their failures are explained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Filter {
@@ -211,6 +214,8 @@ pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
         .filter(|t| t.status.state <= TaskState::Pending && t.desired_state <= TaskState::Running)
         .collect();
     waiting.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    // One round's decisions stay one Raft entry of bounded size; the rest wait a round.
+    waiting.truncate(MAX_PER_ROUND);
     let mut ops = Vec::new();
     for task in waiting {
         let ports = host_ports(state, task);

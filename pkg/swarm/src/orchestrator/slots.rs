@@ -198,6 +198,10 @@ pub fn reconcile(
 }
 
 pub fn create(service: &Service, key: &Key, stamp: &str, plan: &mut Plan) {
+    if plan.created >= super::MAX_CREATES_PER_ROUND {
+        return;
+    }
+    plan.created += 1;
     let task = match key {
         Key::Slot(n) => new_task(service, *n, "", stamp),
         Key::Node(id) => new_task(service, 0, id, stamp),

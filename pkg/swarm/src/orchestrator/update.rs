@@ -194,7 +194,8 @@ pub fn step(
         dirty.len()
     } else {
         config.parallelism as usize
-    };
+    }
+    .min(super::MAX_CREATES_PER_ROUND);
     let start_first = config.order.as_deref() == Some("start-first");
     for (key, old) in dirty.iter().take(parallelism) {
         let task = match key {
