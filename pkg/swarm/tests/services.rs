@@ -396,7 +396,7 @@ fn rolling_update_goes_two_at_a_time_pauses_on_failure_and_rolls_back() {
     let h1 = cluster.node("h1");
     let mut svc = spec("roll", 6);
     // The delay outlasts the executor's report of a failure (it reconciles every second), so
-    // the failing update below pauses after its first batch.
+    // a failure is counted before the next batch starts.
     svc["UpdateConfig"] = json!({"Parallelism": 2, "Delay": 1_500_000_000i64,
         "FailureAction": "pause", "Monitor": 1_000_000_000i64, "Order": "stop-first"});
     create(h1, &svc);
@@ -422,8 +422,11 @@ fn rolling_update_goes_two_at_a_time_pauses_on_failure_and_rolls_back() {
         mixes.windows(2).all(|w| w[1] <= w[0] + 2),
         "at most 2 replaced per step: {mixes:?}"
     );
-    // S21: a failing image pauses after the first batch, then a rollback restores busybox:2.
+    // S21: a failing image, parallelism 1, failure ratio 0.25 of the 6 slots: the update pauses
+    // after exactly 2 tasks changed; a rollback restores busybox:2.
     update(h1, "roll", |s| {
+        s["UpdateConfig"]["Parallelism"] = json!(1);
+        s["UpdateConfig"]["MaxFailureRatio"] = json!(0.25);
         s["TaskTemplate"]["ContainerSpec"]["Image"] = json!("busybox:bad");
         s["TaskTemplate"]["ContainerSpec"]["Env"] =
             json!(["SLIPWAY_FAKE_EXIT=1", "SLIPWAY_FAKE_DELAY_MS=200"]);
@@ -438,10 +441,15 @@ fn rolling_update_goes_two_at_a_time_pauses_on_failure_and_rolls_back() {
         .map(|t| t["Slot"].as_u64())
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    assert!(
-        bad <= 2,
-        "the update paused after its first batch ({bad} slots)"
-    );
+    assert_eq!(bad, 2, "the update paused after 2 tasks changed");
+    std::thread::sleep(Duration::from_secs(2));
+    let still = tasks(h1, "roll")
+        .iter()
+        .filter(|t| t["Spec"]["ContainerSpec"]["Image"] == "busybox:bad")
+        .map(|t| t["Slot"].as_u64())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(still, 2, "a paused update changes nothing more");
     let current = h1.api("GET", "/v1.41/services/roll", "").json();
     let version = current["Version"]["Index"].as_u64().unwrap();
     let rb = h1.api(

@@ -24,7 +24,9 @@ pub struct Progress {
     batch_running_at: Option<SystemTime>,
     /// Tasks of earlier batches still monitored, with when their batch ran.
     monitored: Vec<(String, SystemTime)>,
-    updated: usize,
+    /// The slots this update had to change when it began: the failure ratio's denominator, as
+    /// in SwarmKit (5 slots, ratio 0.25: the second failure acts).
+    total: usize,
     failed: HashSet<String>,
 }
 
@@ -75,6 +77,7 @@ pub fn step(
     if progress.template != service.spec.task_template {
         *progress = Progress {
             template: service.spec.task_template.clone(),
+            total: dirty.len(),
             ..Progress::default()
         };
     }
@@ -101,8 +104,8 @@ pub fn step(
     }
     if let Some(id) = failure {
         let ratio = config.max_failure_ratio.unwrap_or(0.0);
-        let updated = progress.updated.max(1) as f64;
-        if progress.failed.len() as f64 / updated > ratio {
+        let total = progress.total.max(1) as f64;
+        if progress.failed.len() as f64 / total > ratio {
             let action = config.failure_action.as_deref().unwrap_or("pause");
             match (action, rolling_back) {
                 ("continue", _) => {}
@@ -203,7 +206,6 @@ pub fn step(
             Key::Node(id) => new_task(service, 0, id, stamp),
         };
         progress.batch.push(task.id.clone());
-        progress.updated += 1;
         if !start_first {
             plan.ops.push(TaskOp::Desired {
                 id: old.id.clone(),
