@@ -634,7 +634,7 @@ fn dockers_cli_creates_scales_updates_rolls_back_and_removes_a_service() {
 }
 
 #[test]
-fn start_first_keeps_the_old_tasks_while_the_new_ones_never_get_healthy() {
+fn start_first_waits_for_health_and_a_failing_update_rolls_itself_back() {
     if executor() != "fake" {
         return;
     }
@@ -676,4 +676,24 @@ fn start_first_keeps_the_old_tasks_while_the_new_ones_never_get_healthy() {
     assert_eq!(starting, 1, "parallelism 1: {t:#?}");
     let s = h1.api("GET", "/v1.41/services/sf", "").json();
     assert_eq!(s["UpdateStatus"]["State"], "updating");
+    // Failure action rollback: the failing update is undone by itself.
+    let mut auto = spec("auto", 2);
+    auto["UpdateConfig"] = json!({"Parallelism": 1, "Delay": 1_500_000_000i64,
+        "FailureAction": "rollback", "Monitor": 2_000_000_000i64});
+    create(h1, &auto);
+    cluster.wait(LONG, "2 auto replicas", || {
+        (running(&tasks(h1, "auto")).len() == 2).then_some(())
+    });
+    update(h1, "auto", |s| {
+        s["TaskTemplate"]["ContainerSpec"]["Env"] =
+            json!(["SLIPWAY_FAKE_EXIT=1", "SLIPWAY_FAKE_DELAY_MS=100"]);
+    });
+    cluster.wait(LONG, "auto rolled back by itself", || {
+        let s = h1.api("GET", "/v1.41/services/auto", "").json();
+        let done = s["UpdateStatus"]["State"] == "rollback_completed"
+            && s["Spec"]["TaskTemplate"]["ContainerSpec"]
+                .get("Env")
+                .is_none();
+        (done && running(&tasks(h1, "auto")).len() == 2).then_some(s)
+    });
 }
