@@ -149,6 +149,18 @@ pub fn open_assignments(
     Ok(ReceiverStream::new(rx))
 }
 
+/// A node's words about a task stay short in the Raft log.
+fn truncate(text: &mut String) {
+    const MAX: usize = 4096;
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 fn same(a: &TaskStatus, b: &TaskStatus) -> bool {
     a.state == b.state
         && a.message == b.message
@@ -167,7 +179,11 @@ pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> 
             .into_iter()
             .filter_map(|s| {
                 let task = applied.state.objects.tasks.get(&s.task_id)?;
+                // A node reports what its executor saw: from accepted to rejected, never the
+                // manager's own states (pending, remove, orphaned).
                 if task.node_id != node_id
+                    || s.status.state < TaskState::Accepted
+                    || s.status.state > TaskState::Rejected
                     || s.status.state < task.status.state
                     || same(&s.status, &task.status)
                 {
@@ -175,6 +191,8 @@ pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> 
                 }
                 let mut status = s.status;
                 status.timestamp = now.clone();
+                truncate(&mut status.message);
+                truncate(&mut status.err);
                 Some(TaskOp::Status {
                     id: s.task_id,
                     status,
