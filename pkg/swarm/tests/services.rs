@@ -697,3 +697,54 @@ fn start_first_waits_for_health_and_a_failing_update_rolls_itself_back() {
         (done && running(&tasks(h1, "auto")).len() == 2).then_some(s)
     });
 }
+
+#[test]
+fn services_survive_a_leader_failover_without_duplicate_tasks() {
+    let mut cluster = cluster(3);
+    cluster.init();
+    cluster.join("h2", "manager");
+    cluster.join("h3", "manager");
+    let h1 = cluster.node("h1");
+    cluster.wait(LONG, "3 ready managers", || {
+        let nodes = h1.node_ls().ok()?;
+        (nodes.len() == 3 && nodes.iter().all(|n| n["Status"] == "Ready")).then_some(())
+    });
+    create(h1, &spec("ha", 6));
+    cluster.wait(LONG, "6 replicas", || {
+        (running(&tasks(h1, "ha")).len() == 6).then_some(())
+    });
+    cluster.node_mut("h1").kill();
+    let h2 = cluster.node("h2");
+    // A new leader; h1's tasks run elsewhere; every slot holds exactly one live task.
+    cluster.wait(Duration::from_secs(40), "6 replicas on h2 and h3", || {
+        let t = tasks(h2, "ha");
+        let hosts = hosts(h2);
+        let r = running(&t);
+        let on_survivors = r.iter().all(|t| {
+            hosts
+                .get(t["NodeID"].as_str().unwrap_or(""))
+                .map(String::as_str)
+                != Some("h1")
+        });
+        (r.len() == 6 && on_survivors).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t = tasks(h2, "ha");
+    let mut live_per_slot: BTreeMap<u64, usize> = BTreeMap::new();
+    for task in t.iter().filter(|t| t["DesiredState"] == "running") {
+        *live_per_slot
+            .entry(task["Slot"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        live_per_slot,
+        (1..=6).map(|s| (s, 1)).collect::<BTreeMap<_, _>>(),
+        "{t:#?}"
+    );
+    // Writes through a follower or the new leader; S14's scale down after the failure.
+    update(h2, "ha", |s| s["Mode"]["Replicated"]["Replicas"] = json!(3));
+    cluster.wait(LONG, "3 replicas", || {
+        let s = slots(h2, "ha");
+        (s.keys().copied().collect::<Vec<_>>() == [1, 2, 3]).then_some(())
+    });
+}
