@@ -195,6 +195,27 @@ fn check(
     Ok(())
 }
 
+/// The labels of `Placement.Preferences` (`{"Spread":{"SpreadDescriptor":"node.labels.rack"}}`),
+/// outermost first: tasks are spread evenly over each label's values (nodes without the label
+/// are one more value), then over the nodes.
+fn spread_labels(spec: &TaskSpec) -> Vec<String> {
+    spec.placement
+        .as_ref()
+        .map(|p| {
+            p.preferences
+                .iter()
+                .filter_map(|p| p.get("Spread")?.get("SpreadDescriptor")?.as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn label_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
+    let key = descriptor.strip_prefix("node.labels.")?;
+    node.spec.labels.get(key).map(String::as_str)
+}
+
 /// One scheduling round over the whole state: the assignments and the pending reasons to write.
 pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
     let mut loads: BTreeMap<&str, Load> = state
@@ -220,7 +241,24 @@ pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
     for task in waiting {
         let ports = host_ports(state, task);
         let mut failures: BTreeMap<Filter, usize> = BTreeMap::new();
-        let mut best: Option<(&str, (usize, usize))> = None;
+        let spreads = spread_labels(&task.spec);
+        // Per preference: the service's tasks on the nodes of each value of its label.
+        let groups: Vec<HashMap<Option<&str>, usize>> = spreads
+            .iter()
+            .map(|label| {
+                let mut counts: HashMap<Option<&str>, usize> = HashMap::new();
+                for node in state.nodes.values() {
+                    let n = loads[node.id.as_str()]
+                        .per_service
+                        .get(&task.service_id)
+                        .copied()
+                        .unwrap_or(0);
+                    *counts.entry(label_value(node, label)).or_default() += n;
+                }
+                counts
+            })
+            .collect();
+        let mut best: Option<(&str, Vec<usize>)> = None;
         for node in state.nodes.values() {
             if !task.node_id.is_empty() && task.node_id != node.id {
                 continue;
@@ -228,11 +266,16 @@ pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
             let load = &loads[node.id.as_str()];
             match check(state, node, load, task, &ports) {
                 Ok(()) => {
-                    let rank = (
-                        load.per_service.get(&task.service_id).copied().unwrap_or(0),
-                        load.tasks,
-                    );
-                    if best.is_none_or(|(_, r)| rank < r) {
+                    let mut rank: Vec<usize> = spreads
+                        .iter()
+                        .zip(&groups)
+                        .map(|(label, counts)| {
+                            counts.get(&label_value(node, label)).copied().unwrap_or(0)
+                        })
+                        .collect();
+                    rank.push(load.per_service.get(&task.service_id).copied().unwrap_or(0));
+                    rank.push(load.tasks);
+                    if best.as_ref().is_none_or(|(_, r)| rank < *r) {
                         best = Some((node.id.as_str(), rank));
                     }
                 }
@@ -471,6 +514,51 @@ mod tests {
             ops.iter()
                 .all(|op| matches!(op, TaskOp::Status { status, .. }
             if status.err == "no suitable node (insufficient resources on 2 nodes)"))
+        );
+    }
+
+    #[test]
+    fn placement_preferences_spread_over_label_values_first() {
+        // S26: rack=a on one node, rack=b on two; 4 replicas go 2 / 1 / 1.
+        let mut state = ClusterState::default();
+        state
+            .nodes
+            .insert("n1".into(), node("n1", &[("rack", "a")]));
+        state
+            .nodes
+            .insert("n2".into(), node("n2", &[("rack", "b")]));
+        state
+            .nodes
+            .insert("n3".into(), node("n3", &[("rack", "b")]));
+        state
+            .objects
+            .services
+            .insert("s".into(), crate::objects::Service::default());
+        for i in 0..4 {
+            let id = format!("t{i}");
+            let mut task = Task {
+                id: id.clone(),
+                service_id: "s".into(),
+                created_at: format!("{i}"),
+                ..Task::default()
+            };
+            task.spec.placement = Some(crate::model::Placement {
+                preferences: vec![
+                    serde_json::json!({"Spread": {"SpreadDescriptor": "node.labels.rack"}}),
+                ],
+                ..Default::default()
+            });
+            state.objects.tasks.insert(id, task);
+        }
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for op in schedule(&state, "now") {
+            if let TaskOp::Assign { node_id, .. } = op {
+                *per_node.entry(node_id).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            per_node,
+            BTreeMap::from([("n1".into(), 2), ("n2".into(), 1), ("n3".into(), 1)])
         );
     }
 }
