@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 use crate::cli::call;
 
+// Parsed once per run: the size of `Create` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum ServiceVerb {
     /// Create a service.
@@ -244,8 +246,8 @@ pub async fn service(socket: &Path, verb: ServiceVerb) -> anyhow::Result<()> {
             let services = services.as_array().cloned().unwrap_or_default();
             if !quiet {
                 println!(
-                    "{:<27}{:<20}{:<12}{:<10}{}",
-                    "ID", "NAME", "MODE", "REPLICAS", "IMAGE"
+                    "{:<27}{:<20}{:<12}{:<10}IMAGE",
+                    "ID", "NAME", "MODE", "REPLICAS"
                 );
             }
             for s in services {
@@ -293,8 +295,8 @@ pub async fn service(socket: &Path, verb: ServiceVerb) -> anyhow::Result<()> {
             };
             if !quiet {
                 println!(
-                    "{:<27}{:<16}{:<16}{:<10}{:<10}{}",
-                    "ID", "NAME", "NODE", "DESIRED", "CURRENT", "ERROR"
+                    "{:<27}{:<16}{:<16}{:<10}{:<10}ERROR",
+                    "ID", "NAME", "NODE", "DESIRED", "CURRENT"
                 );
             }
             let mut tasks = tasks.as_array().cloned().unwrap_or_default();
@@ -423,7 +425,7 @@ pub async fn file(socket: &Path, kind: &str, verb: FileVerb) -> anyhow::Result<(
         FileVerb::Ls { quiet } => {
             let list = call(socket, "GET", &format!("/{kind}"), None).await?;
             if !quiet {
-                println!("{:<27}{:<20}{}", "ID", "NAME", "CREATED");
+                println!("{:<27}{:<20}CREATED", "ID", "NAME");
             }
             for f in list.as_array().cloned().unwrap_or_default() {
                 let id = f["ID"].as_str().unwrap_or_default();

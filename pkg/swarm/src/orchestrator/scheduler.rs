@@ -438,8 +438,10 @@ mod tests {
         for id in ["n1", "n2"] {
             state.nodes.insert(id.into(), node(id, &[]));
         }
-        let mut service = crate::objects::Service::default();
-        service.id = "s".into();
+        let mut service = crate::objects::Service {
+            id: "s".into(),
+            ..Default::default()
+        };
         service.spec.endpoint_spec = Some(crate::model::EndpointSpec {
             mode: None,
             ports: vec![crate::model::PortConfig {
