@@ -320,6 +320,7 @@ fn restart_policy_counts_attempts_and_secrets_cannot_go_while_used() {
     let t = tasks(h1, "failing");
     assert_eq!(t.len(), 3, "no fourth attempt: {t:#?}");
     assert_eq!(t[0]["Status"]["ContainerStatus"]["ExitCode"], 3);
+    assert!(t.iter().all(|t| t["DesiredState"] == "shutdown"), "{t:#?}");
     // A task that completes is not restarted under on-failure.
     let mut done = spec("done", 1);
     done["TaskTemplate"]["ContainerSpec"]["Env"] = json!(["SLIPWAY_FAKE_EXIT=0"]);
@@ -331,7 +332,10 @@ fn restart_policy_counts_attempts_and_secrets_cannot_go_while_used() {
         (t.len() == 1 && t[0]["Status"]["State"] == "complete").then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(tasks(h1, "done").len(), 1);
+    let t = tasks(h1, "done");
+    assert_eq!(t.len(), 1);
+    // Its slot is dead, as in SwarmKit: the task is marked for shutdown, nothing replaces it.
+    assert_eq!(t[0]["DesiredState"], "shutdown");
     // Condition any: history is capped at 5 tasks per slot.
     let mut flappy = spec("flappy", 1);
     flappy["TaskTemplate"]["ContainerSpec"]["Env"] =

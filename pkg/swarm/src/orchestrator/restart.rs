@@ -16,14 +16,21 @@ fn nanos(n: Option<i64>) -> Option<Duration> {
         .map(|n| Duration::from_nanos(n as u64))
 }
 
+pub enum Decision {
+    Now,
+    Later,
+    /// The policy says no more: the task is shut down and its slot stays dead.
+    Never,
+}
+
 /// Whether the ended `task` of `key` is to be replaced now; counts the restart when it is.
-pub fn due(
+pub fn decide(
     service: &Service,
     key: &Key,
     task: &Task,
     memory: &mut Memory,
     now: SystemTime,
-) -> bool {
+) -> Decision {
     let policy = task.spec.restart_policy.clone().unwrap_or_default();
     let restart = match policy.condition.as_deref() {
         Some("none") => false,
@@ -31,11 +38,11 @@ pub fn due(
         _ => true,
     };
     if !restart {
-        return false;
+        return Decision::Never;
     }
     let delay = nanos(policy.delay).unwrap_or(DEFAULT_DELAY);
     if now.duration_since(timestamp(task)).unwrap_or_default() < delay {
-        return false;
+        return Decision::Later;
     }
     let history = memory
         .restarts
@@ -46,8 +53,8 @@ pub fn due(
     }
     let max = policy.max_attempts.unwrap_or(0);
     if max > 0 && history.len() as u64 >= max {
-        return false;
+        return Decision::Never;
     }
     history.push(now);
-    true
+    Decision::Now
 }

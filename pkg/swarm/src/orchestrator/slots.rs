@@ -149,10 +149,21 @@ pub fn reconcile(
             continue;
         }
         let Some(current) = live.first().copied() else {
-            if open.contains(key) {
+            // A slot whose task ended and may not restart (its policy) stays dead, as in
+            // SwarmKit, until the service's spec changes.
+            let newest = tasks
+                .iter()
+                .max_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+            let dead = newest.is_some_and(|t| {
+                matches!(
+                    t.status.state,
+                    TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                ) && t.spec == service.spec.task_template
+            });
+            let created = usize::from(open.contains(key) && !dead);
+            if created > 0 {
                 create(service, key, stamp, plan);
             }
-            let created = usize::from(open.contains(key));
             history(state, tasks, created, retention, stamp, plan);
             continue;
         };
@@ -165,7 +176,14 @@ pub fn reconcile(
         let replace = if !global && node_lost(state, current) && !ended(current) {
             true
         } else if ended(current) {
-            restart::due(service, key, current, memory, now)
+            match restart::decide(service, key, current, memory, now) {
+                restart::Decision::Now => true,
+                restart::Decision::Later => false,
+                restart::Decision::Never => {
+                    shutdown(plan, current);
+                    false
+                }
+            }
         } else {
             if current.spec != service.spec.task_template {
                 dirty.push((key.clone(), current));
