@@ -298,10 +298,129 @@ fn global_services_follow_nodes_and_constraints_wait_for_a_label() {
 }
 
 #[test]
-fn restart_policy_counts_attempts_and_secrets_cannot_go_while_used() {
+fn wrong_requests_get_dockers_errors_restart_policy_counts_and_used_secrets_stay() {
     let cluster = cluster(1);
     cluster.init();
     let h1 = cluster.node("h1");
+    // Hostile or wrong requests get Docker's errors, and the daemon lives on.
+    let cases: &[(&str, &str, Value, u16, &str)] = &[
+        (
+            "POST",
+            "/v1.41/services/create",
+            json!({"Name": "x"}),
+            400,
+            "ContainerSpec",
+        ),
+        (
+            "POST",
+            "/v1.41/services/create",
+            json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {}}}),
+            400,
+            "image reference must be provided",
+        ),
+        (
+            "POST",
+            "/v1.41/services/create",
+            json!({"Name": "bad name!", "TaskTemplate": {"ContainerSpec": {"Image": "i"}}}),
+            400,
+            "DNS name",
+        ),
+        (
+            "POST",
+            "/v1.41/services/create",
+            json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": "i"}}, "Mode": {"Replicated": {"Replicas": 1u64 << 60}}}),
+            400,
+            "at most",
+        ),
+        (
+            "POST",
+            "/v1.41/services/create",
+            json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": "i"}, "Placement": {"Constraints": ["node.nope=1"]}}}),
+            400,
+            "invalid constraint",
+        ),
+        (
+            "POST",
+            "/v1.41/services/create",
+            json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": "i", "Secrets": [{"SecretID": "nope"}]}}}),
+            400,
+            "secret reference not found",
+        ),
+        (
+            "POST",
+            "/v1.41/services/create",
+            json!({"Name": "x", "TaskTemplate": {"ContainerSpec": {"Image": "i"}}, "Mode": {"Replicated": {"Replicas": -1}}}),
+            400,
+            "invalid JSON",
+        ),
+        (
+            "POST",
+            "/v1.41/services/nope/update?version=1",
+            json!({}),
+            404,
+            "service nope not found",
+        ),
+        (
+            "DELETE",
+            "/v1.41/services/nope",
+            json!(null),
+            404,
+            "service nope not found",
+        ),
+        (
+            "GET",
+            "/v1.41/tasks?filters=%7B",
+            json!(null),
+            400,
+            "invalid filter",
+        ),
+        (
+            "GET",
+            "/v1.41/tasks?filters=%7B%22bogus%22%3A%5B%22x%22%5D%7D",
+            json!(null),
+            400,
+            "invalid filter 'bogus'",
+        ),
+        (
+            "GET",
+            "/v1.41/tasks/nope",
+            json!(null),
+            404,
+            "task nope not found",
+        ),
+        (
+            "POST",
+            "/v1.41/secrets/create",
+            json!({"Name": "s", "Data": "not base64!"}),
+            400,
+            "data",
+        ),
+        (
+            "POST",
+            "/v1.41/secrets/create",
+            json!({"Name": "", "Data": "eA=="}),
+            400,
+            "invalid name",
+        ),
+        (
+            "DELETE",
+            "/v1.41/configs/nope",
+            json!(null),
+            404,
+            "config nope not found",
+        ),
+    ];
+    for (method, path, body, status, text) in cases {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let reply = h1.api(method, path, &body);
+        assert_eq!(reply.status, *status, "{method} {path}: {}", reply.body);
+        assert!(reply.body.contains(text), "{method} {path}: {}", reply.body);
+    }
+    assert_eq!(h1.api("GET", "/_ping", "").status, 200);
     if executor() != "fake" {
         return;
     }
