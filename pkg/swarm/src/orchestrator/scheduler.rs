@@ -74,12 +74,13 @@ fn host_ports(state: &ClusterState, task: &Task) -> Vec<(String, u32)> {
         .collect()
 }
 
-/// A task occupies its node from assignment until it ends.
+/// A task occupies its node from assignment until it ended, also while it is being stopped: a
+/// stop-first update's new task waits (pending, "host-mode port already in use") for the old one
+/// to free its port or reservation.
 pub fn holds_node(task: &Task) -> bool {
     !task.node_id.is_empty()
         && task.status.state >= TaskState::Assigned
         && task.status.state < TaskState::Complete
-        && task.desired_state <= TaskState::Running
 }
 
 /// Docker's constraint syntax: `key==value` or `key!=value`.
