@@ -8,6 +8,8 @@
 //! DELETE /nodes/{id}?force=
 //! ```
 //!
+//! Services, tasks, secrets and configs are `services_api`'s.
+//!
 //! Every path may carry Docker's version prefix (`/v1.41/nodes`). Errors are Docker's
 //! `{"message": "..."}` with Docker's status codes; unknown paths get `page not found` (404); a
 //! body that is not the JSON an endpoint takes gets 400. Nothing a client sends can panic the
