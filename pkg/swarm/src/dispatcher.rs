@@ -122,6 +122,8 @@ pub fn open_assignments(
     let node_id = node_id.to_string();
     tokio::spawn(async move {
         let mut last: Option<Vec<u8>> = None;
+        // The assignment is computed again only when the applied state moved.
+        let mut seen_index: Option<u64> = None;
         loop {
             let bytes = {
                 let Some(parts) = weak.upgrade() else { return };
@@ -129,9 +131,20 @@ pub fn open_assignments(
                     return;
                 }
                 let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
-                serde_json::to_vec(&assignment_for(&applied.state, &node_id)).unwrap_or_default()
+                let index = applied.last_applied.map(|l| l.index);
+                if last.is_some() && index == seen_index {
+                    None
+                } else {
+                    seen_index = index;
+                    Some(
+                        serde_json::to_vec(&assignment_for(&applied.state, &node_id))
+                            .unwrap_or_default(),
+                    )
+                }
             };
-            if last.as_ref() != Some(&bytes) {
+            if let Some(bytes) = bytes
+                && last.as_ref() != Some(&bytes)
+            {
                 let message = proto::AssignmentsMessage {
                     assignment: bytes.clone(),
                 };
