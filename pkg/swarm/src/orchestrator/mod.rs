@@ -151,3 +151,154 @@ pub async fn run(daemon: Daemon, session: Weak<Session>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerSpec, Replicated, RestartPolicy, ServiceMode, ServiceSpec};
+    use crate::state::{Node, NodeDescription, NodeSpec, NodeState};
+
+    fn state_with(replicas: u64) -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in ["n1", "n2"] {
+            state.nodes.insert(
+                id.into(),
+                Node {
+                    id: id.into(),
+                    created_at: String::new(),
+                    updated_at: String::new(),
+                    version: 0,
+                    spec: NodeSpec::default(),
+                    description: NodeDescription::default(),
+                    state: NodeState::Ready,
+                    addr: String::new(),
+                    manager_addr: None,
+                    raft_id: 0,
+                },
+            );
+        }
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            mode: Some(ServiceMode {
+                replicated: Some(Replicated {
+                    replicas: Some(replicas),
+                }),
+                ..ServiceMode::default()
+            }),
+            ..ServiceSpec::default()
+        };
+        spec.task_template.container_spec = Some(ContainerSpec {
+            image: "busybox".into(),
+            ..ContainerSpec::default()
+        });
+        spec.task_template.restart_policy = Some(RestartPolicy {
+            condition: Some("none".into()),
+            delay: Some(60_000_000_000),
+            ..RestartPolicy::default()
+        });
+        let service = Service {
+            id: "s".into(),
+            spec,
+            ..Service::default()
+        };
+        state.objects.services.insert("s".into(), service);
+        state
+    }
+
+    fn apply(state: &mut ClusterState, plan: Plan, index: &mut u64) {
+        for command in plan.services.into_iter().chain([ObjectCommand::Tasks {
+            ops: plan.ops,
+            now: now_rfc3339(),
+        }]) {
+            *index += 1;
+            state.objects.apply(*index, command);
+        }
+    }
+
+    fn run_rounds(state: &mut ClusterState, memory: &mut Memory, index: &mut u64) {
+        for _ in 0..3 {
+            let p = plan(state, memory, SystemTime::now(), &now_rfc3339());
+            apply(state, p, index);
+        }
+    }
+
+    fn set_state(state: &mut ClusterState, id: &str, s: TaskState, index: &mut u64) {
+        *index += 1;
+        state.objects.apply(
+            *index,
+            ObjectCommand::Tasks {
+                ops: vec![TaskOp::Status {
+                    id: id.into(),
+                    status: TaskStatus {
+                        timestamp: now_rfc3339(),
+                        state: s,
+                        ..TaskStatus::default()
+                    },
+                }],
+                now: now_rfc3339(),
+            },
+        );
+    }
+
+    fn live(state: &ClusterState) -> Vec<&Task> {
+        state
+            .objects
+            .tasks
+            .values()
+            .filter(|t| t.desired_state <= TaskState::Running)
+            .collect()
+    }
+
+    #[test]
+    fn slots_scale_nodes_lost_replace_at_once_and_dead_slots_stay_dead() {
+        let mut state = state_with(3);
+        let mut memory = Memory::default();
+        let mut index = 0;
+        run_rounds(&mut state, &mut memory, &mut index);
+        let mut slots: Vec<u64> = live(&state).iter().map(|t| t.slot).collect();
+        slots.sort();
+        assert_eq!(slots, [1, 2, 3]);
+        assert!(
+            live(&state)
+                .iter()
+                .all(|t| t.status.state == TaskState::Assigned)
+        );
+        let ids: Vec<String> = live(&state).iter().map(|t| t.id.clone()).collect();
+        for id in &ids {
+            set_state(&mut state, id, TaskState::Running, &mut index);
+        }
+        // Scale down to 1: slot 1 stays, 2 and 3 go.
+        state
+            .objects
+            .services
+            .get_mut("s")
+            .unwrap()
+            .spec
+            .mode
+            .as_mut()
+            .unwrap()
+            .replicated = Some(Replicated { replicas: Some(1) });
+        run_rounds(&mut state, &mut memory, &mut index);
+        let l = live(&state);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].slot, 1);
+        let first = l[0].id.clone();
+        let node = l[0].node_id.clone();
+        // Its node goes down: replaced at once despite the 60 s delay and condition none.
+        state.nodes.get_mut(&node).unwrap().state = NodeState::Down;
+        run_rounds(&mut state, &mut memory, &mut index);
+        let l = live(&state);
+        assert_eq!(l.len(), 1);
+        assert_ne!(l[0].id, first);
+        assert_ne!(l[0].node_id, node);
+        // It completes: condition none, so it is shut down and nothing replaces it.
+        let second = l[0].id.clone();
+        set_state(&mut state, &second, TaskState::Complete, &mut index);
+        run_rounds(&mut state, &mut memory, &mut index);
+        assert!(live(&state).is_empty());
+        assert_eq!(
+            state.objects.tasks[&second].desired_state,
+            TaskState::Shutdown
+        );
+    }
+}
