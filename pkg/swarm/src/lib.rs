@@ -9,7 +9,11 @@
 //!                                              ├─ pki (root CA, node certs, rustls configs)
 //!                                              ├─ raft + store (openraft on redb, sealed at rest)
 //!                                              ├─ state (the replicated cluster state)
-//!                                              └─ net + service (gRPC over mutual TLS, :2377)
+//!                                              ├─ net + service (gRPC over mutual TLS, :2377)
+//!                                              ├─ objects (services, tasks, secrets, configs)
+//!                                              ├─ orchestrator (the leader's loop + scheduler)
+//!                                              ├─ dispatcher (assignments out, statuses in)
+//!                                              └─ agent_tasks → executor (every node's tasks)
 //! ```
 
 pub mod agent_tasks;
