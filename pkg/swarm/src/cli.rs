@@ -29,6 +29,8 @@ pub struct Cli {
     pub command: Verb,
 }
 
+// Parsed once per run: the size of the largest verb does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Verb {
     /// Run the agent.
@@ -48,6 +50,10 @@ pub enum Verb {
         /// The shortest certificate validity the cluster accepts (Docker: 1h; shorter for tests).
         #[arg(long, default_value = "1h")]
         min_cert_expiry: humantime::Duration,
+        /// What runs this node's tasks: containers through the engine, or nothing (`fake`: tasks
+        /// run at once; for tests and scale runs).
+        #[arg(long, value_enum, default_value_t = crate::agent_tasks::ExecutorKind::Engine)]
+        executor: crate::agent_tasks::ExecutorKind,
     },
     /// Create a swarm with this node as its first manager.
     Init {
@@ -118,6 +124,15 @@ pub enum Verb {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeVerb),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(crate::cli_services::ServiceVerb),
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(crate::cli_services::FileVerb),
+    /// Manage configs.
+    #[command(subcommand)]
+    Config(crate::cli_services::FileVerb),
 }
 
 #[derive(Subcommand)]
@@ -188,7 +203,7 @@ pub async fn request(
     Ok((status, value))
 }
 
-async fn call(
+pub(crate) async fn call(
     socket: &Path,
     method: &str,
     path: &str,
@@ -213,6 +228,9 @@ fn nanos(d: Option<humantime::Duration>) -> Option<i64> {
 pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
     match verb {
         Verb::Daemon { .. } => unreachable!("the daemon is started by main"),
+        Verb::Service(verb) => crate::cli_services::service(socket, verb).await?,
+        Verb::Secret(verb) => crate::cli_services::file(socket, "secrets", verb).await?,
+        Verb::Config(verb) => crate::cli_services::file(socket, "configs", verb).await?,
         Verb::Init {
             advertise_addr,
             listen_addr,

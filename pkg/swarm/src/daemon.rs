@@ -79,6 +79,8 @@ pub struct Options {
     pub hostname: String,
     /// The shortest node certificate validity `init`/`update` accept (Docker: one hour).
     pub min_cert_expiry: Duration,
+    /// What runs this node's tasks.
+    pub executor: crate::agent_tasks::ExecutorKind,
 }
 
 /// What a node keeps on disk about its membership, beside its certificates.
@@ -120,12 +122,14 @@ pub struct ManagerParts {
     pub shared: SharedState,
     server: JoinHandle<()>,
     detector: JoinHandle<()>,
+    orchestrator: JoinHandle<()>,
 }
 
 impl Drop for ManagerParts {
     fn drop(&mut self) {
         self.server.abort();
         self.detector.abort();
+        self.orchestrator.abort();
     }
 }
 
@@ -154,7 +158,7 @@ impl Session {
     }
 
     /// A channel to the manager at `addr`, reused while it works.
-    fn channel(&self, addr: &str) -> ApiResult<Channel> {
+    pub(crate) fn channel(&self, addr: &str) -> ApiResult<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
@@ -177,6 +181,14 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(task);
+    }
+
+    /// The manager that last answered a heartbeat (the leader, as far as this node knows).
+    pub fn leader(&self) -> Option<String> {
+        self.leader_addr
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn known_managers(&self) -> Vec<String> {
@@ -220,6 +232,7 @@ struct Inner {
     /// Why this node stopped its membership (certificates of another swarm): Docker's
     /// `LocalNodeState: error`.
     error: RwLock<Option<String>>,
+    executor: Option<Arc<dyn crate::executor::Executor>>,
 }
 
 /// Docker's `/swarm/init` body.
@@ -446,7 +459,9 @@ impl Daemon {
     /// Loads this node's membership from the state directory, when it has one, and resumes it.
     pub async fn start(opts: Options) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(&opts.state_dir)?;
+        let executor = crate::agent_tasks::build(opts.executor, &opts.engine);
         let daemon = Daemon(Arc::new(Inner {
+            executor,
             opts,
             op: tokio::sync::Mutex::new(()),
             session: RwLock::new(None),
@@ -661,11 +676,16 @@ impl Daemon {
             services,
         ));
         let detector = tokio::spawn(self.clone().detect_down(Arc::downgrade(session)));
+        let orchestrator = tokio::spawn(crate::orchestrator::run(
+            self.clone(),
+            Arc::downgrade(session),
+        ));
         let parts = Arc::new(ManagerParts {
             raft,
             shared,
             server,
             detector,
+            orchestrator,
         });
         *session.manager.write().unwrap_or_else(|e| e.into_inner()) = Some(parts.clone());
         Ok(parts)
@@ -694,6 +714,13 @@ impl Daemon {
             self.clone(),
             Arc::downgrade(session),
         )));
+        if let Some(executor) = self.0.executor.clone() {
+            session.spawn(tokio::spawn(crate::agent_tasks::run(
+                self.clone(),
+                Arc::downgrade(session),
+                executor,
+            )));
+        }
     }
 
     // ---- swarm init / join / leave ------------------------------------------------------------
@@ -2102,7 +2129,7 @@ async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// The answer of a manager that is not the leader to a call only the leader takes: where the
 /// leader is, in the `leader-addr` metadata.
-fn not_leader(view: &View) -> tonic::Status {
+pub(crate) fn not_leader(view: &View) -> tonic::Status {
     let Some(leader) = view.leader_addr() else {
         return tonic::Status::unavailable(NO_LEADER);
     };

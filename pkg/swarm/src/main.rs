@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
                 raft_tick,
                 hostname,
                 min_cert_expiry,
+                executor,
             } => {
                 daemon(
                     cli.socket,
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
                     raft_tick,
                     hostname,
                     min_cert_expiry.into(),
+                    executor,
                 )
                 .await
             }
@@ -52,6 +54,7 @@ async fn daemon(
     raft_tick: u64,
     hostname: Option<String>,
     min_cert_expiry: std::time::Duration,
+    executor: slipway_swarm::agent_tasks::ExecutorKind,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     tracing_subscriber::fmt()
@@ -80,6 +83,7 @@ async fn daemon(
         raft_tick: std::time::Duration::from_millis(raft_tick.max(10)),
         hostname,
         min_cert_expiry,
+        executor,
     })
     .await?;
     tracing::info!("serving the Docker Engine API on {}", socket.display());

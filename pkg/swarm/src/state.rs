@@ -385,6 +385,8 @@ pub enum Command {
     Restore {
         state: Box<ClusterState>,
     },
+    /// Services, tasks, secrets and configs (`objects.rs`).
+    Objects(Box<crate::objects::ObjectCommand>),
 }
 
 /// What applying a command gave: Docker's status and message when it was refused.
@@ -407,6 +409,8 @@ pub const OUT_OF_SEQUENCE: &str = "rpc error: code = Unknown desc = update out o
 pub struct ClusterState {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
+    #[serde(default)]
+    pub objects: crate::objects::Objects,
 }
 
 impl ClusterState {
@@ -451,6 +455,7 @@ impl ClusterState {
     /// Applies a committed command at log index `index`.
     pub fn apply(&mut self, index: u64, command: Command) -> CommandResult {
         match command {
+            Command::Objects(command) => return self.objects.apply(index, *command),
             Command::Restore { state } => {
                 *self = *state;
             }
