@@ -154,6 +154,14 @@ pub struct ContainerInfo {
     /// was reached); `None` when the engine could not tell (no memory cgroup to read).
     #[serde(default)]
     pub oom_killed: Option<bool>,
+    /// The labels `run` was given.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The image reference and manifest digest of a container made by `run`.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub image_digest: Option<String>,
 }
 
 /// Where the engine finds and puts things.
@@ -177,23 +185,13 @@ pub struct EngineConfig {
     /// The grace period between SIGTERM and SIGKILL of a service whose bundle sets none
     /// (`org.slipway.stopGracePeriod`) when a stop request gives none either.
     pub stop_grace: Duration,
+    /// The directories of `run`'s volume mounts.
+    pub volumes: PathBuf,
+    /// Registries (`HOST:PORT`) pulled from over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
-/// What `run` is asked to create (the body of `POST /v1/containers`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    pub image: String,
-    /// Made from the image's name when missing.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The command, instead of the image's entrypoint and cmd.
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    /// A restart policy (`no`, `always`, `on-failure[:N]`).
-    #[serde(default)]
-    pub restart: Option<String>,
-}
+pub use crate::request::RunRequest;
 
 /// A request to a supervisor. A grace period of `None` is the service's own.
 enum Command {
@@ -325,6 +323,9 @@ fn new_entry(
         health_failures: 0,
         health_output: None,
         oom_killed: None,
+        labels: spec.map(|s| s.labels.clone()).unwrap_or_default(),
+        image: spec.and_then(|s| s.image.clone()),
+        image_digest: spec.and_then(|s| s.image_digest.clone()),
     };
     Ok(Entry {
         info,
@@ -488,23 +489,8 @@ impl Engine {
         if self.shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
-        let image = request.image.trim();
-        if image.is_empty() {
-            return Err(EngineError::Invalid("image must name an image".to_owned()));
-        }
-        slipway_oci::resolve::parse_reference(image)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        if let Some(restart) = &request.restart {
-            restart
-                .trim()
-                .parse::<RestartPolicy>()
-                .map_err(|e| EngineError::Invalid(format!("restart: {e}")))?;
-        }
-        if let Some(cmd) = &request.cmd
-            && cmd.first().is_none_or(String::is_empty)
-        {
-            return Err(EngineError::Invalid("cmd must name a command".to_owned()));
-        }
+        let checked = request.check().map_err(EngineError::Invalid)?;
+        let image = checked.image.as_str();
         let (name, _reservation) = {
             let entries = lock(&self.shared.entries);
             let free = |name: &str| !self.config.containers.join(name).exists();
@@ -536,22 +522,27 @@ impl Engine {
             }
         };
         let config = &self.config;
-        let pulled =
-            crate::run::pull_in_child(&config.puller, &config.store, &config.images, image)
-                .await
-                .map_err(EngineError::Pull)?;
-        let bundle = crate::run::write_bundle(
-            &config.containers,
+        let pulled = crate::run::pull_in_child(
+            &config.puller,
+            &config.store,
             &config.images,
-            &name,
-            &pulled,
-            request.cmd.clone(),
-            request.restart.as_deref().map(str::trim),
+            image,
+            &config.insecure_registries,
         )
-        .map_err(|source| EngineError::Create {
-            name: name.clone(),
-            source,
-        })?;
+        .await
+        .map_err(EngineError::Pull)?;
+        let dirs = crate::run::Dirs {
+            containers: config.containers.clone(),
+            images: config.images.clone(),
+            volumes: config.volumes.clone(),
+        };
+        let bundle =
+            crate::run::write_bundle(&dirs, &name, &pulled, &checked).map_err(|source| {
+                EngineError::Create {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
         let created = ServiceSpec::load(&name, &bundle)
             .map_err(|e| EngineError::Invalid(e.to_string()))
             .and_then(|spec| {
@@ -561,7 +552,7 @@ impl Engine {
         let (spec, entry) = match created {
             Ok(created) => created,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&bundle);
+                let _ = crate::run::remove_bundle(&bundle);
                 return Err(e);
             }
         };
@@ -630,12 +621,29 @@ impl Engine {
             }),
             _ => Ok(()),
         };
-        remove(&info.bundle, std::fs::remove_dir_all(&info.bundle))?;
+        remove(&info.bundle, crate::run::remove_bundle(&info.bundle))?;
         remove(&info.log_file, std::fs::remove_file(&info.log_file))?;
         let mut info = info;
         info.state = State::Stopped;
         info.pid = None;
         Ok(info)
+    }
+
+    /// The manifest digest `image` names in its registry (asked by a `resolve-digest` child
+    /// process; nothing is pulled).
+    pub async fn distribution(
+        &self,
+        image: &str,
+    ) -> Result<crate::run::ResolvedDigest, EngineError> {
+        slipway_oci::resolve::parse_reference(image)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        crate::run::resolve_digest_in_child(
+            &self.config.puller,
+            image,
+            &self.config.insecure_registries,
+        )
+        .await
+        .map_err(EngineError::Pull)
     }
 
     pub fn list(&self) -> Vec<ContainerInfo> {
