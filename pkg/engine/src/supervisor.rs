@@ -229,6 +229,21 @@ struct Shared {
     program: PathBuf,
     /// The init program containers run under, unless the runtime could not open it.
     init: Option<PathBuf>,
+    /// The bundles of containers made by `run`: theirs record how they ended
+    /// ([`ENDED_FILE`]), so an engine started again does not start them.
+    containers: PathBuf,
+}
+
+/// In the bundle of a container made by `run` that ended (by itself, not restarted, or by a
+/// stop): its state, exit code and how it ended, JSON. It stays ended when the engine starts
+/// again (the swarm executor relies on that: an ended task's container is never run twice).
+pub const ENDED_FILE: &str = "ended.json";
+
+#[derive(Serialize, Deserialize)]
+struct EndedRecord {
+    state: State,
+    exit_code: Option<i32>,
+    last_exit: Option<String>,
 }
 
 impl Shared {
@@ -426,6 +441,20 @@ impl Engine {
                 }
             }
         }
+        let mut entries = entries;
+        for spec in &specs {
+            if adopted.contains_key(&spec.name) || !spec.bundle.starts_with(&config.containers) {
+                continue;
+            }
+            let ended = std::fs::read(spec.bundle.join(ENDED_FILE))
+                .ok()
+                .and_then(|text| serde_json::from_slice::<EndedRecord>(&text).ok());
+            if let (Some(ended), Some(entry)) = (ended, entries.get_mut(&spec.name)) {
+                entry.info.state = ended.state;
+                entry.info.exit_code = ended.exit_code;
+                entry.info.last_exit = ended.last_exit;
+            }
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 entries: Mutex::new(entries),
@@ -435,6 +464,7 @@ impl Engine {
                 stop_grace: config.stop_grace,
                 reserved: Mutex::new(BTreeSet::new()),
                 program: config.puller.clone(),
+                containers: config.containers.clone(),
                 init,
             }),
             adopted: Arc::new(Mutex::new(adopted)),
@@ -456,8 +486,14 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared.update(&spec.name, |e| e.commands = Some(tx));
         let adopted = lock(&self.adopted).remove(&spec.name);
+        let ended = spec.bundle.starts_with(&self.config.containers)
+            && matches!(
+                lock(&self.shared.entries).get(&spec.name).map(|e| e.info.state),
+                Some(State::Exited | State::Stopped)
+            );
         let mut supervisor = Supervisor::new(self.shared.clone(), spec, rx);
         supervisor.adopted = adopted;
+        supervisor.begin_ended = ended;
         supervisor.started_replies.extend(started);
         tokio::spawn(async move { supervisor.run().await });
     }
@@ -858,6 +894,8 @@ struct Supervisor {
     started_replies: Vec<oneshot::Sender<()>>,
     /// A container still running from an earlier engine: the first run takes it over.
     adopted: Option<Container>,
+    /// A container of `run` that had ended before the engine started: it waits for a start.
+    begin_ended: bool,
 }
 
 impl Supervisor {
@@ -877,6 +915,7 @@ impl Supervisor {
             logs,
             started_replies: Vec::new(),
             adopted: None,
+            begin_ended: false,
         }
     }
 
@@ -892,13 +931,43 @@ impl Supervisor {
             .unwrap_or(self.shared.stop_grace)
     }
 
+    /// Writes [`ENDED_FILE`] for a container made by `run` (removed when it starts again).
+    /// A container with a restart policy stopped by the engine's shutdown starts again with
+    /// the engine, as Docker does; one without stays ended.
+    fn record_end(&self, state: State) {
+        let shutdown = self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if !self.spec.bundle.starts_with(&self.shared.containers)
+            || (shutdown && state == State::Stopped && self.spec.restart != RestartPolicy::No)
+        {
+            return;
+        }
+        let ended = {
+            let entries = lock(&self.shared.entries);
+            entries.get(&self.spec.name).map(|e| EndedRecord {
+                state,
+                exit_code: e.info.exit_code,
+                last_exit: e.info.last_exit.clone(),
+            })
+        };
+        if let Some(ended) = ended {
+            let path = self.spec.bundle.join(ENDED_FILE);
+            let text = serde_json::to_vec(&ended).expect("JSON values serialize");
+            if let Err(e) = std::fs::write(&path, text) {
+                self.note(&format!("recording the end in {}: {e}", path.display()));
+            }
+        }
+    }
+
     fn set_state(&self, state: State) {
         self.shared
             .update(&self.spec.name, |e| e.info.state = state);
     }
 
     async fn run(mut self) {
-        let mut want_running = true;
+        let mut want_running = !self.begin_ended;
         let mut restarts = 0u32;
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -937,6 +1006,7 @@ impl Supervisor {
                 Ended::Gone => return,
                 Ended::Stopped(replies) => {
                     self.set_state(State::Stopped);
+                    self.record_end(State::Stopped);
                     self.note("stopped");
                     for reply in replies {
                         let _ = reply.send(());
@@ -955,6 +1025,7 @@ impl Supervisor {
             };
             if !self.spec.restart.should_restart(success, restarts) {
                 self.set_state(State::Exited);
+                self.record_end(State::Exited);
                 if self.spec.restart != RestartPolicy::No {
                     self.note(&format!(
                         "not restarted (policy {}, {restarts} restarts)",
@@ -1051,6 +1122,7 @@ impl Supervisor {
         let running = match self.adopted.take() {
             Some(container) => adopt(&self.shared, &self.spec, &self.logs, container),
             None => {
+                let _ = std::fs::remove_file(self.spec.bundle.join(ENDED_FILE));
                 self.set_state(State::Starting);
                 let helper = Arc::new(std::sync::atomic::AtomicI32::new(0));
                 // Boxed, so that dropping it below really drops (and kills) it.
