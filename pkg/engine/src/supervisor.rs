@@ -488,7 +488,9 @@ impl Engine {
         let adopted = lock(&self.adopted).remove(&spec.name);
         let ended = spec.bundle.starts_with(&self.config.containers)
             && matches!(
-                lock(&self.shared.entries).get(&spec.name).map(|e| e.info.state),
+                lock(&self.shared.entries)
+                    .get(&spec.name)
+                    .map(|e| e.info.state),
                 Some(State::Exited | State::Stopped)
             );
         let mut supervisor = Supervisor::new(self.shared.clone(), spec, rx);
