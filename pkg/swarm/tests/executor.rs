@@ -123,21 +123,37 @@ fn push_busybox_image(target: &str) -> String {
             ),
         )
         .unwrap();
-    slipway_oci::push(&store, "slipway/executor:local", target, &PullOptions::default())
-        .unwrap()
-        .to_string()
+    slipway_oci::push(
+        &store,
+        "slipway/executor:local",
+        target,
+        &PullOptions::default(),
+    )
+    .unwrap()
+    .to_string()
 }
 
 /// The engine binary, built by this test when needed (it is another package's).
 fn engine_binary() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "slipway-engine", "--bin", "slipway-engine"])
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "slipway-engine",
+            "--bin",
+            "slipway-engine",
+        ])
         .status()
         .unwrap();
     assert!(status.success(), "building slipway-engine");
     // target/debug/deps/executor-HASH -> target/debug/slipway-engine
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("slipway-engine")
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("slipway-engine")
 }
 
 /// A `slipway-engine daemon` with its own directories.
@@ -171,10 +187,30 @@ impl Engine {
             .arg("--socket")
             .arg(self.socket())
             .arg("daemon")
-            .args(["--bundles", "--log-dir", "--state-dir", "--containers", "--images", "--store", "--volumes", "--settings"]
+            .args(
+                [
+                    "--bundles",
+                    "--log-dir",
+                    "--state-dir",
+                    "--containers",
+                    "--images",
+                    "--store",
+                    "--volumes",
+                    "--settings",
+                ]
                 .iter()
-                .zip(["services", "log", "state", "containers", "images", "store", "volumes", "engine.json"])
-                .flat_map(|(flag, dir)| [flag.to_string(), p(dir).display().to_string()]))
+                .zip([
+                    "services",
+                    "log",
+                    "state",
+                    "containers",
+                    "images",
+                    "store",
+                    "volumes",
+                    "engine.json",
+                ])
+                .flat_map(|(flag, dir)| [flag.to_string(), p(dir).display().to_string()]),
+            )
             .args(["--grace", "2"])
             .stderr(fs::File::create(p("daemon.err")).unwrap())
             .spawn()
@@ -182,7 +218,11 @@ impl Engine {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.socket().exists() {
-            assert!(Instant::now() < deadline, "no engine socket: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "no engine socket: {}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -263,14 +303,20 @@ async fn drive(
         assert!(
             Instant::now() < deadline,
             "tasks never got there: {:#?}",
-            assignment.tasks.iter().map(|t| &t.status).collect::<Vec<_>>()
+            assignment
+                .tasks
+                .iter()
+                .map(|t| &t.status)
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// The engine's containers of swarm tasks.
-async fn containers(client: &EngineClient) -> Vec<slipway_swarm::executor::engine_client::ContainerInfo> {
+async fn containers(
+    client: &EngineClient,
+) -> Vec<slipway_swarm::executor::engine_client::ContainerInfo> {
     client.list_labelled(TASK_ID_LABEL).await.unwrap()
 }
 
@@ -323,6 +369,7 @@ async fn tasks_run_as_engine_containers_and_survive_restarts() {
         test: vec!["CMD-SHELL".to_owned(), "test -f /tmp/ready".to_owned()],
         interval: Some(200_000_000),
         retries: Some(3),
+        start_period: Some(10_000_000_000),
         ..Default::default()
     });
     let missing = format!("127.0.0.1:{}/executor/missing:1", registry.port);
@@ -339,8 +386,10 @@ async fn tasks_run_as_engine_containers_and_survive_restarts() {
 
     let executor = EngineExecutor::new(socket.clone());
     let seen = drive(&executor, &mut assignment, 60, |t| {
-        matches!(t.status.state, TaskState::Running | TaskState::Rejected | TaskState::Failed)
-            && (t.id != "task2" || t.status.state == TaskState::Running)
+        matches!(
+            t.status.state,
+            TaskState::Running | TaskState::Rejected | TaskState::Failed
+        ) && (t.id != "task2" || t.status.state == TaskState::Running)
     })
     .await;
     let [web, healthy, bad] = &assignment.tasks[..] else {
@@ -366,10 +415,20 @@ async fn tasks_run_as_engine_containers_and_survive_restarts() {
     assert_eq!(c.labels["com.docker.swarm.task.name"], "web.1");
     assert_eq!(c.image_digest.as_deref(), Some(digest.as_str()));
     assert_eq!(
-        exec(&client, "web.1.task1", &["/bin/cat", "/run/secrets/db_password"]).await,
+        exec(
+            &client,
+            "web.1.task1",
+            &["/bin/cat", "/run/secrets/db_password"]
+        )
+        .await,
         (0, "s3cret".to_owned())
     );
-    let (_, mode) = exec(&client, "web.1.task1", &["/bin/stat", "-c", "%a", "/run/secrets/db_password"]).await;
+    let (_, mode) = exec(
+        &client,
+        "web.1.task1",
+        &["/bin/stat", "-c", "%a", "/run/secrets/db_password"],
+    )
+    .await;
     assert_eq!(mode.trim(), "400");
 
     // A new executor (the agent restarted) finds the same containers: nothing created twice.
@@ -381,21 +440,6 @@ async fn tasks_run_as_engine_containers_and_survive_restarts() {
     }
     assert_eq!(containers(&client).await.len(), 2);
 
-    // The engine killed and started again takes its containers over.
-    engine.kill9();
-    engine.start();
-    let again = executor.reconcile(&assignment).await;
-    for o in &again {
-        let task = assignment.tasks.iter().find(|t| t.id == o.task_id).unwrap();
-        assert_eq!(o.status.state, task.status.state, "{o:?}\n{}", engine.stderr());
-    }
-    let list = containers(&client).await;
-    assert_eq!(list.len(), 2);
-    assert_eq!(
-        list.iter().find(|c| c.name == "web.1.task1").unwrap().pid,
-        Some(cs.pid)
-    );
-
     // Killed outside the executor: failed with its exit code, and not started again.
     let _: serde_json::Value = client
         .call(
@@ -405,20 +449,63 @@ async fn tasks_run_as_engine_containers_and_survive_restarts() {
         )
         .await
         .unwrap();
-    drive(&executor, &mut assignment, 10, |t| t.id != "task1" || t.status.state == TaskState::Failed).await;
+    drive(&executor, &mut assignment, 10, |t| {
+        t.id != "task1" || t.status.state == TaskState::Failed
+    })
+    .await;
     let web = &assignment.tasks[0];
     assert_eq!(web.status.container_status.as_ref().unwrap().exit_code, 137);
     assert_eq!(web.status.err, "task: non-zero exit (137)");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let observed = executor.reconcile(&assignment).await;
     assert_eq!(observed[0].status.state, TaskState::Failed);
-    let c = containers(&client).await.into_iter().find(|c| c.name == "web.1.task1").unwrap();
+    let c = containers(&client)
+        .await
+        .into_iter()
+        .find(|c| c.name == "web.1.task1")
+        .unwrap();
     assert_eq!(c.state, "exited");
+
+    // The engine killed and started again takes its containers over.
+    engine.kill9();
+    engine.start();
+    let again = executor.reconcile(&assignment).await;
+    for o in &again {
+        let task = assignment.tasks.iter().find(|t| t.id == o.task_id).unwrap();
+        assert_eq!(
+            o.status.state,
+            task.status.state,
+            "{o:?}\n{}",
+            engine.stderr()
+        );
+    }
+    let list = containers(&client).await;
+    assert_eq!(list.len(), 2);
+    let healthy_pid = assignment.tasks[1]
+        .status
+        .container_status
+        .as_ref()
+        .unwrap()
+        .pid;
+    assert_eq!(
+        list.iter().find(|c| c.name == "web.2.task2").unwrap().pid,
+        Some(healthy_pid)
+    );
+    // The ended one stays ended.
+    let c = list.iter().find(|c| c.name == "web.1.task1").unwrap();
+    assert_eq!((c.state.as_str(), c.exit_code), ("exited", Some(137)));
 
     // Shut down: stopped, reported shutdown.
     assignment.tasks[1].desired_state = TaskState::Shutdown;
-    drive(&executor, &mut assignment, 10, |t| t.id != "task2" || t.status.state == TaskState::Shutdown).await;
-    let c = containers(&client).await.into_iter().find(|c| c.name == "web.2.task2").unwrap();
+    drive(&executor, &mut assignment, 10, |t| {
+        t.id != "task2" || t.status.state == TaskState::Shutdown
+    })
+    .await;
+    let c = containers(&client)
+        .await
+        .into_iter()
+        .find(|c| c.name == "web.2.task2")
+        .unwrap();
     assert_eq!(c.state, "stopped");
 
     // No longer assigned: removed.
