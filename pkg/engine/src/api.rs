@@ -240,7 +240,7 @@ pub enum Call {
     /// Containers with all these labels (value `None`: any value).
     List(Vec<(String, Option<String>)>),
     Distribution(String),
-    Run(RunRequest),
+    Run(Box<RunRequest>),
     Inspect(String),
     Remove(String, Option<Duration>),
     Start(String),
@@ -359,9 +359,9 @@ pub fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Ca
         Endpoint::Containers if !query.is_empty() => {
             return Err(bad(format!("unknown query {query:?}")));
         }
-        Endpoint::Containers => {
-            Call::Run(parse_body(body)?.ok_or_else(|| bad("run needs a body {\"image\": ...}"))?)
-        }
+        Endpoint::Containers => Call::Run(Box::new(
+            parse_body(body)?.ok_or_else(|| bad("run needs a body {\"image\": ...}"))?,
+        )),
         Endpoint::Container if *method == Method::GET => Call::Inspect(name),
         Endpoint::Container => Call::Remove(name, grace(body)?),
         Endpoint::Logs => Call::Logs {
@@ -428,7 +428,7 @@ async fn execute(engine: &Engine, call: Call) -> Result<Response<Body>, ApiError
             json(ok, &list)
         }
         Call::Distribution(image) => json(ok, &engine.distribution(&image).await?),
-        Call::Run(body) => json(StatusCode::CREATED, &engine.run(body).await?),
+        Call::Run(body) => json(StatusCode::CREATED, &engine.run(*body).await?),
         Call::Inspect(name) => json(ok, &engine.inspect(&name)?),
         Call::Remove(name, grace) => json(ok, &engine.remove(&name, grace).await?),
         Call::Start(name) => json(ok, &engine.start(&name).await?),

@@ -655,7 +655,17 @@ mod tests {
         let containers = dir.join("containers");
         fs::create_dir_all(&containers).unwrap();
         let _ = fs::remove_dir_all(containers.join("app"));
-        let bundle = write_bundle(&containers, &images, "app", image, None, None)?;
+        let dirs = Dirs {
+            containers,
+            images,
+            volumes: dir.join("volumes"),
+        };
+        let request = crate::request::RunRequest {
+            image: image.reference.clone(),
+            ..Default::default()
+        };
+        let checked = request.check().ok().unwrap();
+        let bundle = write_bundle(&dirs, "app", image, &checked)?;
         Ok(serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap())
     }
 
@@ -709,7 +719,7 @@ mod tests {
         }
         for user in ["nobody", "app:wheel"] {
             let err = bundle_config(dir.path(), &pulled(Some(user))).unwrap_err();
-            assert!(err.to_string().contains("USER"), "{err}");
+            assert!(err.to_string().contains("user"), "{err}");
         }
     }
 

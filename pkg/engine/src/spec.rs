@@ -392,6 +392,9 @@ mod tests {
             health: None,
             stop_grace: None,
             init: true,
+            labels: BTreeMap::new(),
+            image: None,
+            image_digest: None,
         }
     }
 
