@@ -542,7 +542,7 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (status, _) = d.request(
         Method::POST,
         &container_path("svc", "stop"),
-        Some(&" ".repeat(100_000)),
+        Some(&" ".repeat(3 << 20)),
     );
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 

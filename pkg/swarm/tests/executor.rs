@@ -345,6 +345,10 @@ async fn tasks_run_as_engine_containers_and_survive_restarts() {
     // The digest Docker's CLI pins on `service create`.
     let resolved = distribution(&socket, &image).await.unwrap();
     assert_eq!(resolved.digest, digest);
+    assert_eq!(
+        resolved.docker_json()["Descriptor"]["digest"],
+        digest.as_str()
+    );
     let pinned = format!("{image}@{digest}");
 
     let mut web = task("task1", 1, &pinned, "exec sleep 600");

@@ -71,6 +71,26 @@ pub struct Distribution {
     pub size: u64,
 }
 
+impl Distribution {
+    /// Docker's answer to `GET /distribution/{name}/json`: the descriptor, and the node's
+    /// platform (the engine resolves a multi-platform index to the node's architecture).
+    pub fn docker_json(&self) -> serde_json::Value {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        serde_json::json!({
+            "Descriptor": {
+                "mediaType": self.media_type,
+                "digest": self.digest,
+                "size": self.size,
+            },
+            "Platforms": [{"architecture": architecture, "os": "linux"}],
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineClient {
     socket: PathBuf,
