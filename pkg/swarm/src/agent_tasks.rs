@@ -31,13 +31,9 @@ pub enum ExecutorKind {
 pub fn build(kind: ExecutorKind, engine: &Path) -> Option<Arc<dyn Executor>> {
     match kind {
         ExecutorKind::Fake => Some(Arc::new(crate::executor::fake::FakeExecutor::new())),
-        ExecutorKind::Engine => {
-            // The engine-backed executor lands with the node side of issue 13
-            // (`crate::executor::engine::EngineExecutor::new(engine)`).
-            let _ = engine;
-            tracing::warn!("this build has no engine executor: tasks assigned here stay assigned");
-            None
-        }
+        ExecutorKind::Engine => Some(Arc::new(crate::executor::engine::EngineExecutor::new(
+            engine.to_path_buf(),
+        ))),
     }
 }
 

@@ -5,6 +5,8 @@
 //! Implementations: the real one drives the local Slipway engine's API; a fake one (for scale
 //! tests) runs no container.
 
+pub mod engine;
+pub mod engine_client;
 pub mod fake;
 
 use std::future::Future;
