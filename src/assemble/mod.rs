@@ -2,6 +2,7 @@
 //! every output format is written from.
 
 mod files;
+mod kernel;
 pub mod modules;
 pub mod parts;
 pub mod root;

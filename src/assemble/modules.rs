@@ -215,6 +215,17 @@ pub(super) fn trim(tree: &mut Tree, merged: &Merged) -> Result<(), AssembleError
     Ok(())
 }
 
+/// Whether [`trim`] reads modules' contents: for a modules directory without `modules.dep`,
+/// whose indexes it generates from the modules themselves.
+pub(super) fn reads_module_contents(tree: &Tree) -> bool {
+    module_dirs(tree).iter().any(|dir| {
+        !matches!(
+            tree.get(&format!("{dir}/modules.dep")).map(|e| &e.kind),
+            Some(Kind::File(_))
+        )
+    })
+}
+
 /// `lib/modules/<release>` (and the `/usr` spelling) directories that hold a kernel's modules.
 fn module_dirs(tree: &Tree) -> Vec<String> {
     let mut dirs = Vec::new();
@@ -316,7 +327,7 @@ fn module_name(path: &str) -> String {
     base.replace('-', "_")
 }
 
-fn is_module_file(path: &str) -> bool {
+pub(super) fn is_module_file(path: &str) -> bool {
     [".ko", ".ko.gz", ".ko.xz", ".ko.zst"]
         .iter()
         .any(|s| path.ends_with(s))

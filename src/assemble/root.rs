@@ -83,13 +83,14 @@ pub fn assemble(
     let mut tree = Tree::new();
     let mut parts = Parts::new();
     let mut flattened = Flattened::default();
+    let mut lazy_modules = None;
 
     if let Some(kernel) = &m.kernel
         && let Some(reference) = &kernel.image
     {
         let image = resolve(reference)?;
         let started = std::time::Instant::now();
-        add_kernel(&mut tree, store, &image, kernel)?;
+        lazy_modules = add_kernel(&mut tree, store, &image, kernel)?;
         tracing::info!(
             "unpacked the kernel and its modules in {:.2?}",
             started.elapsed()
@@ -186,7 +187,13 @@ pub fn assemble(
     let yaml = manifest::to_yaml(&resolved);
     tree.insert(MANIFEST_PATH, Entry::file(yaml.clone().into_bytes(), 0o644));
     super::files::add_files(&mut tree, merged, &ids, &yaml)?;
+    if let Some(lazy) = lazy_modules.take_if(|_| super::modules::reads_module_contents(&tree)) {
+        lazy.load(&mut tree)?;
+    }
     super::modules::trim(&mut tree, merged)?;
+    if let Some(lazy) = lazy_modules {
+        lazy.load(&mut tree)?;
+    }
     if !m.files.is_empty() {
         let part = parts.add(Part {
             kind: PartKind::Files,
@@ -249,66 +256,130 @@ fn pinned(image: &ResolvedImage) -> String {
     }
 }
 
+/// The kernel's module tar, applied to the tree with every module file left in it for now:
+/// [`LazyModules::load`] reads the ones the tree still holds once [`super::modules::trim`] chose.
+pub(super) struct LazyModules {
+    tar: std::fs::File,
+    name: String,
+    files: Vec<oci::flatten::LazyFile>,
+}
+
+impl LazyModules {
+    /// Replaces every placeholder still in `tree` by the module's contents.
+    pub(super) fn load(self, tree: &mut Tree) -> Result<(), AssembleError> {
+        let mut read = 0u64;
+        for lazy in &self.files {
+            let Some(entry) = tree.get_mut(&lazy.path) else {
+                continue;
+            };
+            let Kind::File(data) = &entry.kind else {
+                continue;
+            };
+            if !Arc::ptr_eq(data, &lazy.placeholder) {
+                continue;
+            }
+            let contents = lazy.read(&self.tar).map_err(|e| {
+                AssembleError::Modules(format!("{}: reading {}: {e}", self.name, lazy.path))
+            })?;
+            read += contents.len() as u64;
+            entry.kind = Kind::File(Arc::new(contents));
+        }
+        tracing::info!("read {read} bytes of modules from {}", self.name);
+        Ok(())
+    }
+}
+
 /// The kernel binary and command line go to `boot/` (phase 2 takes them out); the modules tarball
-/// is unpacked into the root.
+/// is applied to the root, its modules' contents left in it (the returned [`LazyModules`]).
 fn add_kernel(
     tree: &mut Tree,
     store: &Store,
     image: &ResolvedImage,
     k: &manifest::Kernel,
-) -> Result<(), AssembleError> {
+) -> Result<Option<LazyModules>, AssembleError> {
     let fail = |reason: String| AssembleError::Kernel {
         image: image.reference.clone(),
         reason,
-    };
-    let content = oci::flatten_into_tree(store, image)?;
-    let file = |name: &str| -> Option<Arc<Vec<u8>>> {
-        match content.get(name).map(|e| &e.kind) {
-            Some(Kind::File(data)) => Some(data.clone()),
-            _ => None,
-        }
     };
     let binary = k
         .binary
         .as_deref()
         .filter(|b| !b.is_empty())
         .unwrap_or("kernel");
-    let kernel =
-        file(binary).ok_or_else(|| fail(format!("has no file `{binary}` (kernel.binary)")))?;
-    tree.insert(
-        crate::format::KERNEL_PATH,
-        Entry::file(kernel.as_ref().clone(), 0o644),
-    );
+    let tar_name = match k.tar.as_deref() {
+        Some("none") | Some("") => None,
+        name => Some(name.unwrap_or("kernel.tar")),
+    };
+    let ucode = k.ucode.as_deref().filter(|u| !u.is_empty());
+    let names: Vec<&str> = [Some(binary), tar_name, ucode]
+        .into_iter()
+        .flatten()
+        .collect();
+    let files = super::kernel::kernel_files(store, image, &names)?;
+    let open = |name: &str, missing: String| -> Result<std::fs::File, AssembleError> {
+        files
+            .get(name)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| fail(missing))?
+            .try_clone()
+            .map_err(|e| fail(format!("reading `{name}`: {e}")))
+    };
+    let read = |name: &str, missing: String| -> Result<(std::fs::File, Vec<u8>), AssembleError> {
+        let mut file = open(name, missing)?;
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut data)
+            .map_err(|e| fail(format!("reading `{name}`: {e}")))?;
+        Ok((file, data))
+    };
+    let (_, kernel) = read(binary, format!("has no file `{binary}` (kernel.binary)"))?;
+    tree.insert(crate::format::KERNEL_PATH, Entry::file(kernel, 0o644));
     tree.insert(
         crate::format::CMDLINE_PATH,
         Entry::file(k.cmdline.clone().unwrap_or_default().into_bytes(), 0o644),
     );
-    match k.tar.as_deref() {
-        Some("none") | Some("") => {}
-        name => {
-            let name = name.unwrap_or("kernel.tar");
-            let tar = file(name).ok_or_else(|| {
-                fail(format!(
-                    "did not find kernel tar `{name}` in the kernel image"
-                ))
-            })?;
-            let modules = oci::flatten::apply_tar_to_tree(
+    let mut lazy = None;
+    if let Some(name) = tar_name {
+        let missing = format!("did not find kernel tar `{name}` in the kernel image");
+        let mut file = open(name, missing)?;
+        let label = format!("{}:{name}", image.reference);
+        let mut magic = [0u8; 4];
+        let plain = std::io::Read::read(&mut file, &mut magic)
+            .map_err(|e| fail(format!("reading `{name}`: {e}")))?;
+        let compressed =
+            plain >= 2 && (magic.starts_with(&[0x1f, 0x8b]) || magic == [0x28, 0xb5, 0x2f, 0xfd]);
+        std::io::Seek::rewind(&mut file).map_err(|e| fail(format!("reading `{name}`: {e}")))?;
+        if compressed {
+            // A compressed tar cannot be seeked into: it is unpacked whole, as any layer.
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut data)
+                .map_err(|e| fail(format!("reading `{name}`: {e}")))?;
+            let modules = oci::flatten::apply_tar_to_tree(Tree::new(), &label, data)?;
+            tree.graft("", &modules);
+        } else {
+            // Errors name the kernel image's digest: the tar is a file of it, not a blob.
+            let (modules, files) = oci::flatten::apply_tar_file_lazily(
                 Tree::new(),
-                &format!("{}:{name}", image.reference),
-                tar.as_ref().clone(),
+                &label,
+                &image.digest,
+                &file,
+                super::modules::is_module_file,
             )?;
             tree.graft("", &modules);
+            lazy = Some(LazyModules {
+                tar: file,
+                name: label,
+                files,
+            });
         }
     }
-    if let Some(ucode) = k.ucode.as_deref().filter(|u| !u.is_empty()) {
-        let data = file(ucode)
-            .ok_or_else(|| fail(format!("has no microcode file `{ucode}` (kernel.ucode)")))?;
-        tree.insert(
-            crate::format::UCODE_PATH,
-            Entry::file(data.as_ref().clone(), 0o644),
-        );
+    if let Some(ucode) = ucode {
+        let (_, data) = read(
+            ucode,
+            format!("has no microcode file `{ucode}` (kernel.ucode)"),
+        )?;
+        tree.insert(crate::format::UCODE_PATH, Entry::file(data, 0o644));
     }
-    Ok(())
+    Ok(lazy)
 }
 
 /// The directories every Slipway root has, whatever the init images bring.

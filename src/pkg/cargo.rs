@@ -70,7 +70,7 @@ struct MetaTarget {
 }
 
 /// A workspace crate and what its binary is built from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 pub struct CrateInputs {
     pub name: String,
     pub workspace_root: PathBuf,
@@ -97,8 +97,14 @@ fn cargo_err(krate: &str, message: String) -> PkgError {
 
 /// Locates `name` in the workspace that contains `dir`, and what its binary links. Nothing
 /// touches the network (`--offline`): the lock file and the local registry cache must have
-/// everything, as they do once the workspace has been built.
+/// everything, as they do once the workspace has been built. cargo's answers are kept in the memo
+/// while the files they come from are unchanged ([`super::memo`]).
 pub fn inputs(dir: &Path, name: &str) -> Result<CrateInputs, PkgError> {
+    let rustc = super::memo::rustc_version()?;
+    super::memo::crate_inputs(dir, name, &rustc, || ask_cargo(dir, name, &rustc))
+}
+
+fn ask_cargo(dir: &Path, name: &str, rustc: &str) -> Result<CrateInputs, PkgError> {
     let out = cargo(
         dir,
         name,
@@ -125,10 +131,6 @@ pub fn inputs(dir: &Path, name: &str) -> Result<CrateInputs, PkgError> {
         .ok_or_else(|| cargo_err(name, "the crate has no binary target".into()))?;
     let (dirs, locked) = linked(dir, name)?;
     let workspace_settings = workspace_settings(name, &meta.workspace_root.join("Cargo.toml"))?;
-    let rustc = Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .map_err(|e| cargo_err(name, format!("running rustc -vV: {e}")))?;
     Ok(CrateInputs {
         name: name.to_string(),
         workspace_root: meta.workspace_root,
@@ -136,7 +138,7 @@ pub fn inputs(dir: &Path, name: &str) -> Result<CrateInputs, PkgError> {
         locked,
         workspace_settings,
         bin,
-        rustc: String::from_utf8_lossy(&rustc.stdout).into_owned(),
+        rustc: rustc.to_string(),
     })
 }
 

@@ -14,7 +14,7 @@ use super::PkgError;
 use crate::assemble::tree::{Entry, Kind, Tree, normalise};
 
 /// A package pinned to what apt knows about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DebSpec {
     pub package: String,
     pub version: String,
@@ -24,19 +24,24 @@ pub struct DebSpec {
     pub depends: String,
 }
 
-/// Asks apt's local lists about `package` (`=version` when pinned).
+/// Asks apt's local lists about `package` (`=version` when pinned), or the memo of its answers
+/// while they are unchanged ([`super::memo`]).
 pub fn resolve(package: &str, version: Option<&str>) -> Result<DebSpec, PkgError> {
-    let apt = |message: String| PkgError::Apt {
-        package: package.to_string(),
-        message,
-    };
     let arg = match version {
         Some(v) => format!("{package}={v}"),
         None => package.to_string(),
     };
+    super::memo::apt(&arg, || ask_apt(package, &arg))
+}
+
+fn ask_apt(package: &str, arg: &str) -> Result<DebSpec, PkgError> {
+    let apt = |message: String| PkgError::Apt {
+        package: package.to_string(),
+        message,
+    };
     let out = Command::new("apt-cache")
         .args(apt_cache_options())
-        .args(["show", "--no-all-versions", &arg])
+        .args(["show", "--no-all-versions", arg])
         .output()
         .map_err(|e| apt(format!("running apt-cache: {e}")))?;
     if !out.status.success() {

@@ -12,6 +12,7 @@ pub mod deb;
 pub mod image;
 pub mod kernel;
 pub mod layer;
+pub mod memo;
 pub mod modules;
 pub mod tag;
 

@@ -169,6 +169,9 @@ struct Meta {
     uid: u32,
     gid: u32,
     mtime: u64,
+    /// Where the entry's data starts in the (uncompressed) tar, and its size.
+    offset: u64,
+    size: u64,
 }
 
 /// Names the entry being applied, for errors.
@@ -328,6 +331,7 @@ pub fn apply_tar_to_tree(tree: Tree, name: &str, tar: Vec<u8>) -> Result<Tree, F
     let mut sink = TreeSink {
         tree,
         links: HashMap::new(),
+        lazy: None,
     };
     apply_layer(
         name,
@@ -378,9 +382,26 @@ fn apply_layer(
         source,
     };
     let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(layer_err)?;
+    apply_entries(image, layer, entries, sink, limits, usage)
+}
+
+fn apply_entries<'a, R: Read + 'a>(
+    image: &str,
+    layer: &Digest,
+    entries: tar::Entries<'a, R>,
+    sink: &mut dyn Sink,
+    limits: &Limits,
+    usage: &mut Usage,
+) -> Result<(), FlattenError> {
+    let layer_err = |source| FlattenError::Layer {
+        image: image.to_string(),
+        layer: layer.clone(),
+        source,
+    };
     // Paths this layer created: an opaque marker only hides what lower layers put there.
     let mut current: BTreeSet<String> = BTreeSet::new();
-    for entry in archive.entries().map_err(layer_err)? {
+    for entry in entries {
         let mut entry = entry.map_err(layer_err)?;
         let raw = entry.path_bytes().into_owned();
         let ctx = Ctx {
@@ -445,6 +466,8 @@ fn apply_layer(
             uid: header.uid().map_err(layer_err)? as u32,
             gid: header.gid().map_err(layer_err)? as u32,
             mtime: header.mtime().map_err(layer_err)?,
+            offset: entry.raw_file_position(),
+            size: entry.size(),
         };
         let device = |h: &tar::Header| -> Result<(u32, u32), FlattenError> {
             Ok((
@@ -501,6 +524,80 @@ struct TreeSink {
     /// Hard links and the file they pointed at when made: if a later layer replaces or removes
     /// the target, the link keeps that content (as a separate inode would on disk).
     links: HashMap<String, (String, Entry)>,
+    /// Regular files whose contents are left in the tar for now (see [`apply_tar_file_lazily`]).
+    lazy: Option<(LazyPredicate, Vec<LazyFile>)>,
+}
+
+type LazyPredicate = Box<dyn Fn(&str) -> bool>;
+
+/// A regular file placed in the tree without its contents: [`LazyFile::placeholder`] (empty)
+/// stands in for them until [`LazyFile::read`] fetches them from the tar.
+#[derive(Clone, Debug)]
+pub struct LazyFile {
+    /// The file's path in the tree.
+    pub path: String,
+    /// Where its contents start in the tar, and their size.
+    pub offset: u64,
+    pub size: u64,
+    /// The contents placed in the tree; still in it (`Arc::ptr_eq`) means no later layer,
+    /// file or trim replaced the file.
+    pub placeholder: Arc<Vec<u8>>,
+}
+
+impl LazyFile {
+    /// The file's contents, read from `tar` (the file the entry was found in).
+    pub fn read(&self, tar: &std::fs::File) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let size = usize::try_from(self.size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "entry too large"))?;
+        let mut data = vec![0; size];
+        tar.read_exact_at(&mut data, self.offset)?;
+        Ok(data)
+    }
+}
+
+/// Applies the plain (uncompressed) tar file `tar` on top of `tree` like [`apply_tar_to_tree`],
+/// but reads only entry headers: the contents of regular files whose tree path `lazy` accepts
+/// are left in the file (seeked over), and each such file gets an empty placeholder, listed in
+/// the result for [`LazyFile::read`]. The kernel's 400 MB module tar is read this way, so that a
+/// build reads only the modules it ships. `name` and `layer` identify the tar in errors.
+pub fn apply_tar_file_lazily(
+    tree: Tree,
+    name: &str,
+    layer: &Digest,
+    tar: &std::fs::File,
+    lazy: impl Fn(&str) -> bool + 'static,
+) -> Result<(Tree, Vec<LazyFile>), FlattenError> {
+    let mut sink = TreeSink {
+        tree,
+        links: HashMap::new(),
+        lazy: Some((Box::new(lazy), Vec::new())),
+    };
+    let layer_err = |source| FlattenError::Layer {
+        image: name.to_string(),
+        layer: layer.clone(),
+        source,
+    };
+    // Offsets are from the start of the file, where [`LazyFile::read`] reads them.
+    io::Seek::rewind(&mut &*tar).map_err(layer_err)?;
+    let mut archive = tar::Archive::new(tar);
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|source| FlattenError::Layer {
+            image: name.to_string(),
+            layer: layer.clone(),
+            source,
+        })?;
+    apply_entries(
+        name,
+        layer,
+        entries,
+        &mut sink,
+        &Limits::default(),
+        &mut Usage::default(),
+    )?;
+    let lazy = sink.lazy.take().map(|(_, files)| files).unwrap_or_default();
+    Ok((sink.finish(), lazy))
 }
 
 impl Sink for TreeSink {
@@ -529,6 +626,17 @@ impl Sink for TreeSink {
                     return Ok(());
                 }
                 Kind::Dir
+            }
+            Node::File if self.lazy.as_ref().is_some_and(|(wanted, _)| wanted(&key)) => {
+                let placeholder = Arc::new(Vec::new());
+                let (_, files) = self.lazy.as_mut().expect("checked");
+                files.push(LazyFile {
+                    path: key.clone(),
+                    offset: meta.offset,
+                    size: meta.size,
+                    placeholder: placeholder.clone(),
+                });
+                Kind::File(placeholder)
             }
             Node::File => {
                 let mut buf = Vec::new();
@@ -633,6 +741,7 @@ pub fn flatten_into_tree_with(
     let mut sink = TreeSink {
         tree: Tree::new(),
         links: HashMap::new(),
+        lazy: None,
     };
     apply_layers(store, image, &mut sink, limits)?;
     Ok(sink.finish())

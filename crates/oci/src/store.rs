@@ -401,6 +401,16 @@ impl Store {
                 removed += 1;
             }
         }
+        // Files the builder keeps unpacked per image (`derived/<kind>/<image digest>/`).
+        if let Ok(kinds) = fs::read_dir(self.root.join("derived")) {
+            for kind in kinds.flatten() {
+                for entry in fs::read_dir(kind.path()).into_iter().flatten().flatten() {
+                    if !live.contains(&*entry.file_name().to_string_lossy()) {
+                        let _ = fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+        }
         let verified = self.root.join("verified");
         if let Ok(entries) = fs::read_dir(&verified) {
             for entry in entries.flatten() {

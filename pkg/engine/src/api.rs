@@ -1,10 +1,13 @@
 //! The engine's HTTP/JSON API on its unix socket. Paths are versioned:
 //!
 //! ```text
-//! GET  /v1/containers                      every container (ContainerInfo list)
-//! POST /v1/containers                      body {"image": REF, "name": N, "cmd": [...],
-//!                                          "restart": POLICY} (all but image optional):
-//!                                          pull, create and start -> 201 ContainerInfo
+//! GET  /v1/containers[?label=K=V&label=K]  every container (ContainerInfo list), or those
+//!                                          with every label given (K=V: that value; K: any)
+//! POST /v1/containers                      body: crate::request::RunRequest (all but image
+//!                                          optional): checked, pulled, created and started
+//!                                          -> 201 ContainerInfo
+//! GET  /v1/distribution?image=REF          the manifest digest REF names in its registry
+//!                                          -> {"reference","digest","mediaType","size"}
 //! GET  /v1/containers/NAME                 one container
 //! DELETE /v1/containers/NAME               body {"timeout": SECS} optional: stop (when it
 //!                                          runs) and remove a container made by run
@@ -45,8 +48,8 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// How long an exec request's command may run when the request gives no timeout.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
-/// Request bodies are tiny JSON objects.
-const MAX_BODY: usize = 64 * 1024;
+/// Request bodies are small JSON objects; a run request's files (secrets) make the largest.
+const MAX_BODY: usize = 2 * crate::request::MAX_FILES_BYTES;
 /// A client gets this long to send a request's headers, and again its body; a slower one is
 /// cut off, so it cannot hold one of the [`MAX_CONNECTIONS`].
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,6 +199,7 @@ const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
 /// hand-written splitting of an attacker's path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
+    Distribution,
     Containers,
     Container,
     Start,
@@ -211,6 +215,7 @@ fn routes() -> &'static matchit::Router<Endpoint> {
     ROUTES.get_or_init(|| {
         let mut router = matchit::Router::new();
         for (path, endpoint) in [
+            ("/v1/distribution", Endpoint::Distribution),
             ("/v1/containers", Endpoint::Containers),
             ("/v1/containers/", Endpoint::Containers),
             ("/v1/containers/{name}", Endpoint::Container),
@@ -232,15 +237,20 @@ fn routes() -> &'static matchit::Router<Endpoint> {
 /// A request, checked completely: what the engine is asked to do (public with [`parse`]).
 #[derive(Debug)]
 pub enum Call {
-    List,
-    Run(RunRequest),
+    /// Containers with all these labels (value `None`: any value).
+    List(Vec<(String, Option<String>)>),
+    Distribution(String),
+    Run(Box<RunRequest>),
     Inspect(String),
     Remove(String, Option<Duration>),
     Start(String),
     Stop(String, Option<Duration>),
     Restart(String, Option<Duration>),
     Kill(String, Signal),
-    Logs { name: String, follow: bool },
+    Logs {
+        name: String,
+        follow: bool,
+    },
     Exec(String, Vec<String>, Duration),
 }
 
@@ -327,23 +337,31 @@ pub fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Ca
         None => String::new(),
         Some(raw) => container_name(raw)?,
     };
-    if endpoint != Endpoint::Logs && !query.is_empty() {
+    let queried = matches!(
+        endpoint,
+        Endpoint::Logs | Endpoint::Containers | Endpoint::Distribution
+    );
+    if !queried && !query.is_empty() {
         return Err(bad(format!("unknown query {query:?}")));
     }
     let allowed: &[Method] = match endpoint {
         Endpoint::Containers => &[Method::GET, Method::POST],
         Endpoint::Container => &[Method::GET, Method::DELETE],
-        Endpoint::Logs => &[Method::GET],
+        Endpoint::Logs | Endpoint::Distribution => &[Method::GET],
         _ => &[Method::POST],
     };
     if !allowed.contains(method) {
         return Err(method_not_allowed(method));
     }
     let call = match endpoint {
-        Endpoint::Containers if *method == Method::GET => Call::List,
-        Endpoint::Containers => {
-            Call::Run(parse_body(body)?.ok_or_else(|| bad("run needs a body {\"image\": ...}"))?)
+        Endpoint::Containers if *method == Method::GET => Call::List(labels(query)?),
+        Endpoint::Distribution => Call::Distribution(image_query(query)?),
+        Endpoint::Containers if !query.is_empty() => {
+            return Err(bad(format!("unknown query {query:?}")));
         }
+        Endpoint::Containers => Call::Run(Box::new(
+            parse_body(body)?.ok_or_else(|| bad("run needs a body {\"image\": ...}"))?,
+        )),
         Endpoint::Container if *method == Method::GET => Call::Inspect(name),
         Endpoint::Container => Call::Remove(name, grace(body)?),
         Endpoint::Logs => Call::Logs {
@@ -399,8 +417,18 @@ where
 async fn execute(engine: &Engine, call: Call) -> Result<Response<Body>, ApiError> {
     let ok = StatusCode::OK;
     Ok(match call {
-        Call::List => json(ok, &engine.list()),
-        Call::Run(body) => json(StatusCode::CREATED, &engine.run(body).await?),
+        Call::List(labels) => {
+            let mut list = engine.list();
+            list.retain(|c| {
+                labels.iter().all(|(k, v)| match v {
+                    None => c.labels.contains_key(k),
+                    Some(v) => c.labels.get(k) == Some(v),
+                })
+            });
+            json(ok, &list)
+        }
+        Call::Distribution(image) => json(ok, &engine.distribution(&image).await?),
+        Call::Run(body) => json(StatusCode::CREATED, &engine.run(*body).await?),
         Call::Inspect(name) => json(ok, &engine.inspect(&name)?),
         Call::Remove(name, grace) => json(ok, &engine.remove(&name, grace).await?),
         Call::Start(name) => json(ok, &engine.start(&name).await?),
@@ -430,6 +458,46 @@ fn method_not_allowed(method: &Method) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {method} is not allowed here"),
     )
+}
+
+/// The pairs of a query, percent-decoded (`+` is a space, as forms write it).
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8()
+                    .map(|s| s.into_owned())
+                    .map_err(|_| bad("query parameters are UTF-8"))
+            };
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// `label=K=V` and `label=K`, repeatable.
+fn labels(query: &str) -> Result<Vec<(String, Option<String>)>, ApiError> {
+    query_pairs(query)?
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "label" if !v.is_empty() => Ok(match v.split_once('=') {
+                Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                None => (v, None),
+            }),
+            _ => Err(bad(format!("unknown query parameter {k:?} (label=K=V)"))),
+        })
+        .collect()
+}
+
+/// `image=REF`, once.
+fn image_query(query: &str) -> Result<String, ApiError> {
+    match &query_pairs(query)?[..] {
+        [(k, v)] if k == "image" && !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        _ => Err(bad("distribution needs ?image=REFERENCE")),
+    }
 }
 
 fn follow(query: &str) -> Result<bool, ApiError> {

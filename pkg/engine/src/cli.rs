@@ -97,6 +97,17 @@ enum Command {
         /// The image is unpacked into DEST/<manifest-digest-hex>/.
         #[arg(long)]
         dest: PathBuf,
+        /// A registry reached over plain HTTP (repeatable).
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+        reference: String,
+    },
+    /// Print the manifest digest a reference names in its registry (run by the daemon).
+    #[command(hide = true)]
+    ResolveDigest {
+        /// A registry reached over plain HTTP (repeatable).
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
         reference: String,
     },
     /// Create and start a container, print {"pid"} (run by the daemon: creating may block).
@@ -162,6 +173,39 @@ struct DaemonArgs {
     /// sets its own (org.slipway.stopGracePeriod) or the stop request gives one.
     #[arg(long, default_value_t = 10)]
     grace: u64,
+    /// The directories of `run`'s volume mounts, one per volume name.
+    #[arg(long, default_value = RUN_VOLUMES)]
+    volumes: PathBuf,
+    /// A registry (HOST:PORT) pulled from over plain HTTP although it is not on loopback
+    /// (repeatable, like dockerd's); added to the settings file's `insecureRegistries`.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// The engine's settings: JSON `{"insecureRegistries": ["HOST:PORT", ...]}`; a missing file
+    /// is no settings.
+    #[arg(long, default_value = SETTINGS)]
+    settings: PathBuf,
+}
+
+/// The directories of `run`'s volume mounts.
+pub const RUN_VOLUMES: &str = "/var/lib/slipway/volumes";
+/// The engine's settings file in an image (written by the manifest's `files`).
+pub const SETTINGS: &str = "/etc/slipway/engine.json";
+
+/// The settings file's contents.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Settings {
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+}
+
+fn read_settings(path: &Path) -> anyhow::Result<Settings> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Ok(text) => serde_json::from_slice(&text)
+            .with_context(|| format!("{}: not the engine's settings", path.display())),
+    }
 }
 
 impl Default for DaemonArgs {
@@ -209,13 +253,33 @@ pub fn main() -> ExitCode {
         .with(filter)
         .init();
     // Pulling runs its own multi-threaded runtime, so it happens before (and without) ours.
-    if let Some(Command::PullImage {
-        store,
-        dest,
+    if let Some(Command::ResolveDigest {
+        insecure_registries,
         reference,
     }) = &cli.command
     {
-        return match crate::run::pull_image(store, dest, reference) {
+        return match crate::run::resolve_digest(reference, insecure_registries) {
+            Ok(resolved) => {
+                println!(
+                    "{}",
+                    serde_json::to_string(&resolved).expect("JSON values serialize")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("slipway-engine: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::PullImage {
+        store,
+        dest,
+        insecure_registries,
+        reference,
+    }) = &cli.command
+    {
+        return match crate::run::pull_image(store, dest, reference, insecure_registries) {
             Ok(pulled) => {
                 println!(
                     "{}",
@@ -318,6 +382,8 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
     // Containers are created by helper processes and are their children; when a helper exits,
     // its container comes to the engine, which reaps it.
     nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
+    let mut insecure_registries = read_settings(&args.settings)?.insecure_registries;
+    insecure_registries.extend(args.insecure_registries.iter().cloned());
     let engine = Engine::load(&EngineConfig {
         bundles: args.bundles.clone(),
         log_dir: args.log_dir.clone(),
@@ -328,6 +394,8 @@ async fn daemon(socket: &Path, args: DaemonArgs) -> anyhow::Result<()> {
         puller: program.clone(),
         init: Some(program),
         stop_grace: Duration::from_secs(args.grace),
+        volumes: args.volumes.clone(),
+        insecure_registries,
     })?;
     let listener = bind(socket)?;
     tracing::info!(
@@ -353,6 +421,7 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
     let (method, path, body) = match &command {
         Command::Daemon(_)
         | Command::PullImage { .. }
+        | Command::ResolveDigest { .. }
         | Command::CreateContainer { .. }
         | Command::ExecContainer { .. } => unreachable!("handled by main"),
         Command::Run {
@@ -479,6 +548,7 @@ async fn client(client: Client, command: Command) -> anyhow::Result<()> {
         | Command::Kill { name, .. } => println!("{name}"),
         Command::Daemon(_)
         | Command::PullImage { .. }
+        | Command::ResolveDigest { .. }
         | Command::CreateContainer { .. }
         | Command::ExecContainer { .. }
         | Command::Logs { .. } => {}

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod exec;
 pub mod logs;
+pub mod request;
 pub mod run;
 pub mod shim;
 pub mod spec;

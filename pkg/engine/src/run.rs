@@ -14,7 +14,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use slipway_oci::{PullOptions, Store};
 
-use crate::spec::RESTART_ANNOTATION;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::request::{Checked, File, MountKind};
+use crate::spec::{
+    HEALTH_ANNOTATION, IMAGE_ANNOTATION, IMAGE_DIGEST_ANNOTATION, INIT_ANNOTATION, LABEL_PREFIX,
+    RESTART_ANNOTATION, STOP_GRACE_ANNOTATION,
+};
 
 /// Sources are boxed: the builder's errors are large, and these travel in every `Result`.
 #[derive(Debug, thiserror::Error)]
@@ -79,17 +86,24 @@ impl PulledImage {
 /// and unpacks it into `images/<manifest-digest-hex>/` unless it is there already. The tree is
 /// unpacked into a temporary directory and renamed into place, so a directory under that name
 /// is always complete. Blocking: runs its own tokio runtime (the `pull-image` subcommand).
-pub fn pull_image(store: &Path, images: &Path, reference: &str) -> Result<PulledImage, RunError> {
+pub fn pull_image(
+    store: &Path,
+    images: &Path,
+    reference: &str,
+    insecure: &[String],
+) -> Result<PulledImage, RunError> {
     let store = Store::open(store).map_err(|source| RunError::Store {
         path: store.to_owned(),
         source: Box::new(source),
     })?;
+    let options = PullOptions {
+        insecure_registries: insecure.to_vec(),
+        ..PullOptions::default()
+    };
     let image =
-        slipway_oci::resolve(&store, reference, &PullOptions::default()).map_err(|source| {
-            RunError::Resolve {
-                image: reference.to_owned(),
-                source: Box::new(source),
-            }
+        slipway_oci::resolve(&store, reference, &options).map_err(|source| RunError::Resolve {
+            image: reference.to_owned(),
+            source: Box::new(source),
         })?;
     let pulled = PulledImage {
         reference: image.reference.clone(),
@@ -128,20 +142,93 @@ pub async fn pull_in_child(
     store: &Path,
     images: &Path,
     reference: &str,
+    insecure: &[String],
 ) -> Result<PulledImage, RunError> {
-    let output = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .arg("pull-image")
         .arg("--store")
         .arg(store)
         .arg("--dest")
-        .arg(images)
+        .arg(images);
+    child_output(command, reference, insecure).await
+}
+
+/// What `resolve-digest` prints: the digest of the manifest (or index) a reference names in
+/// its registry, for the swarm agent's `GET /distribution/{name}/json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedDigest {
+    pub reference: String,
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// Asks the registry for the manifest `reference` names and returns its digest (nothing is
+/// pulled). Blocking: runs its own tokio runtime (the `resolve-digest` subcommand).
+pub fn resolve_digest(reference: &str, insecure: &[String]) -> Result<ResolvedDigest, RunError> {
+    use slipway_oci::registry::Registry;
+    let failed = |source: slipway_oci::OciError| RunError::Resolve {
+        image: reference.to_owned(),
+        source: Box::new(source),
+    };
+    let r = slipway_oci::resolve::parse_reference(reference).map_err(failed)?;
+    let options = PullOptions::default();
+    let bytes = slipway_oci::resolve::block_on(async {
+        let registry = Registry::new(&r, insecure, &options.net);
+        registry
+            .authenticate(&r, oci_client::RegistryOperation::Pull)
+            .await?;
+        registry.manifest_raw(&r).await
+    })
+    .map_err(failed)?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned());
+    Ok(ResolvedDigest {
+        reference: r.whole(),
+        digest: slipway_oci::Digest::of(&bytes).to_string(),
+        media_type,
+        size: bytes.len() as u64,
+    })
+}
+
+/// Runs `program resolve-digest REFERENCE` and reads what it prints.
+pub async fn resolve_digest_in_child(
+    program: &Path,
+    reference: &str,
+    insecure: &[String],
+) -> Result<ResolvedDigest, RunError> {
+    let mut command = tokio::process::Command::new(program);
+    command.arg("resolve-digest");
+    child_output(command, reference, insecure).await
+}
+
+/// Runs a pulling child with the insecure registries and the reference as its last
+/// arguments, and parses the JSON it prints; a failure carries its last line of error output.
+async fn child_output<T: serde::de::DeserializeOwned>(
+    mut command: tokio::process::Command,
+    reference: &str,
+    insecure: &[String],
+) -> Result<T, RunError> {
+    let program = PathBuf::from(command.as_std().get_program());
+    for registry in insecure {
+        command.arg("--insecure-registry").arg(registry);
+    }
+    let output = command
         .arg(reference)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
         .await
         .map_err(|source| RunError::Spawn {
-            program: program.to_owned(),
+            program: program.clone(),
             image: reference.to_owned(),
             source,
         })?;
@@ -169,46 +256,213 @@ pub async fn pull_in_child(
 /// Writes the bundle `containers/NAME/`: `config.json` made by the builder's own
 /// `runtime_config` (writable root, so the runtime mounts an overlay on `rootfs/`), `lower`
 /// (a symlink to the unpacked image, which slipway-runtime takes as the overlay's lower
-/// directory; the image tree is shared, never written) and an empty `rootfs/`. Written under a
-/// temporary name and renamed into place.
+/// directory; the image tree is shared, never written), an empty `rootfs/` and, when the
+/// request has files, `files/`: a tmpfs of the container's own holding them (so secrets never
+/// reach a disk), bound read-only at their targets. Written under a temporary name and renamed
+/// into place; a failure leaves nothing behind.
 pub fn write_bundle(
-    containers: &Path,
-    images: &Path,
+    dirs: &Dirs,
     name: &str,
     image: &PulledImage,
-    cmd: Option<Vec<String>>,
-    restart: Option<&str>,
+    request: &Checked,
 ) -> Result<PathBuf, RunError> {
-    let bundle = containers.join(name);
+    let containers = &dirs.containers;
+    let bundle = std::path::absolute(containers.join(name)).map_err(io(containers))?;
     let tmp = containers.join(format!(".tmp-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
+    let _ = remove_bundle(&tmp);
     let written = (|| {
         fs::create_dir_all(tmp.join("rootfs")).map_err(io(&tmp))?;
-        let lower = std::path::absolute(image.dir(images)).map_err(io(images))?;
+        let lower = std::path::absolute(image.dir(&dirs.images)).map_err(io(&dirs.images))?;
         std::os::unix::fs::symlink(&lower, tmp.join("lower")).map_err(io(&tmp.join("lower")))?;
-        let (uid, gid) = image_user(image, &lower)?;
+        let user = request.user.clone().or_else(|| {
+            image
+                .config
+                .config()
+                .as_ref()
+                .and_then(|c| c.user().clone())
+        });
+        let (uid, gid) = image_user(image, user.as_deref().unwrap_or(""), &lower)?;
+        let config = image.config.config().clone().unwrap_or_default();
+        let command = request.command.line(
+            config.entrypoint().as_deref().unwrap_or_default(),
+            config.cmd().as_deref().unwrap_or_default(),
+        );
+        if command.first().is_none_or(String::is_empty) {
+            return Err(RunError::Pull {
+                image: image.reference.clone(),
+                message: "the image has no entrypoint or cmd and the request gives no command"
+                    .to_owned(),
+            });
+        }
+        let mut env = config.env().clone().unwrap_or_default();
+        for e in &request.env {
+            let key = e.split('=').next().unwrap_or("");
+            env.retain(|old| old.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        let mut mounts = Vec::new();
+        for m in &request.mounts {
+            let mut options = match m.kind {
+                MountKind::Tmpfs => vec!["nosuid".to_owned(), "nodev".to_owned()],
+                _ => vec!["rbind".to_owned()],
+            };
+            if m.readonly {
+                options.push("ro".to_owned());
+            }
+            let source = match (m.kind, &m.source) {
+                (MountKind::Volume, Some(volume)) => {
+                    let path = std::path::absolute(dirs.volumes.join(volume))
+                        .map_err(io(&dirs.volumes))?;
+                    fs::create_dir_all(&path).map_err(io(&path))?;
+                    path.to_string_lossy().into_owned()
+                }
+                (_, Some(path)) => path.to_string_lossy().into_owned(),
+                (_, None) => "tmpfs".to_owned(),
+            };
+            mounts.push(slipway_bundle::Mount {
+                destination: Some(m.target.clone()),
+                kind: Some(
+                    if m.kind == MountKind::Tmpfs {
+                        "tmpfs"
+                    } else {
+                        "bind"
+                    }
+                    .to_owned(),
+                ),
+                source: Some(source),
+                options: Some(options),
+                ..Default::default()
+            });
+        }
+        if !request.files.is_empty() {
+            let dir = tmp.join("files");
+            write_files(&dir, &request.files)?;
+            for (i, file) in request.files.iter().enumerate() {
+                mounts.push(slipway_bundle::Mount {
+                    destination: Some(file.target.clone()),
+                    kind: Some("bind".to_owned()),
+                    source: Some(
+                        bundle
+                            .join("files")
+                            .join(i.to_string())
+                            .to_string_lossy()
+                            .into_owned(),
+                    ),
+                    options: Some(vec!["rbind".to_owned(), "ro".to_owned()]),
+                    ..Default::default()
+                });
+            }
+        }
+        let mut annotations = BTreeMap::new();
+        if let Some(restart) = request.restart {
+            annotations.insert(RESTART_ANNOTATION.to_owned(), restart.to_string());
+        }
+        if let Some(health) = &request.health {
+            annotations.insert(HEALTH_ANNOTATION.to_owned(), health.clone());
+        }
+        if let Some(grace) = request.stop_grace {
+            annotations.insert(
+                STOP_GRACE_ANNOTATION.to_owned(),
+                humantime::format_duration(grace).to_string(),
+            );
+        }
+        if let Some(init) = request.init {
+            annotations.insert(INIT_ANNOTATION.to_owned(), init.to_string());
+        }
+        annotations.insert(IMAGE_ANNOTATION.to_owned(), image.reference.clone());
+        annotations.insert(IMAGE_DIGEST_ANNOTATION.to_owned(), image.digest.clone());
+        for (k, v) in &request.labels {
+            annotations.insert(format!("{LABEL_PREFIX}{k}"), v.clone());
+        }
+        let defaults = safe_defaults(name, uid, gid);
+        let resources = &request.resources;
         let manifest = slipway_bundle::Image {
             name: name.to_owned(),
             image: image.reference.clone(),
-            command: cmd,
+            command: Some(command),
+            env: Some(env),
+            cwd: request.workdir.clone(),
             readonly: Some(false),
-            annotations: restart.map(|r| [(RESTART_ANNOTATION.to_owned(), r.to_owned())].into()),
-            ..safe_defaults(name, uid, gid)
+            net: Some(if request.host_network { "host" } else { "new" }.to_owned()),
+            hostname: Some(request.hostname.clone().unwrap_or_else(|| name.to_owned())),
+            mounts: Some(mounts),
+            annotations: Some(annotations),
+            resources: Some(slipway_bundle::Resources {
+                pids: Some(slipway_bundle::Pids {
+                    limit: resources.pids.unwrap_or(RUN_PIDS_LIMIT),
+                }),
+                memory: resources.memory.map(|limit| slipway_bundle::Memory {
+                    limit: Some(limit),
+                    ..Default::default()
+                }),
+                cpu: resources.nano_cpus.map(|nano| slipway_bundle::Cpu {
+                    quota: Some(nano / (1_000_000_000 / CPU_PERIOD as i64)),
+                    period: Some(CPU_PERIOD),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..defaults
         };
-        let config = slipway_bundle::runtime_config(
-            &manifest,
-            image.config.config().as_ref(),
-            &Default::default(),
-        );
+        let config = slipway_bundle::runtime_config(&manifest, Some(&config), &Default::default());
         let path = tmp.join("config.json");
         let text = serde_json::to_vec_pretty(&config).expect("JSON values serialize");
         fs::write(&path, text).map_err(io(&path))?;
         fs::rename(&tmp, &bundle).map_err(io(&bundle))
     })();
     if written.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
+        let _ = remove_bundle(&tmp);
     }
     written.map(|()| bundle)
+}
+
+/// The CFS period a `nanoCpus` limit is expressed in (Docker's 100 ms).
+pub const CPU_PERIOD: u64 = 100_000;
+
+/// Mounts a tmpfs on `dir` and writes the files there, `dir/0`, `dir/1`, ...: each with its
+/// owner and mode.
+fn write_files(dir: &Path, files: &[File]) -> Result<(), RunError> {
+    use rustix::mount::{MountFlags, mount};
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let size: usize = files.iter().map(|f| f.data.len() + 4096).sum::<usize>() + 4096;
+    mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        std::ffi::CString::new(format!("mode=0755,size={size}"))
+            .ok()
+            .as_deref(),
+    )
+    .map_err(|e| io(dir)(e.into()))?;
+    for (i, file) in files.iter().enumerate() {
+        let path = dir.join(i.to_string());
+        fs::write(&path, &file.data).map_err(io(&path))?;
+        std::os::unix::fs::chown(&path, Some(file.uid), Some(file.gid)).map_err(io(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(file.mode)).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// Removes a bundle directory: first its files' tmpfs (detached), then the tree.
+pub fn remove_bundle(bundle: &Path) -> std::io::Result<()> {
+    let files = bundle.join("files");
+    if files.exists() {
+        let _ = rustix::mount::unmount(&files, rustix::mount::UnmountFlags::DETACH);
+    }
+    match fs::remove_dir_all(bundle) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Where `run` keeps what it makes.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub containers: PathBuf,
+    pub images: PathBuf,
+    /// The directories of `volume` mounts, one per name, made on first use.
+    pub volumes: PathBuf,
 }
 
 /// The processes a `run` container may have at once, so a fork bomb in an arbitrary image
@@ -268,13 +522,7 @@ fn safe_defaults(name: &str, uid: u32, gid: u32) -> slipway_bundle::Image {
 
 /// The uid and gid of the image's `USER` (`user`, `uid`, `user:group`, `uid:gid`; names looked
 /// up in the image's `/etc/passwd` and `/etc/group`), root when it sets none.
-fn image_user(image: &PulledImage, root: &Path) -> Result<(u32, u32), RunError> {
-    let user = image
-        .config
-        .config()
-        .as_ref()
-        .and_then(|c| c.user().clone())
-        .unwrap_or_default();
+fn image_user(image: &PulledImage, user: &str, root: &Path) -> Result<(u32, u32), RunError> {
     let user = user.trim();
     if user.is_empty() {
         return Ok((0, 0));
@@ -285,7 +533,7 @@ fn image_user(image: &PulledImage, root: &Path) -> Result<(u32, u32), RunError> 
     };
     let unknown = |what: &str, value: &str| RunError::Pull {
         image: image.reference.clone(),
-        message: format!("its USER {user:?}: no {what} {value:?} in the image"),
+        message: format!("user {user:?}: no {what} {value:?} in the image"),
     };
     let passwd = read_in_root(root, "etc/passwd");
     let entry = |file: &Option<String>, wanted: &str| -> Option<(u32, Option<u32>)> {
@@ -407,7 +655,17 @@ mod tests {
         let containers = dir.join("containers");
         fs::create_dir_all(&containers).unwrap();
         let _ = fs::remove_dir_all(containers.join("app"));
-        let bundle = write_bundle(&containers, &images, "app", image, None, None)?;
+        let dirs = Dirs {
+            containers,
+            images,
+            volumes: dir.join("volumes"),
+        };
+        let request = crate::request::RunRequest {
+            image: image.reference.clone(),
+            ..Default::default()
+        };
+        let checked = request.check().ok().unwrap();
+        let bundle = write_bundle(&dirs, "app", image, &checked)?;
         Ok(serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap())
     }
 
@@ -461,7 +719,7 @@ mod tests {
         }
         for user in ["nobody", "app:wheel"] {
             let err = bundle_config(dir.path(), &pulled(Some(user))).unwrap_err();
-            assert!(err.to_string().contains("USER"), "{err}");
+            assert!(err.to_string().contains("user"), "{err}");
         }
     }
 

@@ -24,6 +24,11 @@ pub const HEALTH_ANNOTATION: &str = "org.slipway.healthcheck";
 pub const STOP_GRACE_ANNOTATION: &str = "org.slipway.stopGracePeriod";
 /// `false` runs the command as the container's first process, without the engine's init.
 pub const INIT_ANNOTATION: &str = "org.slipway.init";
+/// A container label `K=V` made by `run` is the annotation `org.slipway.label.K: V`.
+pub const LABEL_PREFIX: &str = "org.slipway.label.";
+/// The image reference and manifest digest a container made by `run` came from.
+pub const IMAGE_ANNOTATION: &str = "org.slipway.image";
+pub const IMAGE_DIGEST_ANNOTATION: &str = "org.slipway.imageDigest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -172,6 +177,11 @@ pub struct ServiceSpec {
     pub stop_grace: Option<Duration>,
     /// Whether its command runs under the engine's init (see [`crate::shim`]).
     pub init: bool,
+    /// Its labels (annotations `org.slipway.label.K`).
+    pub labels: BTreeMap<String, String>,
+    /// The image reference and manifest digest (containers made by `run`).
+    pub image: Option<String>,
+    pub image_digest: Option<String>,
 }
 
 /// Service names are directory names and appear in URLs, log file names and container ids:
@@ -271,6 +281,17 @@ impl ServiceSpec {
                 });
             }
         };
+        let annotations = config.get("annotations").and_then(|a| a.as_object());
+        let labels = annotations
+            .iter()
+            .flat_map(|a| a.iter())
+            .filter_map(|(k, v)| {
+                Some((
+                    k.strip_prefix(LABEL_PREFIX)?.to_owned(),
+                    v.as_str()?.to_owned(),
+                ))
+            })
+            .collect();
         Ok(Self {
             name: name.to_owned(),
             bundle: bundle.to_owned(),
@@ -279,6 +300,9 @@ impl ServiceSpec {
             health,
             stop_grace,
             init,
+            labels,
+            image: annotation(IMAGE_ANNOTATION)?.map(str::to_owned),
+            image_digest: annotation(IMAGE_DIGEST_ANNOTATION)?.map(str::to_owned),
         })
     }
 }
@@ -368,6 +392,9 @@ mod tests {
             health: None,
             stop_grace: None,
             init: true,
+            labels: BTreeMap::new(),
+            image: None,
+            image_digest: None,
         }
     }
 

@@ -154,6 +154,14 @@ pub struct ContainerInfo {
     /// was reached); `None` when the engine could not tell (no memory cgroup to read).
     #[serde(default)]
     pub oom_killed: Option<bool>,
+    /// The labels `run` was given.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The image reference and manifest digest of a container made by `run`.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub image_digest: Option<String>,
 }
 
 /// Where the engine finds and puts things.
@@ -177,23 +185,13 @@ pub struct EngineConfig {
     /// The grace period between SIGTERM and SIGKILL of a service whose bundle sets none
     /// (`org.slipway.stopGracePeriod`) when a stop request gives none either.
     pub stop_grace: Duration,
+    /// The directories of `run`'s volume mounts.
+    pub volumes: PathBuf,
+    /// Registries (`HOST:PORT`) pulled from over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
-/// What `run` is asked to create (the body of `POST /v1/containers`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    pub image: String,
-    /// Made from the image's name when missing.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The command, instead of the image's entrypoint and cmd.
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    /// A restart policy (`no`, `always`, `on-failure[:N]`).
-    #[serde(default)]
-    pub restart: Option<String>,
-}
+pub use crate::request::RunRequest;
 
 /// A request to a supervisor. A grace period of `None` is the service's own.
 enum Command {
@@ -231,6 +229,21 @@ struct Shared {
     program: PathBuf,
     /// The init program containers run under, unless the runtime could not open it.
     init: Option<PathBuf>,
+    /// The bundles of containers made by `run`: theirs record how they ended
+    /// ([`ENDED_FILE`]), so an engine started again does not start them.
+    containers: PathBuf,
+}
+
+/// In the bundle of a container made by `run` that ended (by itself, not restarted, or by a
+/// stop): its state, exit code and how it ended, JSON. It stays ended when the engine starts
+/// again (the swarm executor relies on that: an ended task's container is never run twice).
+pub const ENDED_FILE: &str = "ended.json";
+
+#[derive(Serialize, Deserialize)]
+struct EndedRecord {
+    state: State,
+    exit_code: Option<i32>,
+    last_exit: Option<String>,
 }
 
 impl Shared {
@@ -325,6 +338,9 @@ fn new_entry(
         health_failures: 0,
         health_output: None,
         oom_killed: None,
+        labels: spec.map(|s| s.labels.clone()).unwrap_or_default(),
+        image: spec.and_then(|s| s.image.clone()),
+        image_digest: spec.and_then(|s| s.image_digest.clone()),
     };
     Ok(Entry {
         info,
@@ -425,6 +441,20 @@ impl Engine {
                 }
             }
         }
+        let mut entries = entries;
+        for spec in &specs {
+            if adopted.contains_key(&spec.name) || !spec.bundle.starts_with(&config.containers) {
+                continue;
+            }
+            let ended = std::fs::read(spec.bundle.join(ENDED_FILE))
+                .ok()
+                .and_then(|text| serde_json::from_slice::<EndedRecord>(&text).ok());
+            if let (Some(ended), Some(entry)) = (ended, entries.get_mut(&spec.name)) {
+                entry.info.state = ended.state;
+                entry.info.exit_code = ended.exit_code;
+                entry.info.last_exit = ended.last_exit;
+            }
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 entries: Mutex::new(entries),
@@ -434,6 +464,7 @@ impl Engine {
                 stop_grace: config.stop_grace,
                 reserved: Mutex::new(BTreeSet::new()),
                 program: config.puller.clone(),
+                containers: config.containers.clone(),
                 init,
             }),
             adopted: Arc::new(Mutex::new(adopted)),
@@ -455,8 +486,16 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         self.shared.update(&spec.name, |e| e.commands = Some(tx));
         let adopted = lock(&self.adopted).remove(&spec.name);
+        let ended = spec.bundle.starts_with(&self.config.containers)
+            && matches!(
+                lock(&self.shared.entries)
+                    .get(&spec.name)
+                    .map(|e| e.info.state),
+                Some(State::Exited | State::Stopped)
+            );
         let mut supervisor = Supervisor::new(self.shared.clone(), spec, rx);
         supervisor.adopted = adopted;
+        supervisor.begin_ended = ended;
         supervisor.started_replies.extend(started);
         tokio::spawn(async move { supervisor.run().await });
     }
@@ -488,23 +527,8 @@ impl Engine {
         if self.shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
-        let image = request.image.trim();
-        if image.is_empty() {
-            return Err(EngineError::Invalid("image must name an image".to_owned()));
-        }
-        slipway_oci::resolve::parse_reference(image)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        if let Some(restart) = &request.restart {
-            restart
-                .trim()
-                .parse::<RestartPolicy>()
-                .map_err(|e| EngineError::Invalid(format!("restart: {e}")))?;
-        }
-        if let Some(cmd) = &request.cmd
-            && cmd.first().is_none_or(String::is_empty)
-        {
-            return Err(EngineError::Invalid("cmd must name a command".to_owned()));
-        }
+        let checked = request.check().map_err(EngineError::Invalid)?;
+        let image = checked.image.as_str();
         let (name, _reservation) = {
             let entries = lock(&self.shared.entries);
             let free = |name: &str| !self.config.containers.join(name).exists();
@@ -536,22 +560,27 @@ impl Engine {
             }
         };
         let config = &self.config;
-        let pulled =
-            crate::run::pull_in_child(&config.puller, &config.store, &config.images, image)
-                .await
-                .map_err(EngineError::Pull)?;
-        let bundle = crate::run::write_bundle(
-            &config.containers,
+        let pulled = crate::run::pull_in_child(
+            &config.puller,
+            &config.store,
             &config.images,
-            &name,
-            &pulled,
-            request.cmd.clone(),
-            request.restart.as_deref().map(str::trim),
+            image,
+            &config.insecure_registries,
         )
-        .map_err(|source| EngineError::Create {
-            name: name.clone(),
-            source,
-        })?;
+        .await
+        .map_err(EngineError::Pull)?;
+        let dirs = crate::run::Dirs {
+            containers: config.containers.clone(),
+            images: config.images.clone(),
+            volumes: config.volumes.clone(),
+        };
+        let bundle =
+            crate::run::write_bundle(&dirs, &name, &pulled, &checked).map_err(|source| {
+                EngineError::Create {
+                    name: name.clone(),
+                    source,
+                }
+            })?;
         let created = ServiceSpec::load(&name, &bundle)
             .map_err(|e| EngineError::Invalid(e.to_string()))
             .and_then(|spec| {
@@ -561,7 +590,7 @@ impl Engine {
         let (spec, entry) = match created {
             Ok(created) => created,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&bundle);
+                let _ = crate::run::remove_bundle(&bundle);
                 return Err(e);
             }
         };
@@ -630,12 +659,29 @@ impl Engine {
             }),
             _ => Ok(()),
         };
-        remove(&info.bundle, std::fs::remove_dir_all(&info.bundle))?;
+        remove(&info.bundle, crate::run::remove_bundle(&info.bundle))?;
         remove(&info.log_file, std::fs::remove_file(&info.log_file))?;
         let mut info = info;
         info.state = State::Stopped;
         info.pid = None;
         Ok(info)
+    }
+
+    /// The manifest digest `image` names in its registry (asked by a `resolve-digest` child
+    /// process; nothing is pulled).
+    pub async fn distribution(
+        &self,
+        image: &str,
+    ) -> Result<crate::run::ResolvedDigest, EngineError> {
+        slipway_oci::resolve::parse_reference(image)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        crate::run::resolve_digest_in_child(
+            &self.config.puller,
+            image,
+            &self.config.insecure_registries,
+        )
+        .await
+        .map_err(EngineError::Pull)
     }
 
     pub fn list(&self) -> Vec<ContainerInfo> {
@@ -850,6 +896,8 @@ struct Supervisor {
     started_replies: Vec<oneshot::Sender<()>>,
     /// A container still running from an earlier engine: the first run takes it over.
     adopted: Option<Container>,
+    /// A container of `run` that had ended before the engine started: it waits for a start.
+    begin_ended: bool,
 }
 
 impl Supervisor {
@@ -869,6 +917,7 @@ impl Supervisor {
             logs,
             started_replies: Vec::new(),
             adopted: None,
+            begin_ended: false,
         }
     }
 
@@ -884,13 +933,43 @@ impl Supervisor {
             .unwrap_or(self.shared.stop_grace)
     }
 
+    /// Writes [`ENDED_FILE`] for a container made by `run` (removed when it starts again).
+    /// A container with a restart policy stopped by the engine's shutdown starts again with
+    /// the engine, as Docker does; one without stays ended.
+    fn record_end(&self, state: State) {
+        let shutdown = self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if !self.spec.bundle.starts_with(&self.shared.containers)
+            || (shutdown && state == State::Stopped && self.spec.restart != RestartPolicy::No)
+        {
+            return;
+        }
+        let ended = {
+            let entries = lock(&self.shared.entries);
+            entries.get(&self.spec.name).map(|e| EndedRecord {
+                state,
+                exit_code: e.info.exit_code,
+                last_exit: e.info.last_exit.clone(),
+            })
+        };
+        if let Some(ended) = ended {
+            let path = self.spec.bundle.join(ENDED_FILE);
+            let text = serde_json::to_vec(&ended).expect("JSON values serialize");
+            if let Err(e) = std::fs::write(&path, text) {
+                self.note(&format!("recording the end in {}: {e}", path.display()));
+            }
+        }
+    }
+
     fn set_state(&self, state: State) {
         self.shared
             .update(&self.spec.name, |e| e.info.state = state);
     }
 
     async fn run(mut self) {
-        let mut want_running = true;
+        let mut want_running = !self.begin_ended;
         let mut restarts = 0u32;
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -929,6 +1008,7 @@ impl Supervisor {
                 Ended::Gone => return,
                 Ended::Stopped(replies) => {
                     self.set_state(State::Stopped);
+                    self.record_end(State::Stopped);
                     self.note("stopped");
                     for reply in replies {
                         let _ = reply.send(());
@@ -947,6 +1027,7 @@ impl Supervisor {
             };
             if !self.spec.restart.should_restart(success, restarts) {
                 self.set_state(State::Exited);
+                self.record_end(State::Exited);
                 if self.spec.restart != RestartPolicy::No {
                     self.note(&format!(
                         "not restarted (policy {}, {restarts} restarts)",
@@ -1043,6 +1124,7 @@ impl Supervisor {
         let running = match self.adopted.take() {
             Some(container) => adopt(&self.shared, &self.spec, &self.logs, container),
             None => {
+                let _ = std::fs::remove_file(self.spec.bundle.join(ENDED_FILE));
                 self.set_state(State::Starting);
                 let helper = Arc::new(std::sync::atomic::AtomicI32::new(0));
                 // Boxed, so that dropping it below really drops (and kills) it.

@@ -21,6 +21,8 @@ struct Daemon {
     client: Client,
     runtime: tokio::runtime::Runtime,
     test: String,
+    /// More daemon arguments.
+    extra: Vec<String>,
 }
 
 impl Daemon {
@@ -42,6 +44,7 @@ impl Daemon {
             client,
             runtime,
             test: format!("{test}-{}", std::process::id()),
+            extra: Vec::new(),
         }
     }
 
@@ -121,6 +124,11 @@ impl Daemon {
             .arg("--store")
             .arg(self.path("store"))
             .args(["--grace", "2"])
+            .arg("--volumes")
+            .arg(self.path("volumes"))
+            .arg("--settings")
+            .arg(self.path("engine.json"))
+            .args(&self.extra)
             .stderr(fs::File::create(self.path("daemon.err")).unwrap())
             .spawn()
             .unwrap();
@@ -534,7 +542,7 @@ fn bad_requests_are_refused_and_change_nothing() {
     let (status, _) = d.request(
         Method::POST,
         &container_path("svc", "stop"),
-        Some(&" ".repeat(100_000)),
+        Some(&" ".repeat(3 << 20)),
     );
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
@@ -846,7 +854,7 @@ impl Drop for Registry {
 }
 
 /// Puts a one-layer busybox-static image into a store of its own and pushes it to `target`.
-fn push_busybox_image(target: &str) {
+fn push_busybox_image(target: &str) -> String {
     use slipway_oci::{Digest, PullOptions, Store};
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
@@ -915,7 +923,8 @@ fn push_busybox_image(target: &str) {
         target,
         &PullOptions::default(),
     )
-    .unwrap();
+    .unwrap()
+    .to_string()
 }
 
 /// Entries of `dir` (none when it does not exist).
@@ -1492,4 +1501,343 @@ fn a_restarted_engine_takes_over_its_running_services() {
     assert!(!process_exists(web_pid));
     assert!(!d.path("state/service-web").exists());
     assert_eq!(d.terminate(), 0, "{}", d.stderr());
+}
+
+/// Runs `cmd` in container `name`; its exit code and output.
+fn exec(d: &Daemon, name: &str, cmd: &[&str]) -> (i64, String) {
+    let (status, reply) = d.request(
+        Method::POST,
+        &container_path(name, "exec"),
+        Some(&json!({ "cmd": cmd }).to_string()),
+    );
+    assert_eq!(status, StatusCode::OK, "{cmd:?}: {reply}");
+    (
+        reply["exitCode"].as_i64().unwrap(),
+        reply["output"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
+/// A cgroup setting of process `pid`: the v1 file of `controller` when the controller is
+/// mounted on its own (hybrid hosts), else the v2 file.
+fn cgroup_value(pid: i64, controller: &str, v1: &str, v2: &str) -> String {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1_path = text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then_some(path)
+    });
+    let path = match v1_path {
+        Some(path) => Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(path.trim_start_matches('/'))
+            .join(v1),
+        None => {
+            let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+            Path::new("/sys/fs/cgroup")
+                .join(path.trim_start_matches('/'))
+                .join(v2)
+        }
+    };
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn run_takes_a_tasks_env_mounts_secret_files_resources_labels_and_health_check() {
+    use base64::Engine as _;
+    let registry = Registry::start();
+    let image = format!("127.0.0.1:{}/engine-task/busybox:1", registry.port);
+    let digest = push_busybox_image(&image);
+    let mut d = Daemon::new("task");
+    d.start();
+    let host_dir = d.path("host-dir");
+    fs::create_dir_all(&host_dir).unwrap();
+    fs::write(host_dir.join("greeting"), "hello from the host").unwrap();
+    let secret = base64::engine::general_purpose::STANDARD.encode("s3cret");
+    let task = json!({
+        "image": image,
+        "name": "web.1.task1",
+        "command": ["/bin/sh", "-c"],
+        "args": ["pwd > /scratch/pwd; env > /scratch/env; exec sleep 600"],
+        "env": ["A=1", "PATH=/bin"],
+        "workdir": "/tmp",
+        "user": "1000:1000",
+        "hostname": "task-host",
+        "labels": {"com.docker.swarm.task.id": "task1", "tier": "front"},
+        "mounts": [
+            {"type": "bind", "source": host_dir, "target": "/host", "readonly": true},
+            {"type": "volume", "source": "data", "target": "/data"},
+            {"type": "tmpfs", "target": "/scratch"}
+        ],
+        "files": [{"target": "/run/secrets/pw", "data": secret, "uid": 1000, "gid": 1000, "mode": 0o400}],
+        "resources": {"memory": 64 << 20, "nanoCpus": 500_000_000, "pids": 100},
+        "healthcheck": {"test": ["CMD-SHELL", "test -f /scratch/ready"], "interval": "200ms", "retries": 2},
+        "stopGracePeriod": "1s",
+        "network": "host"
+    });
+
+    // Every bad field is refused before anything is pulled, with the field named.
+    for (field, value, needle) in [
+        ("env", json!(["NOEQ"]), "env"),
+        (
+            "mounts",
+            json!([{"type": "bind", "source": "/no/such/dir", "target": "/x"}]),
+            "bind source path does not exist",
+        ),
+        (
+            "mounts",
+            json!([{"type": "nfs", "target": "/x"}]),
+            "mounts[0]",
+        ),
+        (
+            "files",
+            json!([{"target": "relative", "data": ""}]),
+            "files[0].target",
+        ),
+        ("healthcheck", json!({"test": ["WHAT"]}), "healthcheck.test"),
+        ("network", json!("bridge"), "network"),
+        ("resources", json!({"memory": 10}), "resources.memory"),
+        ("stopGracePeriod", json!("soon"), "stopGracePeriod"),
+        ("bogus", json!(1), "unknown field"),
+    ] {
+        let mut body = task.clone();
+        body[field] = value;
+        let (status, reply) = d.request(Method::POST, "/v1/containers", Some(&body.to_string()));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(needle), "{field}: {error}");
+    }
+    assert!(entries(&d.path("containers")).is_empty());
+    assert!(entries(&d.path("images")).is_empty());
+
+    let (status, info) = d.request(Method::POST, "/v1/containers", Some(&task.to_string()));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{info}\ndaemon:\n{}",
+        d.stderr()
+    );
+    assert_eq!(info["labels"]["tier"], "front", "{info}");
+    assert_eq!(info["image"], image);
+    assert_eq!(info["image_digest"], digest);
+    // Starting until the check passes; the command makes it pass.
+    assert_eq!(info["health"], "starting", "{info}");
+    let name = "web.1.task1";
+    let (code, _) = exec(&d, name, &["/bin/busybox", "touch", "/scratch/ready"]);
+    assert_eq!(code, 0);
+    d.wait_for(name, 10, |i| i["health"] == "healthy");
+
+    let (code, env) = exec(&d, name, &["/bin/busybox", "cat", "/scratch/env"]);
+    assert_eq!(code, 0);
+    assert!(env.lines().any(|l| l == "A=1"), "{env}");
+    for (cmd, expected) in [
+        (&["/bin/busybox", "cat", "/scratch/pwd"][..], "/tmp"),
+        (&["/bin/busybox", "id", "-u"], "1000"),
+        (&["/bin/busybox", "hostname"], "task-host"),
+        (&["/bin/busybox", "cat", "/run/secrets/pw"], "s3cret"),
+        (
+            &["/bin/busybox", "stat", "-c", "%a %u", "/run/secrets/pw"],
+            "400 1000",
+        ),
+        (
+            &["/bin/busybox", "cat", "/host/greeting"],
+            "hello from the host",
+        ),
+    ] {
+        let (code, out) = exec(&d, name, cmd);
+        assert_eq!((code, out.trim()), (0, expected), "{cmd:?}");
+    }
+    // The secret and the bind are read-only; the volume is a directory of the engine's.
+    let (code, _) = exec(&d, name, &["/bin/sh", "-c", "echo x > /run/secrets/pw"]);
+    assert_ne!(code, 0);
+    let (code, _) = exec(&d, name, &["/bin/sh", "-c", "echo x > /host/greeting"]);
+    assert_ne!(code, 0);
+    // The node's network: its interfaces, not only loopback.
+    let (_, net) = exec(&d, name, &["/bin/busybox", "cat", "/proc/net/dev"]);
+    let host_net = fs::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(net.lines().count(), host_net.lines().count(), "{net}");
+    // The secret lives on a tmpfs of the container's own, never on disk.
+    let files = fs::canonicalize(d.path("containers"))
+        .unwrap()
+        .join(name)
+        .join("files");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with(&format!("tmpfs {} tmpfs", files.display()))),
+        "{mounts}"
+    );
+    // Resources in the container's cgroup.
+    let pid = info["pid"].as_i64().unwrap();
+    assert_eq!(
+        cgroup_value(pid, "memory", "memory.limit_in_bytes", "memory.max"),
+        (64u64 << 20).to_string()
+    );
+    let cpu = cgroup_value(pid, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    assert!(cpu == "50000" || cpu == "50000 100000", "{cpu}");
+    assert_eq!(cgroup_value(pid, "pids", "pids.max", "pids.max"), "100");
+
+    // Label filters.
+    for (query, expected) in [
+        ("label=tier=front", vec![name]),
+        ("label=tier", vec![name]),
+        ("label=tier=back", vec![]),
+        (
+            "label=tier=front&label=com.docker.swarm.task.id=task1",
+            vec![name],
+        ),
+        ("label=nope", vec![]),
+    ] {
+        let (status, list) = d.request(Method::GET, &format!("/v1/containers?{query}"), None);
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(names(&list), expected, "{query}");
+    }
+    let (status, _) = d.request(Method::GET, "/v1/containers?tier=front", None);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // The image's digest through the registry.
+    let (status, reply) = d.request(
+        Method::GET,
+        &format!("/v1/distribution?image={image}"),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["digest"], digest);
+
+    // Removed: the files' tmpfs with it.
+    let (status, reply) = d.request(Method::DELETE, &container_path(name, ""), None);
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&files.display().to_string()), "{mounts}");
+    assert!(entries(&d.path("containers")).is_empty());
+    assert_eq!(d.terminate(), 0);
+}
+
+/// Forwards connections to `192.0.2.2`-like addresses (`listen`) to `target`, so a loopback
+/// registry is reached through an address that is not loopback.
+fn forward(listen: std::net::TcpListener, target: std::net::SocketAddr) {
+    std::thread::spawn(move || {
+        for client in listen.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(target) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c, mut s) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// The first IPv4 address of this machine that is not loopback.
+fn outside_address() -> std::net::Ipv4Addr {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse().ok())
+        .find(|ip: &std::net::Ipv4Addr| !ip.is_loopback())
+        .expect("an address that is not loopback")
+}
+
+#[test]
+fn a_plain_http_registry_off_loopback_needs_insecure_registry() {
+    let registry = Registry::start();
+    let listen = std::net::TcpListener::bind((outside_address(), 0)).unwrap();
+    let outside = listen.local_addr().unwrap();
+    forward(listen, ([127, 0, 0, 1], registry.port).into());
+    let digest = push_busybox_image(&format!("127.0.0.1:{}/insecure/busybox:1", registry.port));
+    let image = format!("{outside}/insecure/busybox:1");
+    let body = json!({"image": image, "name": "far", "cmd": ["/bin/sleep", "600"]}).to_string();
+
+    let mut d = Daemon::new("insecure");
+    d.start();
+    let (status, reply) = d.request(Method::POST, "/v1/containers", Some(&body));
+    assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains(&image), "{reply}");
+    let (status, _) = d.request(
+        Method::GET,
+        &format!("/v1/distribution?image={image}"),
+        None,
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(d.terminate(), 0);
+
+    // Named in the settings file (as in an image) it is pulled over plain HTTP.
+    let mut d = Daemon::new("insecure2");
+    fs::write(
+        d.path("engine.json"),
+        json!({"insecureRegistries": [outside.to_string()]}).to_string(),
+    )
+    .unwrap();
+    d.start();
+    let (status, reply) = d.request(
+        Method::GET,
+        &format!("/v1/distribution?image={image}"),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}\n{}", d.stderr());
+    assert_eq!(reply["digest"], digest);
+    let (status, reply) = d.request(Method::POST, "/v1/containers", Some(&body));
+    assert_eq!(status, StatusCode::CREATED, "{reply}\n{}", d.stderr());
+    assert_eq!(state(&reply), "running");
+    assert_eq!(d.terminate(), 0);
+
+    // And so with the flag.
+    let mut d = Daemon::new("insecure3");
+    d.extra = vec!["--insecure-registry".to_owned(), outside.to_string()];
+    d.start();
+    let (status, reply) = d.request(
+        Method::GET,
+        &format!("/v1/distribution?image={image}"),
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_run_container_that_ended_stays_ended_when_the_engine_starts_again() {
+    let registry = Registry::start();
+    let image = format!("127.0.0.1:{}/engine-ended/busybox:1", registry.port);
+    push_busybox_image(&image);
+    let mut d = Daemon::new("ended");
+    d.start();
+    let body =
+        json!({"image": image, "name": "once", "cmd": ["/bin/sh", "-c", "echo ran; exit 3"]});
+    let (status, reply) = d.request(Method::POST, "/v1/containers", Some(&body.to_string()));
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+    d.wait_for("once", 10, |i| state(i) == "exited");
+    assert_eq!(d.terminate(), 0);
+    d.start();
+    std::thread::sleep(Duration::from_millis(500));
+    let info = d.inspect("once");
+    assert_eq!(state(&info), "exited", "{info}");
+    assert_eq!(info["exit_code"], 3);
+    // Run once, before the restart, and not again.
+    // Not run again by the new engine.
+    assert_eq!(info["runs"], 0, "{info}");
+    assert_eq!(d.terminate(), 0);
 }

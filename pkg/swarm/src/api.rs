@@ -3,10 +3,13 @@
 //! ```text
 //! GET|HEAD /_ping            GET /version        GET /info (its Swarm section live)
 //! GET  /swarm                POST /swarm/init    POST /swarm/join    POST /swarm/leave?force=
-//! POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken=    GET /swarm/unlockkey
+//! POST /swarm/update?version=&rotateWorkerToken=&rotateManagerToken=&rotateManagerUnlockKey=
+//! GET  /swarm/unlockkey      POST /swarm/unlock
 //! GET  /nodes[?filters=]     GET /nodes/{id}     POST /nodes/{id}/update?version=
 //! DELETE /nodes/{id}?force=
 //! ```
+//!
+//! Services, tasks, secrets and configs are `services_api`'s.
 //!
 //! Every path may carry Docker's version prefix (`/v1.41/nodes`). Errors are Docker's
 //! `{"message": "..."}` with Docker's status codes; unknown paths get `page not found` (404); a
@@ -86,7 +89,7 @@ fn reply(status: u16, body: Bytes, content_type: Option<&str>) -> Reply {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-fn json_reply(status: u16, value: &Value) -> Reply {
+pub(crate) fn json_reply(status: u16, value: &Value) -> Reply {
     reply(
         status,
         Bytes::from(value.to_string()),
@@ -98,7 +101,7 @@ fn error_reply(e: &ApiError) -> Reply {
     json_reply(e.status, &json!({ "message": e.message }))
 }
 
-fn empty(status: u16) -> Reply {
+pub(crate) fn empty(status: u16) -> Reply {
     reply(status, Bytes::new(), None)
 }
 
@@ -122,14 +125,14 @@ fn query(request: &Request<Incoming>) -> HashMap<String, String> {
     map
 }
 
-fn truthy(value: Option<&String>) -> bool {
+pub(crate) fn truthy(value: Option<&String>) -> bool {
     matches!(
         value.map(|v| v.to_ascii_lowercase()).as_deref(),
         Some("1" | "true" | "yes")
     )
 }
 
-fn version_param(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn version_param(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
     match q.get("version") {
         None => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| {
@@ -143,7 +146,9 @@ fn version_param(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
     }
 }
 
-async fn body<T: DeserializeOwned + Default>(request: Request<Incoming>) -> Result<T, ApiError> {
+pub(crate) async fn body<T: DeserializeOwned + Default>(
+    request: Request<Incoming>,
+) -> Result<T, ApiError> {
     let declared = request
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -219,6 +224,8 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
     match (&method, segments.as_slice()) {
         (&Method::GET | &Method::HEAD, ["_ping"]) => {
             let swarm = match daemon.session() {
+                None if daemon.is_locked() => "locked",
+                None if daemon.local_error().is_some() => "error",
                 None => "inactive",
                 Some(s) if s.manager().is_some() => "active/manager",
                 Some(_) => "active/worker",
@@ -269,13 +276,18 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
                     spec,
                     truthy(q.get("rotateWorkerToken")),
                     truthy(q.get("rotateManagerToken")),
+                    truthy(q.get("rotateManagerUnlockKey")),
                 )
                 .await?;
             Ok(empty(200))
         }
         (&Method::GET, ["swarm", "unlockkey"]) => {
-            daemon.view()?;
-            Ok(json_reply(200, &json!({"UnlockKey": ""})))
+            Ok(json_reply(200, &json!({"UnlockKey": daemon.unlock_key()?})))
+        }
+        (&Method::POST, ["swarm", "unlock"]) => {
+            let unlock: UnlockRequest = body(request).await?;
+            daemon.unlock(&unlock.unlock_key).await?;
+            Ok(empty(200))
         }
         (&Method::GET, ["nodes"]) => {
             let view = daemon.view()?;
@@ -307,14 +319,36 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
             daemon.remove_node(key, truthy(q.get("force"))).await?;
             Ok(empty(200))
         }
-        _ => not_found(),
+        _ => match crate::services_api::route(daemon, &method, &segments, &q, request).await {
+            Some(reply) => reply,
+            None => not_found(),
+        },
     }
 }
 
-type Filters = HashMap<String, Vec<String>>;
+/// Docker's `/swarm/unlock` body.
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UnlockRequest {
+    #[serde(default, deserialize_with = "crate::state::nullable")]
+    unlock_key: String,
+}
+
+pub(crate) type Filters = HashMap<String, Vec<String>>;
 
 /// Docker's `filters` parameter: `{"role":{"manager":true}}` (or the old `{"role":["manager"]}`).
 fn parse_filters(raw: Option<&String>) -> Result<Filters, ApiError> {
+    parse_filters_for(
+        raw,
+        &["id", "name", "role", "membership", "node.label", "label"],
+    )
+}
+
+/// Docker's `filters`, with the keys an endpoint takes.
+pub(crate) fn parse_filters_for(
+    raw: Option<&String>,
+    allowed: &[&str],
+) -> Result<Filters, ApiError> {
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Ok(Filters::new());
     };
@@ -337,7 +371,7 @@ fn parse_filters(raw: Option<&String>) -> Result<Filters, ApiError> {
                 .collect(),
             _ => return Err(ApiError::new(400, format!("invalid filter '{key}'"))),
         };
-        if !["id", "name", "role", "membership", "node.label", "label"].contains(&key.as_str()) {
+        if !allowed.contains(&key.as_str()) {
             return Err(ApiError::new(400, format!("invalid filter '{key}'")));
         }
         filters.insert(key, list);

@@ -29,6 +29,8 @@ pub struct Cli {
     pub command: Verb,
 }
 
+// Parsed once per run: the size of the largest verb does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Verb {
     /// Run the agent.
@@ -38,8 +40,8 @@ pub enum Verb {
         #[arg(long, default_value = DEFAULT_ENGINE)]
         engine: PathBuf,
         /// Length of a Raft tick in milliseconds: the leader's heartbeat is one tick, elections
-        /// take ElectionTick (10) to twice that many. SwarmKit ticks every second (elections in
-        /// 10-20 s); a quarter second elects a new leader in 2.5-5 s.
+        /// start 1.5 to 2 × ElectionTick (10) ticks after it. SwarmKit ticks every second
+        /// (elections in 10-20 s); a quarter second elects a new leader in 3.75-5 s.
         #[arg(long, default_value_t = 250)]
         raft_tick: u64,
         /// The node's hostname (default: the host's).
@@ -52,6 +54,10 @@ pub enum Verb {
         /// first start, addresses, availability, hostname. Missing files are skipped.
         #[arg(long)]
         config: Vec<PathBuf>,
+        /// What runs this node's tasks: containers through the engine, or nothing (`fake`: tasks
+        /// run at once; for tests and scale runs).
+        #[arg(long, value_enum, default_value_t = crate::agent_tasks::ExecutorKind::Engine)]
+        executor: crate::agent_tasks::ExecutorKind,
     },
     /// Create a swarm with this node as its first manager.
     Init {
@@ -69,6 +75,9 @@ pub enum Verb {
         /// Validity of node certificates (e.g. 2160h).
         #[arg(long)]
         cert_expiry: Option<humantime::Duration>,
+        /// Lock managers: their keys are sealed with an unlock key needed after a restart.
+        #[arg(long)]
+        autolock: bool,
     },
     /// Join a swarm as a node and/or manager.
     Join {
@@ -103,10 +112,31 @@ pub enum Verb {
         dispatcher_heartbeat: Option<humantime::Duration>,
         #[arg(long)]
         cert_expiry: Option<humantime::Duration>,
+        /// Turn autolock on or off (`--autolock` alone: on).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+        autolock: Option<bool>,
+    },
+    /// Unlock a locked manager: the unlock key is read from standard input.
+    Unlock,
+    /// Show (or rotate) the unlock key.
+    UnlockKey {
+        #[arg(long)]
+        rotate: bool,
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeVerb),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(crate::cli_services::ServiceVerb),
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(crate::cli_services::FileVerb),
+    /// Manage configs.
+    #[command(subcommand)]
+    Config(crate::cli_services::FileVerb),
 }
 
 #[derive(Subcommand)]
@@ -177,7 +207,7 @@ pub async fn request(
     Ok((status, value))
 }
 
-async fn call(
+pub(crate) async fn call(
     socket: &Path,
     method: &str,
     path: &str,
@@ -202,6 +232,9 @@ fn nanos(d: Option<humantime::Duration>) -> Option<i64> {
 pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
     match verb {
         Verb::Daemon { .. } => unreachable!("the daemon is started by main"),
+        Verb::Service(verb) => crate::cli_services::service(socket, verb).await?,
+        Verb::Secret(verb) => crate::cli_services::file(socket, "secrets", verb).await?,
+        Verb::Config(verb) => crate::cli_services::file(socket, "configs", verb).await?,
         Verb::Init {
             advertise_addr,
             listen_addr,
@@ -209,6 +242,7 @@ pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
             availability,
             dispatcher_heartbeat,
             cert_expiry,
+            autolock,
         } => {
             let mut spec = json!({});
             if let Some(p) = nanos(dispatcher_heartbeat) {
@@ -217,7 +251,7 @@ pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
             if let Some(e) = nanos(cert_expiry) {
                 spec["CAConfig"] = json!({"NodeCertExpiry": e});
             }
-            let body = json!({"ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr, "ForceNewCluster": force_new_cluster, "Spec": spec, "Availability": availability});
+            let body = json!({"ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr, "ForceNewCluster": force_new_cluster, "Spec": spec, "Availability": availability, "AutoLockManagers": autolock});
             let node_id = call(socket, "POST", "/swarm/init", Some(body)).await?;
             let swarm = call(socket, "GET", "/swarm", None).await?;
             println!(
@@ -234,6 +268,9 @@ pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
                 "    slipway-swarm join --token {} {addr}\n",
                 swarm["JoinTokens"]["Worker"].as_str().unwrap_or_default()
             );
+            if autolock {
+                print_unlock_key(socket).await?;
+            }
         }
         Verb::Join {
             token,
@@ -305,6 +342,7 @@ pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
         Verb::Update {
             dispatcher_heartbeat,
             cert_expiry,
+            autolock,
         } => {
             let swarm = call(socket, "GET", "/swarm", None).await?;
             let version = swarm["Version"]["Index"].as_u64().unwrap_or(0);
@@ -315,6 +353,10 @@ pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
             if let Some(e) = nanos(cert_expiry) {
                 spec["CAConfig"]["NodeCertExpiry"] = json!(e);
             }
+            let was_locked = spec["EncryptionConfig"]["AutoLockManagers"] == true;
+            if let Some(on) = autolock {
+                spec["EncryptionConfig"]["AutoLockManagers"] = json!(on);
+            }
             call(
                 socket,
                 "POST",
@@ -323,9 +365,73 @@ pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
             )
             .await?;
             println!("Swarm updated.");
+            if autolock == Some(true) && !was_locked {
+                print_unlock_key(socket).await?;
+            }
+        }
+        Verb::Unlock => {
+            let info = call(socket, "GET", "/info", None).await?;
+            match info["Swarm"]["LocalNodeState"].as_str() {
+                Some("locked") => {}
+                Some("inactive") => bail!("Error: This node is not part of a swarm"),
+                _ => bail!("Error: swarm is not locked"),
+            }
+            let key = crate::autolock::read_unlock_key()?;
+            call(
+                socket,
+                "POST",
+                "/swarm/unlock",
+                Some(json!({"UnlockKey": key})),
+            )
+            .await?;
+        }
+        Verb::UnlockKey { rotate, quiet } => {
+            if rotate {
+                let swarm = call(socket, "GET", "/swarm", None).await?;
+                if swarm["Spec"]["EncryptionConfig"]["AutoLockManagers"] != true {
+                    bail!("cannot rotate because autolock is not turned on");
+                }
+                let version = swarm["Version"]["Index"].as_u64().unwrap_or(0);
+                call(
+                    socket,
+                    "POST",
+                    &format!("/swarm/update?version={version}&rotateManagerUnlockKey=true"),
+                    Some(swarm["Spec"].clone()),
+                )
+                .await?;
+                if !quiet {
+                    println!("Successfully rotated manager unlock key.\n");
+                }
+            }
+            let key = call(socket, "GET", "/swarm/unlockkey", None)
+                .await
+                .context("could not fetch unlock key")?;
+            let key = key["UnlockKey"].as_str().unwrap_or_default().to_string();
+            if key.is_empty() {
+                bail!("no unlock key is set");
+            }
+            if quiet {
+                println!("{key}");
+            } else {
+                print_unlock_command(&key);
+            }
         }
         Verb::Node(verb) => node(socket, verb).await?,
     }
+    Ok(())
+}
+
+fn print_unlock_command(key: &str) {
+    println!(
+        "To unlock a swarm manager after it restarts, run the `slipway-swarm unlock`\ncommand and provide the following key:\n\n    {key}\n\nRemember to store this key in a password manager, since without it you\nwill not be able to restart the manager."
+    );
+}
+
+async fn print_unlock_key(socket: &Path) -> anyhow::Result<()> {
+    let key = call(socket, "GET", "/swarm/unlockkey", None)
+        .await
+        .context("could not fetch unlock key")?;
+    print_unlock_command(key["UnlockKey"].as_str().unwrap_or_default());
     Ok(())
 }
 

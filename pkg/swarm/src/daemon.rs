@@ -74,11 +74,13 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// The engine's socket: the tasks of services run through it (the next issue).
     pub engine: PathBuf,
-    /// The length of a Raft tick (SwarmKit: 1 s); elections take 10 to 20 ticks.
+    /// The length of a Raft tick (SwarmKit: 1 s); elections start after 15 to 20 ticks.
     pub raft_tick: Duration,
     pub hostname: String,
     /// The shortest node certificate validity `init`/`update` accept (Docker: one hour).
     pub min_cert_expiry: Duration,
+    /// What runs this node's tasks.
+    pub executor: crate::agent_tasks::ExecutorKind,
 }
 
 /// What a node keeps on disk about its membership, beside its certificates.
@@ -111,6 +113,8 @@ pub struct Session {
     /// The manager that last answered a heartbeat: the leader, as far as this node knows.
     leader_addr: RwLock<Option<String>>,
     renew_now: tokio::sync::Notify,
+    /// The unlock key the node's key files are sealed with (autolock), if any.
+    pub(crate) kek: Mutex<Option<Vec<u8>>>,
 }
 
 pub struct ManagerParts {
@@ -118,12 +122,14 @@ pub struct ManagerParts {
     pub shared: SharedState,
     server: JoinHandle<()>,
     detector: JoinHandle<()>,
+    orchestrator: JoinHandle<()>,
 }
 
 impl Drop for ManagerParts {
     fn drop(&mut self) {
         self.server.abort();
         self.detector.abort();
+        self.orchestrator.abort();
     }
 }
 
@@ -152,7 +158,7 @@ impl Session {
     }
 
     /// A channel to the manager at `addr`, reused while it works.
-    fn channel(&self, addr: &str) -> ApiResult<Channel> {
+    pub(crate) fn channel(&self, addr: &str) -> ApiResult<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
@@ -177,6 +183,14 @@ impl Session {
             .push(task);
     }
 
+    /// The manager that last answered a heartbeat (the leader, as far as this node knows).
+    pub fn leader(&self) -> Option<String> {
+        self.leader_addr
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn known_managers(&self) -> Vec<String> {
         self.managers
             .read()
@@ -185,8 +199,10 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
+impl Session {
+    /// Stops the node's loops. Some of them hold the session while they sleep, so dropping
+    /// the daemon's reference alone does not end them.
+    fn abort_tasks(&self) {
         for task in self
             .tasks
             .lock()
@@ -198,6 +214,12 @@ impl Drop for Session {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.abort_tasks();
+    }
+}
+
 #[derive(Clone)]
 pub struct Daemon(Arc<Inner>);
 
@@ -205,6 +227,12 @@ struct Inner {
     opts: Options,
     op: tokio::sync::Mutex<()>,
     session: RwLock<Option<Arc<Session>>>,
+    /// Restarted with its key sealed (autolock): waiting for `swarm unlock`.
+    locked: std::sync::atomic::AtomicBool,
+    /// Why this node stopped its membership (certificates of another swarm): Docker's
+    /// `LocalNodeState: error`.
+    error: RwLock<Option<String>>,
+    executor: Option<Arc<dyn crate::executor::Executor>>,
 }
 
 /// Docker's `/swarm/init` body.
@@ -221,6 +249,8 @@ pub struct InitRequest {
     pub spec: SwarmSpec,
     #[serde(default, deserialize_with = "crate::state::nullable")]
     pub availability: String,
+    #[serde(default, deserialize_with = "crate::state::nullable")]
+    pub auto_lock_managers: bool,
 }
 
 /// Docker's `/swarm/join` body.
@@ -321,7 +351,7 @@ impl Files {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -429,14 +459,19 @@ impl Daemon {
     /// Loads this node's membership from the state directory, when it has one, and resumes it.
     pub async fn start(opts: Options) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(&opts.state_dir)?;
+        let executor = crate::agent_tasks::build(opts.executor, &opts.engine);
         let daemon = Daemon(Arc::new(Inner {
+            executor,
             opts,
             op: tokio::sync::Mutex::new(()),
             session: RwLock::new(None),
+            locked: std::sync::atomic::AtomicBool::new(false),
+            error: RwLock::new(None),
         }));
         let files = daemon.files();
         if files.state().exists() {
-            match daemon.resume().await {
+            match daemon.resume(None).await {
+                Ok(()) if daemon.is_locked() => {}
                 Ok(()) => tracing::info!(
                     "rejoined the swarm from {}",
                     daemon.0.opts.state_dir.display()
@@ -465,7 +500,8 @@ impl Daemon {
             .clone()
     }
 
-    async fn resume(&self) -> ApiResult<()> {
+    /// Resumes the membership on disk; a sealed key without `kek` leaves the node locked.
+    async fn resume(&self, kek: Option<Vec<u8>>) -> ApiResult<()> {
         let files = self.files();
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).map_err(|e| internal(&p.display().to_string(), e))
@@ -475,16 +511,25 @@ impl Daemon {
         let ca_der = pki::pem_to_der(&read(files.ca())?).map_err(|e| internal("CA", e))?;
         let cert_der =
             pki::pem_to_der(&read(files.cert())?).map_err(|e| internal("certificate", e))?;
-        let key_der =
-            key_from_pem(&read(files.key())?).ok_or_else(|| internal("key", "not a PKCS#8 key"))?;
+        let Some((key_pem, _)) = crate::autolock::read(&files.key(), &files.dek(), kek.as_deref())?
+        else {
+            self.set_locked(true);
+            tracing::info!("the swarm is locked: waiting for its unlock key");
+            return Ok(());
+        };
+        let key_der = key_from_pem(&key_pem).ok_or_else(|| internal("key", "not a PKCS#8 key"))?;
         let info = pki::cert_info(&cert_der).map_err(|e| internal("certificate", e))?;
         let role = Role::from_ou(&info.subject.ou).unwrap_or(Role::Worker);
-        let session = self.new_session(local, ca_der, &cert_der, &key_der, role)?;
+        let session = self.new_session(local, ca_der, &cert_der, &key_der, role, kek)?;
         if role == Role::Manager {
             self.start_manager(&session, None).await?;
         }
         self.start_loops(&session);
+        session.spawn(tokio::spawn(
+            self.clone().check_trust(Arc::downgrade(&session)),
+        ));
         *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session);
+        self.set_locked(false);
         Ok(())
     }
 
@@ -495,6 +540,7 @@ impl Daemon {
         cert_der: &[u8],
         key_der: &[u8],
         role: Role,
+        kek: Option<Vec<u8>>,
     ) -> ApiResult<Arc<Session>> {
         let credentials =
             Credentials::new(cert_der, key_der).map_err(|e| internal("certificate", e))?;
@@ -513,6 +559,7 @@ impl Daemon {
             session_seq: std::sync::atomic::AtomicU64::new(0),
             leader_addr: RwLock::new(None),
             renew_now: tokio::sync::Notify::new(),
+            kek: Mutex::new(kek),
         }))
     }
 
@@ -567,10 +614,13 @@ impl Daemon {
         }
         let files = self.files();
         std::fs::create_dir_all(files.raft_dir()).map_err(|e| internal("raft directory", e))?;
-        let dek = std::fs::read_to_string(files.dek())
-            .ok()
-            .and_then(|s| unhex(&s))
-            .ok_or_else(|| internal("data key", "missing or malformed"))?;
+        // Read under the lock the autolock watcher re-seals under.
+        let dek = {
+            let kek = session.kek.lock().unwrap_or_else(|e| e.into_inner());
+            crate::autolock::read(&files.key(), &files.dek(), kek.as_deref())
+        }?
+        .and_then(|(_, dek)| unhex(&dek?))
+        .ok_or_else(|| internal("data key", "missing or malformed"))?;
         let db = store::Db::open(
             &files.raft_dir().join("raft.redb"),
             store::Dek::new(&dek).map_err(|e| internal("data key", e))?,
@@ -626,11 +676,16 @@ impl Daemon {
             services,
         ));
         let detector = tokio::spawn(self.clone().detect_down(Arc::downgrade(session)));
+        let orchestrator = tokio::spawn(crate::orchestrator::run(
+            self.clone(),
+            Arc::downgrade(session),
+        ));
         let parts = Arc::new(ManagerParts {
             raft,
             shared,
             server,
             detector,
+            orchestrator,
         });
         *session.manager.write().unwrap_or_else(|e| e.into_inner()) = Some(parts.clone());
         Ok(parts)
@@ -655,12 +710,29 @@ impl Daemon {
         session.spawn(tokio::spawn(
             self.clone().keep_session(Arc::downgrade(session)),
         ));
+        session.spawn(tokio::spawn(crate::autolock::watch(
+            self.clone(),
+            Arc::downgrade(session),
+        )));
+        if let Some(executor) = self.0.executor.clone() {
+            session.spawn(tokio::spawn(crate::agent_tasks::run(
+                self.clone(),
+                Arc::downgrade(session),
+                executor,
+            )));
+        }
     }
 
     // ---- swarm init / join / leave ------------------------------------------------------------
 
     pub async fn init(&self, request: InitRequest) -> ApiResult<String> {
         let _op = self.0.op.lock().await;
+        if self.is_locked() && request.force_new_cluster {
+            return Err(ApiError::new(503, crate::autolock::LOCKED));
+        }
+        if self.is_locked() || self.local_error().is_some() {
+            return Err(ApiError::new(503, ALREADY_IN_SWARM));
+        }
         if let Some(session) = self.session() {
             if request.force_new_cluster && session.manager().is_some() {
                 return self.force_new_cluster(&session).await;
@@ -679,7 +751,8 @@ impl Daemon {
         })?;
         let listen = parse_listen(&request.listen_addr)?;
         let advertise = parse_advertise(&request.advertise_addr, listen)?;
-        let spec = request.spec.with_defaults();
+        let mut spec = request.spec.with_defaults();
+        spec.encryption_config.auto_lock_managers |= request.auto_lock_managers;
         let cluster_id = ids::new_id();
         let node_id = ids::new_id();
         let ca = RootCa::generate().map_err(|e| internal("root CA", e))?;
@@ -708,6 +781,7 @@ impl Daemon {
                 &cert_der,
                 &key_der,
                 Role::Manager,
+                None,
             )?;
             let parts = self.start_manager(&session, Some(&spec)).await?;
             let now = now_rfc3339();
@@ -736,6 +810,10 @@ impl Daemon {
                 root_ca: ca.clone(),
                 worker_secret: ids::new_secret(),
                 manager_secret: ids::new_secret(),
+                unlock_key: spec
+                    .encryption_config
+                    .auto_lock_managers
+                    .then(crate::autolock::new_unlock_key),
             };
             parts
                 .raft
@@ -753,6 +831,7 @@ impl Daemon {
                 )
                 .await?,
             )?;
+            crate::autolock::sync(self, &session)?;
             Ok::<_, ApiError>(session)
         }
         .await;
@@ -838,7 +917,7 @@ impl Daemon {
 
     pub async fn join(&self, request: JoinRequest) -> ApiResult<()> {
         let _op = self.0.op.lock().await;
-        if self.session().is_some() {
+        if self.session().is_some() || self.is_locked() || self.local_error().is_some() {
             return Err(ApiError::new(503, ALREADY_IN_SWARM));
         }
         if request.join_token.is_empty() {
@@ -968,7 +1047,7 @@ impl Daemon {
             },
         };
         self.save_membership(&local, &ca_der, &issued.certificate, &key_der)?;
-        let session = self.new_session(local, ca_der, &issued.certificate, &key_der, role)?;
+        let session = self.new_session(local, ca_der, &issued.certificate, &key_der, role, None)?;
         if role == Role::Manager {
             // The leader replicates to this node while it joins: its Raft service must be live.
             *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session.clone());
@@ -1026,7 +1105,18 @@ impl Daemon {
     pub async fn leave(&self, force: bool) -> ApiResult<()> {
         let _op = self.0.op.lock().await;
         let Some(session) = self.session() else {
-            return Err(ApiError::new(503, NOT_IN_SWARM));
+            if self.is_locked() {
+                if !force {
+                    return Err(ApiError::new(503, crate::autolock::LEAVE_LOCKED));
+                }
+            } else if self.local_error().is_none() {
+                return Err(ApiError::new(503, NOT_IN_SWARM));
+            }
+            self.wipe();
+            self.set_locked(false);
+            *self.0.error.write().unwrap_or_else(|e| e.into_inner()) = None;
+            tracing::info!("left the swarm");
+            return Ok(());
         };
         if session.role() == Role::Manager && !force {
             let (managers, reachable) = session
@@ -1054,6 +1144,7 @@ impl Daemon {
         }
         self.stop_manager(&session).await;
         *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = None;
+        session.abort_tasks();
         drop(session);
         self.wipe();
         tracing::info!("left the swarm");
@@ -1105,6 +1196,9 @@ impl Daemon {
     }
 
     pub fn manager_session(&self) -> ApiResult<Arc<Session>> {
+        if self.is_locked() {
+            return Err(ApiError::new(503, crate::autolock::LOCKED));
+        }
         let session = self
             .session()
             .ok_or_else(|| ApiError::new(503, NOT_A_MANAGER_INACTIVE))?;
@@ -1189,20 +1283,158 @@ impl Daemon {
         spec: SwarmSpec,
         rotate_worker: bool,
         rotate_manager: bool,
+        rotate_unlock_key: bool,
     ) -> ApiResult<()> {
-        self.view()?;
+        let view = self.view()?;
         spec.validate(self.0.opts.min_cert_expiry)
             .map_err(|m| ApiError::new(400, m))?;
+        let ca = &spec.ca_config;
+        let rotations = |c: &crate::state::CaConfig| c.force_rotate.unwrap_or(0);
+        if view
+            .state
+            .cluster
+            .as_ref()
+            .is_some_and(|c| rotations(&c.spec.ca_config) != rotations(ca))
+            || !ca.signing_ca_cert.is_empty()
+            || !ca.signing_ca_key.is_empty()
+            || !ca.external_cas.is_empty()
+        {
+            return Err(ApiError::new(
+                400,
+                "CA rotation and external CAs (swarm ca --rotate, --external-ca) are not supported by this swarm agent yet",
+            ));
+        }
+        // A new unlock key when autolock is turned on, or rotated while on.
+        let locked_now = view
+            .state
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.unlock_key.is_some());
+        let unlock_key = (spec.encryption_config.auto_lock_managers
+            && (!locked_now || rotate_unlock_key))
+            .then(crate::autolock::new_unlock_key);
         check(
             self.propose(Command::UpdateSwarm {
                 version,
-                spec,
+                spec: Box::new(spec),
                 worker_secret: rotate_worker.then(ids::new_secret),
                 manager_secret: rotate_manager.then(ids::new_secret),
+                unlock_key,
                 now: now_rfc3339(),
             })
             .await?,
-        )
+        )?;
+        // This manager's files follow at once (the others within their watch period).
+        if let Err(e) = crate::autolock::sync(self, &view.session) {
+            tracing::warn!("autolock: {}", e.message);
+        }
+        Ok(())
+    }
+
+    /// Docker's `GET /swarm/unlockkey`: the current unlock key, "" without autolock.
+    pub fn unlock_key(&self) -> ApiResult<String> {
+        let view = self.view()?;
+        Ok(view
+            .state
+            .cluster
+            .as_ref()
+            .and_then(|c| c.unlock_key.clone())
+            .unwrap_or_default())
+    }
+
+    /// Docker's `POST /swarm/unlock`: opens the sealed key with the unlock key and resumes.
+    pub async fn unlock(&self, key: &str) -> ApiResult<()> {
+        let _op = self.0.op.lock().await;
+        if !self.is_locked() {
+            return Err(match self.session() {
+                Some(s) if s.manager().is_some() => ApiError::new(409, crate::autolock::NOT_LOCKED),
+                Some(_) => ApiError::new(503, NOT_A_MANAGER_WORKER),
+                None => ApiError::new(503, NOT_A_MANAGER_INACTIVE),
+            });
+        }
+        let kek = crate::autolock::parse_human(key)?;
+        self.resume(Some(kek)).await?;
+        tracing::info!("unlocked the swarm");
+        Ok(())
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.0.locked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_locked(&self, locked: bool) {
+        self.0
+            .locked
+            .store(locked, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Why this node gave up its membership, if it did (Docker's `Swarm.Error`).
+    pub fn local_error(&self) -> Option<String> {
+        self.0
+            .error
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The node's TLS key file and its Raft data key file.
+    pub(crate) fn key_paths(&self) -> (PathBuf, PathBuf) {
+        let files = self.files();
+        (files.key(), files.dek())
+    }
+
+    /// S05: a node restarted with certificates of another swarm (restored from the wrong
+    /// backup, say) would otherwise retry its managers forever. As soon as one manager it knows
+    /// refuses its certificate (or shows one its CA did not sign) and none accepts it, it stops
+    /// and says why (`docker info`: `LocalNodeState: error`); `swarm leave --force` clears it.
+    async fn check_trust(self, session: std::sync::Weak<Session>) {
+        loop {
+            let Some(s) = session.upgrade() else { return };
+            let Ok(tls) = s.client_tls() else { return };
+            let managers: Vec<String> = s
+                .known_managers()
+                .into_iter()
+                .filter(|a| *a != s.local.advertise_addr)
+                .collect();
+            drop(s);
+            if managers.is_empty() {
+                return;
+            }
+            let mut refused = None;
+            for addr in managers {
+                match net::probe(&addr, tls.clone()).await {
+                    net::Probe::Trusted => return,
+                    net::Probe::Refused(why) => {
+                        refused = Some(format!("the manager at {addr}: {why}"))
+                    }
+                    net::Probe::Unreachable => {}
+                }
+            }
+            if let Some(why) = refused {
+                self.give_up(&session, why).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn give_up(&self, session: &std::sync::Weak<Session>, why: String) {
+        let _op = self.0.op.lock().await;
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        if !self.session().is_some_and(|c| Arc::ptr_eq(&c, &session)) {
+            return;
+        }
+        let message = format!(
+            "this node's certificates are not those of the swarm it knows ({why}): they were issued by another swarm's CA. Use \"docker swarm leave --force\" and join again."
+        );
+        tracing::error!("{message}");
+        self.stop_manager(&session).await;
+        *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.0.error.write().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        // Last: this runs in one of those tasks, which ends at its next await.
+        session.abort_tasks();
     }
 
     // ---- the CA and the dispatcher (gRPC handlers) ---------------------------------------------
@@ -1727,8 +1959,7 @@ impl Daemon {
                 return Err(internal("issued certificate", "for another node"));
             }
             let files = self.files();
-            write_private(&files.key(), key_to_pem(&key_der).as_bytes())
-                .map_err(|e| internal("key", e))?;
+            crate::autolock::write_key(self, session, &key_to_pem(&key_der))?;
             write_private(
                 &files.cert(),
                 pki::der_to_pem(&issued.certificate).as_bytes(),
@@ -1898,7 +2129,7 @@ async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// The answer of a manager that is not the leader to a call only the leader takes: where the
 /// leader is, in the `leader-addr` metadata.
-fn not_leader(view: &View) -> tonic::Status {
+pub(crate) fn not_leader(view: &View) -> tonic::Status {
     let Some(leader) = view.leader_addr() else {
         return tonic::Status::unavailable(NO_LEADER);
     };

@@ -118,6 +118,12 @@ pub fn info(daemon: &Daemon) -> Value {
         "Error": "",
         "RemoteManagers": null,
     });
+    if daemon.is_locked() {
+        swarm["LocalNodeState"] = json!("locked");
+    } else if let Some(error) = daemon.local_error() {
+        swarm["LocalNodeState"] = json!("error");
+        swarm["Error"] = json!(error);
+    }
     if let Some(session) = daemon.session() {
         let advertise_ip = session
             .local

@@ -7,21 +7,35 @@
 //! api (Docker Engine API, unix socket) ─┐
 //! cli (the client verbs) ───────────────┴─► daemon (membership, operations, loops)
 //!                                              ├─ pki (root CA, node certs, rustls configs)
+//!                                              ├─ autolock (the unlock key sealing node keys)
 //!                                              ├─ raft + store (openraft on redb, sealed at rest)
 //!                                              ├─ state (the replicated cluster state)
-//!                                              └─ net + service (gRPC over mutual TLS, :2377)
+//!                                              ├─ net + service (gRPC over mutual TLS, :2377)
+//!                                              ├─ objects (services, tasks, secrets, configs)
+//!                                              ├─ orchestrator (the leader's loop + scheduler)
+//!                                              ├─ dispatcher (assignments out, statuses in)
+//!                                              └─ agent_tasks → executor (every node's tasks)
 //! ```
 
+pub mod agent_tasks;
 pub mod api;
+pub mod autolock;
 pub mod cli;
+pub mod cli_services;
 pub mod daemon;
+pub mod dispatcher;
 pub mod docker;
+pub mod executor;
 pub mod ids;
+pub mod model;
 pub mod net;
+pub mod objects;
+pub mod orchestrator;
 pub mod pki;
 pub mod raft;
 pub mod service;
 pub mod settings;
+pub mod services_api;
 pub mod state;
 pub mod store;
 

@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
                 hostname,
                 min_cert_expiry,
                 config,
+                executor,
             } => {
                 daemon(
                     cli.socket,
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
                     hostname,
                     min_cert_expiry.into(),
                     config,
+                    executor,
                 )
                 .await
             }
@@ -55,6 +57,7 @@ async fn daemon(
     hostname: Option<String>,
     min_cert_expiry: std::time::Duration,
     config: Vec<std::path::PathBuf>,
+    executor: slipway_swarm::agent_tasks::ExecutorKind,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     tracing_subscriber::fmt()
@@ -88,6 +91,7 @@ async fn daemon(
         raft_tick: std::time::Duration::from_millis(raft_tick.max(10)),
         hostname,
         min_cert_expiry,
+        executor,
     })
     .await?;
     tracing::info!("serving the Docker Engine API on {}", socket.display());

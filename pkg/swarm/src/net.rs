@@ -207,3 +207,65 @@ where
 pub fn unimplemented() -> GrpcResponse {
     tonic::Status::unimplemented("no such service").into_http()
 }
+
+/// What a node learns from a manager by opening a connection to it with its own credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Both sides accepted each other's certificate.
+    Trusted,
+    /// One side refused the other's certificate: they belong to different swarms (CAs).
+    Refused(String),
+    /// No answer, or an answer that says nothing about trust.
+    Unreachable,
+}
+
+/// Opens a mutual-TLS connection to `addr` and reads the first bytes: a manager that accepted
+/// this node's certificate speaks first (HTTP/2's SETTINGS); one that refused it sends an alert.
+/// TLS 1.3 finishes the client's side of the handshake before the server has checked the client's
+/// certificate, hence the read.
+pub async fn probe(addr: &str, tls: Arc<ClientConfig>) -> Probe {
+    use tokio::io::AsyncReadExt;
+    let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr)).await
+    else {
+        return Probe::Unreachable;
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let mut stream = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        connector.connect(pki::manager_server_name(), tcp),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return classify(&e),
+        Err(_) => return Probe::Unreachable,
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => Probe::Trusted,
+        Ok(Err(e)) => classify(&e),
+        _ => Probe::Unreachable,
+    }
+}
+
+fn classify(e: &std::io::Error) -> Probe {
+    use rustls::AlertDescription as A;
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        // Only "signed by another CA" counts; an expired or otherwise odd certificate says
+        // nothing about which swarm the peer belongs to.
+        Some(
+            tls @ rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            ),
+        ) => Probe::Refused(format!(
+            "its certificate is not signed by this node's CA ({tls})"
+        )),
+        Some(tls @ rustls::Error::AlertReceived(A::UnknownCA | A::DecryptError)) => {
+            Probe::Refused(format!("it refused this node's certificate ({tls})"))
+        }
+        _ => Probe::Unreachable,
+    }
+}

@@ -44,11 +44,18 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub fn config(tick: Duration, spec: &RaftSpec) -> Result<Arc<Config>, openraft::ConfigError> {
     let tick_ms = tick.as_millis().max(10) as u64;
     let election_tick = (spec.election_tick.max(2)) as u64;
+    let heartbeat_interval = tick_ms.saturating_mul(spec.heartbeat_tick.max(1) as u64);
+    // openraft 0.9 waits out a leader lease of `election_timeout_max` (no vote is granted before
+    // it) plus the node's own timeout from [min, max) before it stands: max = ElectionTick ticks
+    // and min = half that make an election start 1.5-2 × ElectionTick ticks after the leader's
+    // last heartbeat (etcd, SwarmKit's Raft: 1-2 ×), where max = 2 × min took 3-4 × (leader
+    // killed to the next write: 7.5-10 s at the default tick, against Docker's 10-20 s).
+    let election_max = tick_ms.saturating_mul(election_tick);
     let config = Config {
         cluster_name: "swarm".into(),
-        heartbeat_interval: tick_ms.saturating_mul(spec.heartbeat_tick.max(1) as u64),
-        election_timeout_min: tick_ms.saturating_mul(election_tick),
-        election_timeout_max: tick_ms.saturating_mul(election_tick).saturating_mul(2),
+        heartbeat_interval,
+        election_timeout_min: (election_max / 2).max(heartbeat_interval + 1),
+        election_timeout_max: election_max.max(heartbeat_interval + 2),
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(
             spec.snapshot_interval.unwrap_or(10_000).max(1),

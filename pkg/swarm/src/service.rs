@@ -195,6 +195,34 @@ impl control_server::Control for Handler {
         Ok(Response::new(self.daemon.open_session(&peer.node_id)?))
     }
 
+    type AssignmentsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::AssignmentsMessage, Status>>;
+
+    async fn assignments(
+        &self,
+        request: Request<proto::AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let peer = net::require(&request, None)?;
+        Ok(Response::new(crate::dispatcher::open_assignments(
+            &self.daemon,
+            &peer.node_id,
+        )?))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<proto::UpdateTaskStatusRequest>,
+    ) -> Result<Response<proto::UpdateTaskStatusResponse>, Status> {
+        let peer = net::require(&request, None)?;
+        crate::dispatcher::update_statuses(
+            &self.daemon,
+            &peer.node_id,
+            &request.get_ref().statuses,
+        )
+        .await?;
+        Ok(Response::new(proto::UpdateTaskStatusResponse {}))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<proto::HeartbeatRequest>,

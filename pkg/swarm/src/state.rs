@@ -132,6 +132,30 @@ pub struct CaConfig {
     /// Nanoseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_cert_expiry: Option<i64>,
+    /// `swarm ca --rotate` increments it (CA rotation is refused until implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_rotate: Option<u64>,
+    #[serde(
+        rename = "SigningCACert",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub signing_ca_cert: String,
+    #[serde(
+        rename = "SigningCAKey",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub signing_ca_key: String,
+    #[serde(
+        rename = "ExternalCAs",
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub external_cas: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -198,9 +222,6 @@ impl SwarmSpec {
                 "invalid Raft ticks: ElectionTick must be greater than HeartbeatTick".into(),
             );
         }
-        if self.encryption_config.auto_lock_managers {
-            return Err("autolock is not supported by this swarm agent yet".into());
-        }
         if let Some(e) = self.ca_config.node_cert_expiry
             && e != 0
             && (e < 0 || Duration::from_nanos(e as u64) < min_cert_expiry)
@@ -238,6 +259,9 @@ pub struct Cluster {
     pub root_ca: RootCa,
     pub worker_secret: String,
     pub manager_secret: String,
+    /// The unlock key (`SWMKEY-1-...`) while autolock is on.
+    #[serde(default)]
+    pub unlock_key: Option<String>,
 }
 
 // The CA key and the join secrets never reach a log line.
@@ -348,9 +372,12 @@ pub enum Command {
     },
     UpdateSwarm {
         version: Option<u64>,
-        spec: SwarmSpec,
+        spec: Box<SwarmSpec>,
         worker_secret: Option<String>,
         manager_secret: Option<String>,
+        /// A new unlock key (autolock turned on, or its key rotated).
+        #[serde(default)]
+        unlock_key: Option<String>,
         now: String,
     },
     /// `init --force-new-cluster`: the first entry of the new one-manager Raft cluster carries
@@ -358,6 +385,8 @@ pub enum Command {
     Restore {
         state: Box<ClusterState>,
     },
+    /// Services, tasks, secrets and configs (`objects.rs`).
+    Objects(Box<crate::objects::ObjectCommand>),
 }
 
 /// What applying a command gave: Docker's status and message when it was refused.
@@ -380,6 +409,8 @@ pub const OUT_OF_SEQUENCE: &str = "rpc error: code = Unknown desc = update out o
 pub struct ClusterState {
     pub cluster: Option<Cluster>,
     pub nodes: BTreeMap<String, Node>,
+    #[serde(default)]
+    pub objects: crate::objects::Objects,
 }
 
 impl ClusterState {
@@ -424,6 +455,7 @@ impl ClusterState {
     /// Applies a committed command at log index `index`.
     pub fn apply(&mut self, index: u64, command: Command) -> CommandResult {
         match command {
+            Command::Objects(command) => return self.objects.apply(index, *command),
             Command::Restore { state } => {
                 *self = *state;
             }
@@ -525,6 +557,7 @@ impl ClusterState {
                 spec,
                 worker_secret,
                 manager_secret,
+                unlock_key,
                 now,
             } => {
                 let Some(cluster) = self.cluster.as_mut() else {
@@ -533,12 +566,17 @@ impl ClusterState {
                 if version.is_some_and(|v| v != cluster.version) {
                     return refused(500, OUT_OF_SEQUENCE);
                 }
-                cluster.spec = spec.with_defaults();
+                cluster.spec = (*spec).with_defaults();
                 if let Some(secret) = worker_secret {
                     cluster.worker_secret = secret;
                 }
                 if let Some(secret) = manager_secret {
                     cluster.manager_secret = secret;
+                }
+                if !cluster.spec.encryption_config.auto_lock_managers {
+                    cluster.unlock_key = None;
+                } else if unlock_key.is_some() {
+                    cluster.unlock_key = unlock_key;
                 }
                 cluster.version = index;
                 cluster.updated_at = now;

@@ -309,10 +309,6 @@ fn docker_cli_forms_a_cluster_manages_nodes_and_checks_tokens() {
     assert_eq!(nodes.len(), 4);
     assert_eq!(by_host(&nodes, "h2")["Status"], "Ready");
 
-    // What is not implemented is refused, not silently accepted.
-    let autolock = h1.docker(&["swarm", "update", "--autolock"]).unwrap_err();
-    assert!(autolock.contains("autolock is not supported"), "{autolock}");
-
     // S09: writes through a follower (h3) reach the leader and every manager sees them.
     h3.docker_ok(&["node", "update", "--availability", "drain", "h2"]);
     h3.docker_ok(&[

@@ -66,6 +66,7 @@ fn apply_both(layers: &[Vec<u8>]) -> (Tree, tempfile::TempDir) {
     let mut tree = TreeSink {
         tree: Tree::new(),
         links: HashMap::new(),
+        lazy: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let mut dsink = open_dir_sink(dir.path()).unwrap();
@@ -243,6 +244,7 @@ fn gzip_zstd_and_plain_layers_are_all_read() {
     let mut tree = TreeSink {
         tree: Tree::new(),
         links: HashMap::new(),
+        lazy: None,
     };
     for blob in [plain, gz, zst] {
         let d = store.put_blob(&blob).unwrap();
@@ -296,4 +298,39 @@ fn a_tar_inside_an_image_applies_onto_a_tree_with_the_same_rules() {
         err.to_string().contains("kernel:kernel.tar") && err.to_string().contains("up/x"),
         "{err}"
     );
+}
+
+/// A lazily applied tar gives the same tree as an eager one once its placeholders are read back,
+/// and reads no contents of the files it was told to leave.
+#[test]
+fn lazy_tar_file_matches_the_eager_tree() {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("lib/modules/1/kernel/a.ko", &b"module a"[..]),
+        ("lib/modules/1/modules.dep", b"kernel/a.ko:\n"),
+        ("lib/modules/1/kernel/b.ko", b"module bb"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    let eager = apply_tar_to_tree(Tree::new(), "t", bytes.clone()).unwrap();
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &bytes).unwrap();
+    let layer = Digest::of(b"t");
+    let (mut lazy, files) =
+        apply_tar_file_lazily(Tree::new(), "t", &layer, &file, |p| p.ends_with(".ko")).unwrap();
+    assert_eq!(files.len(), 2);
+    assert_ne!(lazy, eager, "module contents are not read yet");
+    for f in &files {
+        let entry = lazy.get_mut(&f.path).unwrap();
+        entry.kind = Kind::File(Arc::new(f.read(&file).unwrap()));
+    }
+    assert_eq!(lazy, eager);
 }

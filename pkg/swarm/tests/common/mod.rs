@@ -43,6 +43,8 @@ pub struct Node {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
+    /// More daemon flags (e.g. `--executor fake`).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -74,6 +76,7 @@ impl Node {
                 "--state",
             ])
             .arg(&self.state)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -173,6 +176,11 @@ pub struct Cluster {
 impl Cluster {
     /// `n` namespaces h1..hn on a new bridge, agents started.
     pub fn new(n: usize) -> Cluster {
+        Cluster::with_args(n, &[])
+    }
+
+    /// `n` nodes whose daemons get `args` too.
+    pub fn with_args(n: usize, args: &[&str]) -> Cluster {
         let unique = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{}", std::process::id() % 10000, unique);
         let bridge = format!("swb{tag}");
@@ -228,6 +236,7 @@ impl Cluster {
                 socket: base.join("swarm.sock"),
                 state: base.join("state"),
                 log: base.join("log"),
+                args: args.iter().map(|a| a.to_string()).collect(),
                 child: None,
             });
         }

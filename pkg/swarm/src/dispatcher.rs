@@ -1,0 +1,300 @@
+//! The leader's dispatcher: every node keeps an `Assignments` stream open with the leader and
+//! receives its whole assignment again whenever it changes (its tasks whose desired state is not
+//! `remove`, and only the secrets and configs those tasks use); the node's statuses come back
+//! through `UpdateTaskStatus`, checked against the caller (a node reports its own tasks only),
+//! stamped with the leader's clock and written through Raft.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::daemon::{Daemon, ManagerParts};
+use crate::model::{FileData, Task, TaskState, TaskStatus};
+use crate::objects::{FileKind, ObjectCommand, TaskOp};
+use crate::proto;
+use crate::state::{ClusterState, Command, now_rfc3339};
+
+/// How often the leader looks for a change in a node's assignment.
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireAssignment {
+    pub tasks: Vec<Task>,
+    pub secrets: Vec<FileData>,
+    pub configs: Vec<FileData>,
+}
+
+impl From<WireAssignment> for crate::executor::Assignment {
+    fn from(w: WireAssignment) -> Self {
+        crate::executor::Assignment {
+            tasks: w.tasks,
+            secrets: w.secrets,
+            configs: w.configs,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireStatus {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+pub fn assignment_for(state: &ClusterState, node_id: &str) -> WireAssignment {
+    let tasks: Vec<Task> = state
+        .objects
+        .tasks
+        .values()
+        .filter(|t| {
+            t.node_id == node_id
+                && t.desired_state < TaskState::Remove
+                && t.status.state >= TaskState::Assigned
+        })
+        .cloned()
+        .collect();
+    let mut secrets = Vec::new();
+    let mut configs = Vec::new();
+    for (kind, out) in [
+        (FileKind::Secret, &mut secrets),
+        (FileKind::Config, &mut configs),
+    ] {
+        for (id, file) in state.objects.files(kind) {
+            let used = tasks.iter().any(|t| {
+                t.spec.container_spec.as_ref().is_some_and(|c| match kind {
+                    FileKind::Secret => c.secrets.iter().any(|r| r.secret_id.as_ref() == Some(id)),
+                    FileKind::Config => c.configs.iter().any(|r| r.config_id.as_ref() == Some(id)),
+                })
+            });
+            if used {
+                out.push(FileData {
+                    id: id.clone(),
+                    name: file.spec.name.clone(),
+                    data: base64::engine::general_purpose::STANDARD
+                        .decode(&file.spec.data)
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
+    WireAssignment {
+        tasks,
+        secrets,
+        configs,
+    }
+}
+
+fn leader_parts(daemon: &Daemon) -> Result<Arc<ManagerParts>, Status> {
+    let session = daemon
+        .manager_session()
+        .map_err(|e| Status::unavailable(e.message))?;
+    let parts = session
+        .manager()
+        .ok_or_else(|| Status::unavailable("not a manager"))?;
+    if parts.raft.metrics().borrow().state != openraft::ServerState::Leader {
+        let view = daemon.view().map_err(|e| Status::unavailable(e.message))?;
+        return Err(crate::daemon::not_leader(&view));
+    }
+    Ok(parts)
+}
+
+pub fn open_assignments(
+    daemon: &Daemon,
+    node_id: &str,
+) -> Result<ReceiverStream<Result<proto::AssignmentsMessage, Status>>, Status> {
+    let parts = leader_parts(daemon)?;
+    if !parts
+        .shared
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .state
+        .nodes
+        .contains_key(node_id)
+    {
+        return Err(Status::not_found(format!("node {node_id} not found")));
+    }
+    let weak = Arc::downgrade(&parts);
+    drop(parts);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let node_id = node_id.to_string();
+    tokio::spawn(async move {
+        let mut last: Option<Vec<u8>> = None;
+        // The assignment is computed again only when the applied state moved.
+        let mut seen_index: Option<u64> = None;
+        loop {
+            let bytes = {
+                let Some(parts) = weak.upgrade() else { return };
+                if parts.raft.metrics().borrow().state != openraft::ServerState::Leader {
+                    return;
+                }
+                let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
+                let index = applied.last_applied.map(|l| l.index);
+                if last.is_some() && index == seen_index {
+                    None
+                } else {
+                    seen_index = index;
+                    Some(
+                        serde_json::to_vec(&assignment_for(&applied.state, &node_id))
+                            .unwrap_or_default(),
+                    )
+                }
+            };
+            if let Some(bytes) = bytes
+                && last.as_ref() != Some(&bytes)
+            {
+                let message = proto::AssignmentsMessage {
+                    assignment: bytes.clone(),
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                last = Some(bytes);
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    });
+    Ok(ReceiverStream::new(rx))
+}
+
+/// A node's words about a task stay short in the Raft log.
+fn truncate(text: &mut String) {
+    const MAX: usize = 4096;
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+fn same(a: &TaskStatus, b: &TaskStatus) -> bool {
+    a.state == b.state
+        && a.message == b.message
+        && a.err == b.err
+        && a.container_status == b.container_status
+}
+
+pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> Result<(), Status> {
+    let statuses: Vec<WireStatus> = serde_json::from_slice(payload)
+        .map_err(|e| Status::invalid_argument(format!("bad statuses: {e}")))?;
+    let parts = leader_parts(daemon)?;
+    let now = now_rfc3339();
+    let ops: Vec<TaskOp> = {
+        let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
+        statuses
+            .into_iter()
+            .filter_map(|s| {
+                let task = applied.state.objects.tasks.get(&s.task_id)?;
+                // A node reports what its executor saw: from accepted to rejected, never the
+                // manager's own states (pending, remove, orphaned).
+                if task.node_id != node_id
+                    || s.status.state < TaskState::Accepted
+                    || s.status.state > TaskState::Rejected
+                    || s.status.state < task.status.state
+                    || same(&s.status, &task.status)
+                {
+                    return None;
+                }
+                let mut status = s.status;
+                status.timestamp = now.clone();
+                truncate(&mut status.message);
+                truncate(&mut status.err);
+                Some(TaskOp::Status {
+                    id: s.task_id,
+                    status,
+                })
+            })
+            .collect()
+    };
+    drop(parts);
+    if ops.is_empty() {
+        return Ok(());
+    }
+    daemon
+        .propose(Command::Objects(Box::new(ObjectCommand::Tasks {
+            ops,
+            now,
+        })))
+        .await
+        .map_err(|e| Status::unavailable(e.message))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerSpec, FileReference, TaskSpec};
+    use crate::objects::{FileObject, FileSpec};
+
+    fn task(id: &str, node: &str, secret: Option<&str>) -> Task {
+        Task {
+            id: id.into(),
+            node_id: node.into(),
+            desired_state: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Assigned,
+                ..TaskStatus::default()
+            },
+            spec: TaskSpec {
+                container_spec: Some(ContainerSpec {
+                    image: "busybox".into(),
+                    secrets: secret
+                        .map(|s| FileReference {
+                            secret_id: Some(s.into()),
+                            ..FileReference::default()
+                        })
+                        .into_iter()
+                        .collect(),
+                    ..ContainerSpec::default()
+                }),
+                ..TaskSpec::default()
+            },
+            ..Task::default()
+        }
+    }
+
+    #[test]
+    fn a_node_gets_its_own_tasks_and_only_the_secrets_they_use() {
+        let mut state = ClusterState::default();
+        for (id, name) in [("s1", "pw"), ("s2", "other")] {
+            state.objects.secrets.insert(
+                id.into(),
+                FileObject {
+                    id: id.into(),
+                    spec: FileSpec {
+                        name: name.into(),
+                        data: "aHVudGVyMg==".into(),
+                        ..FileSpec::default()
+                    },
+                    ..FileObject::default()
+                },
+            );
+        }
+        let tasks = [
+            task("t1", "n1", Some("s1")),
+            task("t2", "n2", Some("s2")),
+            task("t3", "n1", None),
+        ];
+        for t in tasks {
+            state.objects.tasks.insert(t.id.clone(), t);
+        }
+        let mut removed = task("t4", "n1", Some("s2"));
+        removed.desired_state = TaskState::Remove;
+        state.objects.tasks.insert("t4".into(), removed);
+        let a = assignment_for(&state, "n1");
+        let ids: Vec<&str> = a.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t1", "t3"]);
+        assert_eq!(a.secrets.len(), 1);
+        assert_eq!(a.secrets[0].name, "pw");
+        assert_eq!(a.secrets[0].data, b"hunter2");
+        assert!(assignment_for(&state, "n3").tasks.is_empty());
+        assert!(assignment_for(&state, "n3").secrets.is_empty());
+    }
+}

@@ -1,0 +1,567 @@
+//! The scheduler: places each task waiting for a node. Filters first (the node is ready and
+//! active, its resources cover the reservations, the placement constraints and platforms hold,
+//! host-mode published ports are free, the service's max replicas per node is not reached),
+//! then spread: the node with the fewest tasks of the service, then the fewest tasks. A task
+//! that fits nowhere stays `pending` with Docker's "no suitable node (...)" explanation, and is
+//! placed on a later round as soon as a node fits.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{Task, TaskSpec, TaskState, TaskStatus};
+use crate::objects::TaskOp;
+use crate::state::{Availability, ClusterState, Node, NodeState};
+
+/// Tasks considered per round.
+const MAX_PER_ROUND: usize = 5000;
+
+/// The filters, in the order their failures are explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Filter {
+    Ready,
+    Resources,
+    Constraints,
+    Platform,
+    HostPort,
+    MaxReplicas,
+}
+
+fn explain(filter: Filter, nodes: usize) -> String {
+    let s = if nodes == 1 { "" } else { "s" };
+    match filter {
+        Filter::Ready => format!("{nodes} node{s} not available for new tasks"),
+        Filter::Resources => format!("insufficient resources on {nodes} node{s}"),
+        Filter::Constraints => format!("scheduling constraints not satisfied on {nodes} node{s}"),
+        Filter::Platform => format!("unsupported platform on {nodes} node{s}"),
+        Filter::HostPort => format!("host-mode port already in use on {nodes} node{s}"),
+        Filter::MaxReplicas => "max replicas per node limit exceed".to_string(),
+    }
+}
+
+/// What the live tasks already hold on one node.
+#[derive(Default, Clone)]
+struct Load {
+    tasks: usize,
+    per_service: HashMap<String, usize>,
+    nano_cpus: i64,
+    memory_bytes: i64,
+    ports: Vec<(String, u32)>,
+}
+
+fn reservations(spec: &TaskSpec) -> (i64, i64) {
+    spec.resources
+        .as_ref()
+        .and_then(|r| r.reservations.as_ref())
+        .map(|r| (r.nano_cpus, r.memory_bytes))
+        .unwrap_or((0, 0))
+}
+
+fn host_ports(state: &ClusterState, task: &Task) -> Vec<(String, u32)> {
+    let Some(service) = state.objects.services.get(&task.service_id) else {
+        return Vec::new();
+    };
+    service
+        .spec
+        .endpoint_spec
+        .iter()
+        .flat_map(|e| e.ports.iter())
+        .filter(|p| p.publish_mode.as_deref() == Some("host"))
+        .filter_map(|p| {
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "tcp".into()),
+                p.published_port.filter(|&n| n > 0)?,
+            ))
+        })
+        .collect()
+}
+
+/// A task occupies its node from assignment until it ended, also while it is being stopped: a
+/// stop-first update's new task waits (pending, "host-mode port already in use") for the old one
+/// to free its port or reservation.
+pub fn holds_node(task: &Task) -> bool {
+    !task.node_id.is_empty()
+        && task.status.state >= TaskState::Assigned
+        && task.status.state < TaskState::Complete
+}
+
+/// Docker's constraint syntax: `key==value` or `key!=value`.
+pub fn constraint_holds(node: &Node, constraint: &str) -> bool {
+    let (key, equal, value) = if let Some((k, v)) = constraint.split_once("==") {
+        (k, true, v)
+    } else if let Some((k, v)) = constraint.split_once("!=") {
+        (k, false, v)
+    } else {
+        return false;
+    };
+    let key = key.trim();
+    let value = value.trim();
+    let actual: Option<String> = match key.to_ascii_lowercase().as_str() {
+        "node.id" => Some(node.id.clone()),
+        "node.hostname" => Some(node.description.hostname.clone()),
+        "node.role" => Some(node.spec.role.as_str().to_string()),
+        "node.platform.os" => Some(node.description.os.clone()),
+        "node.platform.arch" => Some(node.description.architecture.clone()),
+        _ => {
+            if let Some(label) = key.strip_prefix("node.labels.") {
+                node.spec.labels.get(label).cloned()
+            } else {
+                // engine.labels: this agent's engine has none.
+                None
+            }
+        }
+    };
+    let matches = actual.is_some_and(|a| {
+        if key.eq_ignore_ascii_case("node.hostname") || key.starts_with("node.labels.") {
+            a == value
+        } else {
+            a.eq_ignore_ascii_case(value)
+        }
+    });
+    matches == equal
+}
+
+/// Constraints that cannot be parsed are refused when the service is created.
+pub fn valid_constraint(constraint: &str) -> bool {
+    let parts = constraint
+        .split_once("==")
+        .or_else(|| constraint.split_once("!="));
+    parts.is_some_and(|(k, _)| {
+        let k = k.trim().to_ascii_lowercase();
+        [
+            "node.id",
+            "node.hostname",
+            "node.role",
+            "node.platform.os",
+            "node.platform.arch",
+        ]
+        .contains(&k.as_str())
+            || k.starts_with("node.labels.")
+            || k.starts_with("engine.labels.")
+    })
+}
+
+fn platform_ok(node: &Node, spec: &TaskSpec) -> bool {
+    let platforms = spec
+        .placement
+        .as_ref()
+        .map(|p| p.platforms.as_slice())
+        .unwrap_or(&[]);
+    if platforms.is_empty() {
+        return true;
+    }
+    let arch = |a: &str| match a {
+        "x86_64" | "amd64" => "amd64".to_string(),
+        "aarch64" | "arm64" => "arm64".to_string(),
+        other => other.to_string(),
+    };
+    platforms.iter().any(|p| {
+        let os = p.get("OS").and_then(|v| v.as_str()).unwrap_or("");
+        let a = p.get("Architecture").and_then(|v| v.as_str()).unwrap_or("");
+        (os.is_empty() || os.eq_ignore_ascii_case(&node.description.os))
+            && (a.is_empty() || arch(a) == arch(&node.description.architecture))
+    })
+}
+
+fn check(
+    state: &ClusterState,
+    node: &Node,
+    load: &Load,
+    task: &Task,
+    ports: &[(String, u32)],
+) -> Result<(), Filter> {
+    if node.state != NodeState::Ready || node.spec.availability != Availability::Active {
+        return Err(Filter::Ready);
+    }
+    let (cpus, memory) = reservations(&task.spec);
+    if (cpus > 0 && load.nano_cpus + cpus > node.description.nano_cpus)
+        || (memory > 0 && load.memory_bytes + memory > node.description.memory_bytes)
+    {
+        return Err(Filter::Resources);
+    }
+    let placement = task.spec.placement.as_ref();
+    if placement.is_some_and(|p| !p.constraints.iter().all(|c| constraint_holds(node, c))) {
+        return Err(Filter::Constraints);
+    }
+    if !platform_ok(node, &task.spec) {
+        return Err(Filter::Platform);
+    }
+    if ports.iter().any(|p| load.ports.contains(p)) {
+        return Err(Filter::HostPort);
+    }
+    if let Some(max) = placement.and_then(|p| p.max_replicas).filter(|&m| m > 0)
+        && load.per_service.get(&task.service_id).copied().unwrap_or(0) as u64 >= max
+    {
+        return Err(Filter::MaxReplicas);
+    }
+    let _ = state;
+    Ok(())
+}
+
+/// The labels of `Placement.Preferences` (`{"Spread":{"SpreadDescriptor":"node.labels.rack"}}`),
+/// outermost first: tasks are spread evenly over each label's values (nodes without the label
+/// are one more value), then over the nodes.
+fn spread_labels(spec: &TaskSpec) -> Vec<String> {
+    spec.placement
+        .as_ref()
+        .map(|p| {
+            p.preferences
+                .iter()
+                .filter_map(|p| p.get("Spread")?.get("SpreadDescriptor")?.as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn label_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
+    let key = descriptor.strip_prefix("node.labels.")?;
+    node.spec.labels.get(key).map(String::as_str)
+}
+
+/// One scheduling round over the whole state: the assignments and the pending reasons to write.
+pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
+    let mut loads: BTreeMap<&str, Load> = state
+        .nodes
+        .keys()
+        .map(|id| (id.as_str(), Load::default()))
+        .collect();
+    for task in state.objects.tasks.values().filter(|t| holds_node(t)) {
+        if let Some(load) = loads.get_mut(task.node_id.as_str()) {
+            add(load, state, task);
+        }
+    }
+    let mut waiting: Vec<&Task> = state
+        .objects
+        .tasks
+        .values()
+        .filter(|t| t.status.state <= TaskState::Pending && t.desired_state <= TaskState::Running)
+        .collect();
+    waiting.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    // One round's decisions stay one Raft entry of bounded size; the rest wait a round.
+    waiting.truncate(MAX_PER_ROUND);
+    let mut ops = Vec::new();
+    for task in waiting {
+        let ports = host_ports(state, task);
+        let mut failures: BTreeMap<Filter, usize> = BTreeMap::new();
+        let spreads = spread_labels(&task.spec);
+        // Per preference: the service's tasks on the nodes of each value of its label.
+        let groups: Vec<HashMap<Option<&str>, usize>> = spreads
+            .iter()
+            .map(|label| {
+                let mut counts: HashMap<Option<&str>, usize> = HashMap::new();
+                for node in state.nodes.values() {
+                    let n = loads[node.id.as_str()]
+                        .per_service
+                        .get(&task.service_id)
+                        .copied()
+                        .unwrap_or(0);
+                    *counts.entry(label_value(node, label)).or_default() += n;
+                }
+                counts
+            })
+            .collect();
+        let mut best: Option<(&str, Vec<usize>)> = None;
+        for node in state.nodes.values() {
+            if !task.node_id.is_empty() && task.node_id != node.id {
+                continue;
+            }
+            let load = &loads[node.id.as_str()];
+            match check(state, node, load, task, &ports) {
+                Ok(()) => {
+                    let mut rank: Vec<usize> = spreads
+                        .iter()
+                        .zip(&groups)
+                        .map(|(label, counts)| {
+                            counts.get(&label_value(node, label)).copied().unwrap_or(0)
+                        })
+                        .collect();
+                    rank.push(load.per_service.get(&task.service_id).copied().unwrap_or(0));
+                    rank.push(load.tasks);
+                    if best.as_ref().is_none_or(|(_, r)| rank < *r) {
+                        best = Some((node.id.as_str(), rank));
+                    }
+                }
+                Err(filter) => *failures.entry(filter).or_default() += 1,
+            }
+        }
+        match best {
+            Some((node_id, _)) => {
+                let mut placed = task.clone();
+                placed.node_id = node_id.to_string();
+                if let Some(load) = loads.get_mut(node_id) {
+                    add(load, state, &placed);
+                }
+                ops.push(TaskOp::Assign {
+                    id: task.id.clone(),
+                    node_id: node_id.to_string(),
+                    status: TaskStatus {
+                        timestamp: now.to_string(),
+                        state: TaskState::Assigned,
+                        message: "scheduler assigned task to node".into(),
+                        ..TaskStatus::default()
+                    },
+                });
+            }
+            None => {
+                let reasons: Vec<String> = failures
+                    .iter()
+                    .map(|(filter, count)| explain(*filter, *count))
+                    .collect();
+                let err = if reasons.is_empty() {
+                    "no suitable node".to_string()
+                } else {
+                    format!("no suitable node ({})", reasons.join("; "))
+                };
+                if task.status.state != TaskState::Pending || task.status.err != err {
+                    ops.push(TaskOp::Status {
+                        id: task.id.clone(),
+                        status: TaskStatus {
+                            timestamp: now.to_string(),
+                            state: TaskState::Pending,
+                            message: "pending task scheduling".into(),
+                            err,
+                            ..TaskStatus::default()
+                        },
+                    });
+                }
+            }
+        }
+    }
+    ops
+}
+
+fn add(load: &mut Load, state: &ClusterState, task: &Task) {
+    load.tasks += 1;
+    *load.per_service.entry(task.service_id.clone()).or_default() += 1;
+    let (cpus, memory) = reservations(&task.spec);
+    load.nano_cpus += cpus;
+    load.memory_bytes += memory;
+    load.ports.extend(host_ports(state, task));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{NodeDescription, NodeSpec, Role};
+
+    fn node(id: &str, labels: &[(&str, &str)]) -> Node {
+        Node {
+            id: id.into(),
+            created_at: String::new(),
+            updated_at: String::new(),
+            version: 0,
+            spec: NodeSpec {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                role: Role::Worker,
+                ..NodeSpec::default()
+            },
+            description: NodeDescription {
+                hostname: format!("host-{id}"),
+                os: "linux".into(),
+                architecture: "x86_64".into(),
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 1 << 30,
+            },
+            state: NodeState::Ready,
+            addr: String::new(),
+            manager_addr: None,
+            raft_id: 0,
+        }
+    }
+
+    #[test]
+    fn constraints_compare_ids_hostnames_roles_and_labels() {
+        let n = node("abc", &[("zone", "a")]);
+        assert!(constraint_holds(&n, "node.labels.zone==a"));
+        assert!(!constraint_holds(&n, "node.labels.zone==b"));
+        assert!(constraint_holds(&n, "node.labels.missing!=x"));
+        assert!(constraint_holds(&n, "node.role==worker"));
+        assert!(constraint_holds(&n, "node.role != manager"));
+        assert!(constraint_holds(&n, "node.hostname==host-abc"));
+        assert!(constraint_holds(&n, "node.id==abc"));
+        assert!(!constraint_holds(&n, "garbage"));
+        assert!(valid_constraint("node.labels.x==1"));
+        assert!(!valid_constraint("node.bogus==1"));
+    }
+
+    #[test]
+    fn tasks_spread_and_unplaceable_ones_explain_why() {
+        let mut state = ClusterState::default();
+        for id in ["n1", "n2", "n3"] {
+            state.nodes.insert(id.into(), node(id, &[]));
+        }
+        state
+            .objects
+            .services
+            .insert("s".into(), crate::objects::Service::default());
+        for i in 0..6 {
+            let id = format!("t{i}");
+            state.objects.tasks.insert(
+                id.clone(),
+                Task {
+                    id,
+                    service_id: "s".into(),
+                    created_at: format!("{i}"),
+                    ..Task::default()
+                },
+            );
+        }
+        let ops = schedule(&state, "now");
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for op in &ops {
+            let TaskOp::Assign { node_id, .. } = op else {
+                panic!("{op:?}")
+            };
+            *per_node.entry(node_id.clone()).or_default() += 1;
+        }
+        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+        let t = state.objects.tasks.get_mut("t0").unwrap();
+        t.spec.placement = Some(crate::model::Placement {
+            constraints: vec!["node.labels.zone==a".into()],
+            ..Default::default()
+        });
+        let ops = schedule(&state, "now");
+        let reason = ops.iter().find_map(|op| match op {
+            TaskOp::Status { id, status } if id == "t0" => Some(status.err.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            reason.as_deref(),
+            Some("no suitable node (scheduling constraints not satisfied on 3 nodes)")
+        );
+    }
+
+    #[test]
+    fn host_ports_max_replicas_and_reservations_limit_placement() {
+        let mut state = ClusterState::default();
+        for id in ["n1", "n2"] {
+            state.nodes.insert(id.into(), node(id, &[]));
+        }
+        let mut service = crate::objects::Service {
+            id: "s".into(),
+            ..Default::default()
+        };
+        service.spec.endpoint_spec = Some(crate::model::EndpointSpec {
+            mode: None,
+            ports: vec![crate::model::PortConfig {
+                target_port: 80,
+                published_port: Some(8080),
+                publish_mode: Some("host".into()),
+                ..Default::default()
+            }],
+        });
+        state.objects.services.insert("s".into(), service);
+        for i in 0..3 {
+            let id = format!("t{i}");
+            state.objects.tasks.insert(
+                id.clone(),
+                Task {
+                    id,
+                    service_id: "s".into(),
+                    created_at: format!("{i}"),
+                    ..Task::default()
+                },
+            );
+        }
+        let ops = schedule(&state, "now");
+        let assigned = ops
+            .iter()
+            .filter(|op| matches!(op, TaskOp::Assign { .. }))
+            .count();
+        assert_eq!(assigned, 2, "one task per node on port 8080");
+        let reason = ops.iter().find_map(|op| match op {
+            TaskOp::Status { status, .. } => Some(status.err.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            reason.as_deref(),
+            Some("no suitable node (host-mode port already in use on 2 nodes)")
+        );
+        // Without the port: max one replica per node, and a reservation no node has.
+        state
+            .objects
+            .services
+            .get_mut("s")
+            .unwrap()
+            .spec
+            .endpoint_spec = None;
+        for t in state.objects.tasks.values_mut() {
+            t.spec.placement = Some(crate::model::Placement {
+                max_replicas: Some(1),
+                ..Default::default()
+            });
+        }
+        let ops = schedule(&state, "now");
+        let reason = ops.iter().find_map(|op| match op {
+            TaskOp::Status { status, .. } => Some(status.err.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            reason.as_deref(),
+            Some("no suitable node (max replicas per node limit exceed)")
+        );
+        for t in state.objects.tasks.values_mut() {
+            t.spec.placement = None;
+            t.spec.resources = Some(crate::model::ResourceRequirements {
+                limits: None,
+                reservations: Some(crate::model::Resources {
+                    memory_bytes: 2 << 30,
+                    ..Default::default()
+                }),
+            });
+        }
+        let ops = schedule(&state, "now");
+        assert!(
+            ops.iter()
+                .all(|op| matches!(op, TaskOp::Status { status, .. }
+            if status.err == "no suitable node (insufficient resources on 2 nodes)"))
+        );
+    }
+
+    #[test]
+    fn placement_preferences_spread_over_label_values_first() {
+        // S26: rack=a on one node, rack=b on two; 4 replicas go 2 / 1 / 1.
+        let mut state = ClusterState::default();
+        state
+            .nodes
+            .insert("n1".into(), node("n1", &[("rack", "a")]));
+        state
+            .nodes
+            .insert("n2".into(), node("n2", &[("rack", "b")]));
+        state
+            .nodes
+            .insert("n3".into(), node("n3", &[("rack", "b")]));
+        state
+            .objects
+            .services
+            .insert("s".into(), crate::objects::Service::default());
+        for i in 0..4 {
+            let id = format!("t{i}");
+            let mut task = Task {
+                id: id.clone(),
+                service_id: "s".into(),
+                created_at: format!("{i}"),
+                ..Task::default()
+            };
+            task.spec.placement = Some(crate::model::Placement {
+                preferences: vec![
+                    serde_json::json!({"Spread": {"SpreadDescriptor": "node.labels.rack"}}),
+                ],
+                ..Default::default()
+            });
+            state.objects.tasks.insert(id, task);
+        }
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for op in schedule(&state, "now") {
+            if let TaskOp::Assign { node_id, .. } = op {
+                *per_node.entry(node_id).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            per_node,
+            BTreeMap::from([("n1".into(), 2), ("n2".into(), 1), ("n3".into(), 1)])
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Replicated and global services as slots: a replicated service's slot is its number
+//! (1..=Replicas), a global service's is a node. Each slot holds at most one current task (the
+//! newest whose desired state is still `running`) and its history.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use super::{Memory, Plan, ended, new_task, restart, update};
+use crate::model::{Task, TaskState};
+use crate::objects::{Service, TaskOp};
+use crate::state::{Availability, ClusterState, NodeState};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Slot(u64),
+    Node(String),
+}
+
+impl Key {
+    pub fn as_string(&self) -> String {
+        match self {
+            Key::Slot(n) => n.to_string(),
+            Key::Node(id) => id.clone(),
+        }
+    }
+}
+
+pub fn is_global(service: &Service) -> bool {
+    service
+        .spec
+        .mode
+        .as_ref()
+        .is_some_and(|m| m.global.is_some())
+}
+
+pub fn replicas(service: &Service) -> u64 {
+    service
+        .spec
+        .mode
+        .as_ref()
+        .and_then(|m| m.replicated.as_ref())
+        .and_then(|r| r.replicas)
+        .unwrap_or(1)
+}
+
+fn key_of(service: &Service, task: &Task) -> Key {
+    if is_global(service) {
+        Key::Node(task.node_id.clone())
+    } else {
+        Key::Slot(task.slot)
+    }
+}
+
+/// A task's node is gone, down or drained: its task must run elsewhere.
+fn node_lost(state: &ClusterState, task: &Task) -> bool {
+    if task.node_id.is_empty() {
+        return false;
+    }
+    match state.nodes.get(&task.node_id) {
+        None => true,
+        Some(node) => {
+            node.state == NodeState::Down || node.spec.availability == Availability::Drain
+        }
+    }
+}
+
+/// A task ended and left the node (or the node cannot tell any more): its history entry may go.
+fn finished(state: &ClusterState, task: &Task) -> bool {
+    ended(task)
+        || task.status.state < TaskState::Assigned
+        || state
+            .nodes
+            .get(&task.node_id)
+            .is_none_or(|n| n.state == NodeState::Down)
+}
+
+fn shutdown(plan: &mut Plan, task: &Task) {
+    plan.ops.push(TaskOp::Desired {
+        id: task.id.clone(),
+        state: TaskState::Shutdown,
+    });
+}
+
+pub fn reconcile(
+    state: &ClusterState,
+    service: &Service,
+    memory: &mut Memory,
+    now: SystemTime,
+    stamp: &str,
+    retention: usize,
+    plan: &mut Plan,
+) {
+    let global = is_global(service);
+    let mut by_key: BTreeMap<Key, Vec<&Task>> = BTreeMap::new();
+    for task in state
+        .objects
+        .tasks
+        .values()
+        .filter(|t| t.service_id == service.id)
+    {
+        by_key.entry(key_of(service, task)).or_default().push(task);
+    }
+    // The slots this service should have, and where new tasks may start.
+    let (wanted, open): (BTreeSet<Key>, BTreeSet<Key>) = if global {
+        let constraints: &[String] = service
+            .spec
+            .task_template
+            .placement
+            .as_ref()
+            .map(|p| p.constraints.as_slice())
+            .unwrap_or(&[]);
+        let fits = |n: &crate::state::Node| {
+            n.state == NodeState::Ready
+                && constraints
+                    .iter()
+                    .all(|c| super::scheduler::constraint_holds(n, c))
+        };
+        let wanted = state
+            .nodes
+            .values()
+            .filter(|n| fits(n) && n.spec.availability != Availability::Drain)
+            .map(|n| Key::Node(n.id.clone()))
+            .collect();
+        let open = state
+            .nodes
+            .values()
+            .filter(|n| fits(n) && n.spec.availability == Availability::Active)
+            .map(|n| Key::Node(n.id.clone()))
+            .collect();
+        (wanted, open)
+    } else {
+        let wanted: BTreeSet<Key> = (1..=replicas(service)).map(Key::Slot).collect();
+        (wanted.clone(), wanted)
+    };
+    let mut dirty: Vec<(Key, &Task)> = Vec::new();
+    for key in wanted.iter().chain(by_key.keys()).collect::<BTreeSet<_>>() {
+        let tasks = by_key.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let mut live: Vec<&Task> = tasks
+            .iter()
+            .copied()
+            .filter(|t| t.desired_state <= TaskState::Running)
+            .collect();
+        live.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+        if !wanted.contains(key) {
+            for task in &live {
+                shutdown(plan, task);
+            }
+            history(state, tasks, live.len(), retention, stamp, plan);
+            continue;
+        }
+        let Some(current) = live.first().copied() else {
+            // A slot whose task ended and may not restart (its policy) stays dead, as in
+            // SwarmKit, until the service's spec changes.
+            let newest = tasks
+                .iter()
+                .max_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+            let dead = newest.is_some_and(|t| {
+                matches!(
+                    t.status.state,
+                    TaskState::Complete | TaskState::Failed | TaskState::Rejected
+                ) && t.spec == service.spec.task_template
+            });
+            let created = usize::from(open.contains(key) && !dead);
+            if created > 0 {
+                create(service, key, stamp, plan);
+            }
+            history(state, tasks, created, retention, stamp, plan);
+            continue;
+        };
+        // Older tasks of the slot: kept while a start-first replacement is not running yet.
+        if current.status.state >= TaskState::Running {
+            for old in &live[1..] {
+                shutdown(plan, old);
+            }
+        }
+        let replace = if !global && node_lost(state, current) && !ended(current) {
+            true
+        } else if ended(current) {
+            match restart::decide(service, key, current, memory, now) {
+                restart::Decision::Now => true,
+                restart::Decision::Later => false,
+                restart::Decision::Never => {
+                    shutdown(plan, current);
+                    false
+                }
+            }
+        } else {
+            if current.spec != service.spec.task_template {
+                dirty.push((key.clone(), current));
+            }
+            false
+        };
+        if replace {
+            shutdown(plan, current);
+            create(service, key, stamp, plan);
+        }
+        // The replaced task joins the history as its replacement arrives.
+        history(
+            state,
+            tasks,
+            live.len() + usize::from(replace),
+            retention,
+            stamp,
+            plan,
+        );
+    }
+    update::step(
+        service,
+        &state.objects.tasks,
+        &dirty,
+        memory,
+        now,
+        stamp,
+        plan,
+    );
+}
+
+pub fn create(service: &Service, key: &Key, stamp: &str, plan: &mut Plan) {
+    if plan.created >= super::MAX_CREATES_PER_ROUND {
+        return;
+    }
+    plan.created += 1;
+    let task = match key {
+        Key::Slot(n) => new_task(service, *n, "", stamp),
+        Key::Node(id) => new_task(service, 0, id, stamp),
+    };
+    plan.ops.push(TaskOp::Create(Box::new(task)));
+}
+
+/// Keeps `retention` tasks per slot (the current one included); older ended ones are deleted,
+/// and a task shut down before it reached a node is marked `shutdown`.
+fn history(
+    state: &ClusterState,
+    tasks: &[&Task],
+    live: usize,
+    retention: usize,
+    stamp: &str,
+    plan: &mut Plan,
+) {
+    let mut dead: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| t.desired_state > TaskState::Running)
+        .collect();
+    for task in &dead {
+        if task.status.state < TaskState::Assigned {
+            plan.ops.push(TaskOp::Status {
+                id: task.id.clone(),
+                status: crate::model::TaskStatus {
+                    timestamp: stamp.to_string(),
+                    state: TaskState::Shutdown,
+                    message: "shutdown".into(),
+                    port_status: serde_json::json!({}),
+                    ..Default::default()
+                },
+            });
+        }
+    }
+    dead.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+    let keep = retention.saturating_sub(live);
+    for task in dead.iter().skip(keep) {
+        if finished(state, task) {
+            plan.ops.push(TaskOp::Delete {
+                id: task.id.clone(),
+            });
+        }
+    }
+}
