@@ -34,8 +34,8 @@ pub mod orchestrator;
 pub mod pki;
 pub mod raft;
 pub mod service;
-pub mod settings;
 pub mod services_api;
+pub mod settings;
 pub mod state;
 pub mod store;
 

@@ -49,6 +49,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one per daemon flag, each passed straight through
 async fn daemon(
     socket: std::path::PathBuf,
     state: std::path::PathBuf,
