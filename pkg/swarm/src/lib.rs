@@ -29,6 +29,7 @@ pub mod executor;
 pub mod ids;
 pub mod model;
 pub mod net;
+pub mod node_api;
 pub mod objects;
 pub mod orchestrator;
 pub mod pki;

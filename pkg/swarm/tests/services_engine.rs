@@ -431,3 +431,167 @@ fn contains_bytes(dir: &std::path::Path, needle: &[u8]) -> bool {
     }
     false
 }
+
+/// Runs Docker's CLI against `node`, bounded in time; stdout, or the failure with the logs.
+fn docker(cluster: &Cluster, node: &Node, args: &[&str]) -> String {
+    let out = std::process::Command::new("timeout")
+        .arg("90")
+        .arg(common::DOCKER)
+        .arg("-H")
+        .arg(format!("unix://{}", node.socket.display()))
+        .args(args)
+        .output()
+        .expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn dockers_cli_creates_scales_updates_rolls_back_and_removes_real_containers() {
+    let registry = Registry::start();
+    let (cluster, image) = three_nodes(&registry);
+    common::engine::push_busybox_image_marked(
+        &format!("{}/slipway/busybox:2", registry.local()),
+        "2",
+    );
+    let image2 = image.replace(":1", ":2");
+    let h1 = cluster.node("h1");
+    // The engine answers the digest the CLI pins.
+    let dist = h1.api("GET", &format!("/v1.41/distribution/{image}/json"), "");
+    assert_eq!(dist.status, 200, "{}", dist.body);
+    let digest = dist.json()["Descriptor"]["digest"]
+        .as_str()
+        .expect("a digest")
+        .to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let missing = h1.api(
+        "GET",
+        &format!(
+            "/v1.41/distribution/{}/nope:1/json",
+            cluster.registry(registry.port)
+        ),
+        "",
+    );
+    assert!(missing.status >= 400, "{}", missing.body);
+
+    // Not --detach: the CLI waits for the service to converge.
+    let quick = [
+        "--restart-delay",
+        "300ms",
+        "--stop-grace-period",
+        "1s",
+        "--update-parallelism",
+        "0",
+        "--update-monitor",
+        "500ms",
+        "--rollback-parallelism",
+        "0",
+        "--rollback-monitor",
+        "500ms",
+    ];
+    let mut args = vec!["service", "create", "--name", "cli", "--replicas", "3"];
+    args.extend(quick);
+    args.extend([image.as_str(), "/bin/sh", "-c", "exec sleep 3600"]);
+    docker(&cluster, h1, &args);
+    let three = converged(&cluster, "cli", 3);
+    assert_eq!(per_host(&three).len(), 3, "{three:?}");
+    let inspect: Value =
+        serde_json::from_str(&docker(&cluster, h1, &["service", "inspect", "cli"])).expect("JSON");
+    let pinned = inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].clone();
+    assert_eq!(pinned, format!("{image}@{digest}"), "{inspect}");
+    let ls = json_lines(&docker(
+        &cluster,
+        h1,
+        &["service", "ls", "--format", "{{json .}}"],
+    ));
+    assert_eq!(ls.len(), 1, "{ls:?}");
+    assert_eq!(ls[0]["Name"], "cli");
+    assert_eq!(ls[0]["Replicas"], "3/3");
+    let ps = json_lines(&docker(
+        &cluster,
+        h1,
+        &["service", "ps", "cli", "--format", "{{json .}}"],
+    ));
+    assert_eq!(ps.len(), 3, "{ps:?}");
+    let nodes: BTreeSet<_> = ps
+        .iter()
+        .map(|t| t["Node"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(nodes, BTreeSet::from(["h1", "h2", "h3"]));
+    for t in &ps {
+        assert_eq!(t["DesiredState"], "Running", "{t}");
+        assert!(
+            t["CurrentState"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Running"),
+            "{t}"
+        );
+    }
+
+    // Scale keeps the first three containers.
+    docker(&cluster, h1, &["service", "scale", "cli=5"]);
+    let five = converged(&cluster, "cli", 5);
+    for (task, container) in &three {
+        assert_eq!(five.get(task), Some(container));
+    }
+
+    // Update to :2, then roll back to :1: every container replaced each time.
+    docker(
+        &cluster,
+        h1,
+        &["service", "update", "--image", &image2, "cli"],
+    );
+    let updated = converged(&cluster, "cli", 5);
+    assert!(updated.keys().all(|t| !five.contains_key(t)), "{updated:?}");
+    let running_images = |cluster: &Cluster| -> BTreeSet<String> {
+        running(cluster.node("h1"), "cli")
+            .values()
+            .map(|t| {
+                t["Spec"]["ContainerSpec"]["Image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    let images = running_images(&cluster);
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert!(images.iter().all(|i| i.starts_with(&image2)), "{images:?}");
+    docker(&cluster, h1, &["service", "rollback", "cli"]);
+    let rolled = converged(&cluster, "cli", 5);
+    assert!(rolled.keys().all(|t| !updated.contains_key(t)));
+    assert_eq!(
+        running_images(&cluster),
+        BTreeSet::from([format!("{image}@{digest}")])
+    );
+    let inspect: Value =
+        serde_json::from_str(&docker(&cluster, h1, &["service", "inspect", "cli"])).expect("JSON");
+    assert_eq!(
+        inspect[0]["UpdateStatus"]["State"], "rollback_completed",
+        "{inspect}"
+    );
+
+    // Removed: the containers are gone from every engine.
+    docker(&cluster, h1, &["service", "rm", "cli"]);
+    cluster.wait(LONG, "no containers left", || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.engine().containers().is_empty())
+            .then_some(())
+    });
+    assert_eq!(docker(&cluster, h1, &["service", "ls", "-q"]).trim(), "");
+}

@@ -60,6 +60,11 @@ impl Drop for Registry {
 
 /// A one-layer busybox-static image pushed to `target` (`HOST:PORT/REPO:TAG`).
 pub fn push_busybox_image(target: &str) {
+    push_busybox_image_marked(target, "1");
+}
+
+/// The same, with `MARK=mark` in its environment (another mark, another digest).
+pub fn push_busybox_image_marked(target: &str, mark: &str) {
     use slipway_oci::{Digest, PullOptions, Store};
     use std::io::Write;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -99,7 +104,7 @@ pub fn push_busybox_image(target: &str) {
     let layer_d = store.put_blob(&layer).expect("blob");
     let config = serde_json::to_vec(&json!({
         "architecture": slipway_oci::resolve::host_arch(), "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin", format!("MARK={mark}")]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
     }))
     .expect("json");
