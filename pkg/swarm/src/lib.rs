@@ -27,6 +27,7 @@ pub mod dispatcher;
 pub mod docker;
 pub mod executor;
 pub mod ids;
+pub mod logs;
 pub mod model;
 pub mod net;
 pub mod node_api;

@@ -584,6 +584,54 @@ fn dockers_cli_creates_scales_updates_rolls_back_and_removes_real_containers() {
         "{inspect}"
     );
 
+    // Logs come from the nodes that run the tasks: Docker's CLI, the raw stream, the agent's CLI.
+    let mut args = vec!["service", "create", "--name", "talk", "--replicas", "2"];
+    args.extend(quick);
+    args.extend([
+        image.as_str(),
+        "/bin/sh",
+        "-c",
+        "echo line-one; echo line-two; exec sleep 3600",
+    ]);
+    docker(&cluster, h1, &args);
+    let talk = converged(&cluster, "talk", 2);
+    let logs = cluster.wait(LONG, "both tasks' lines", || {
+        let out = docker(&cluster, h1, &["service", "logs", "talk"]);
+        (out.matches("| line-two").count() == 2).then_some(out)
+    });
+    assert_eq!(logs.lines().count(), 4, "{logs}");
+    for line in logs.lines() {
+        assert!(line.starts_with("talk."), "{line}");
+        let (name, _) = line.split_once(' ').expect("a name");
+        let (task, host) = name.split_once('@').expect("task@node");
+        let (_, id) = task.rsplit_once('.').expect("name.slot.id");
+        let (_, (on, _, _)) = talk
+            .iter()
+            .find(|(t, _)| t.starts_with(id))
+            .expect("a running task");
+        assert_eq!(host, on, "{line}");
+    }
+    let raw = h1.api("GET", "/v1.41/services/talk/logs?stdout=1&tail=1", "");
+    assert_eq!(raw.status, 200, "{}", raw.body);
+    // Two frames of stream 1, one line each (the last of each task).
+    assert_eq!(raw.body.matches("line-two\n").count(), 2, "{:?}", raw.body);
+    assert!(!raw.body.contains("line-one"), "{:?}", raw.body);
+    assert!(raw.body.starts_with("\u{1}\0\0\0"), "{:?}", raw.body);
+    let (task, _) = talk.iter().next().expect("a task");
+    let one = h1.api("GET", &format!("/v1.41/tasks/{task}/logs?stdout=1"), "");
+    assert_eq!(one.body.matches("line-").count(), 2, "{:?}", one.body);
+    let ours = h1.cli(&["service", "logs", "talk"]).expect("service logs");
+    assert_eq!(ours.matches("| line-one").count(), 2, "{ours}");
+    assert_eq!(
+        cluster
+            .node("h2")
+            .api("GET", "/v1.41/services/talk/logs", "")
+            .status,
+        503,
+        "a worker serves no logs"
+    );
+    docker(&cluster, h1, &["service", "rm", "talk"]);
+
     // Removed: the containers are gone from every engine.
     docker(&cluster, h1, &["service", "rm", "cli"]);
     cluster.wait(LONG, "no containers left", || {
