@@ -310,64 +310,6 @@ fn frame(out: &mut BytesMut, stream: u8, data: &[u8]) {
     out.put_slice(data);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn engine_lines_become_output() {
-        assert_eq!(
-            output_line("2026-12-01T03:57:48.607Z stdout line one"),
-            Some((1, Some("2026-12-01T03:57:48.607Z"), "line one"))
-        );
-        assert_eq!(
-            output_line("2026-12-01T03:57:48.607Z stderr oops"),
-            Some((2, Some("2026-12-01T03:57:48.607Z"), "oops"))
-        );
-        assert_eq!(
-            output_line("2026-12-01T03:57:48.607Z engine started (pid 1)"),
-            None
-        );
-        assert_eq!(output_line("fake task t1"), Some((1, None, "fake task t1")));
-    }
-
-    #[test]
-    fn frames_are_dockers() {
-        let mut out = BytesMut::new();
-        frame(&mut out, 1, b"hi\n");
-        assert_eq!(&out[..], b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n");
-    }
-
-    #[test]
-    fn a_reply_reaches_only_its_asker_from_its_node() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let asking = tokio::spawn(ask("nodeA", vec!["t1".into()]));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let requests = take_requests("nodeA");
-            assert_eq!(requests.len(), 1);
-            let reply = LogReply {
-                id: requests[0].id.clone(),
-                tasks: vec![TaskLog {
-                    task_id: "t1".into(),
-                    lines: vec!["x".into()],
-                    error: None,
-                }],
-            };
-            let bytes = serde_json::to_vec(&reply).unwrap();
-            // Another node cannot answer it.
-            deliver("nodeB", &bytes).unwrap();
-            deliver("nodeA", &bytes).unwrap();
-            let got = asking.await.unwrap().unwrap();
-            assert_eq!(got.tasks[0].lines, ["x"]);
-            assert!(deliver("nodeA", b"garbage").is_err());
-        });
-    }
-}
-
 /// Splits Docker's multiplexed stream into its frames' payloads (a cut frame ends it).
 pub fn frames(mut body: &[u8]) -> Vec<(u8, &[u8])> {
     let mut out = Vec::new();
@@ -451,4 +393,62 @@ pub async fn print_service_logs(socket: &std::path::Path, service: &str) -> anyh
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_lines_become_output() {
+        assert_eq!(
+            output_line("2026-12-01T03:57:48.607Z stdout line one"),
+            Some((1, Some("2026-12-01T03:57:48.607Z"), "line one"))
+        );
+        assert_eq!(
+            output_line("2026-12-01T03:57:48.607Z stderr oops"),
+            Some((2, Some("2026-12-01T03:57:48.607Z"), "oops"))
+        );
+        assert_eq!(
+            output_line("2026-12-01T03:57:48.607Z engine started (pid 1)"),
+            None
+        );
+        assert_eq!(output_line("fake task t1"), Some((1, None, "fake task t1")));
+    }
+
+    #[test]
+    fn frames_are_dockers() {
+        let mut out = BytesMut::new();
+        frame(&mut out, 1, b"hi\n");
+        assert_eq!(&out[..], b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n");
+    }
+
+    #[test]
+    fn a_reply_reaches_only_its_asker_from_its_node() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let asking = tokio::spawn(ask("nodeA", vec!["t1".into()]));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let requests = take_requests("nodeA");
+            assert_eq!(requests.len(), 1);
+            let reply = LogReply {
+                id: requests[0].id.clone(),
+                tasks: vec![TaskLog {
+                    task_id: "t1".into(),
+                    lines: vec!["x".into()],
+                    error: None,
+                }],
+            };
+            let bytes = serde_json::to_vec(&reply).unwrap();
+            // Another node cannot answer it.
+            deliver("nodeB", &bytes).unwrap();
+            deliver("nodeA", &bytes).unwrap();
+            let got = asking.await.unwrap().unwrap();
+            assert_eq!(got.tasks[0].lines, ["x"]);
+            assert!(deliver("nodeA", b"garbage").is_err());
+        });
+    }
 }
