@@ -51,6 +51,7 @@ pub async fn run(daemon: Daemon, session: Weak<Session>, executor: Arc<dyn Execu
         session.clone(),
         latest.clone(),
         changed.clone(),
+        executor.clone(),
     ));
     let _abort = AbortOnDrop(reader);
     let _ = daemon;
@@ -122,6 +123,7 @@ async fn read_assignments(
     session: Weak<Session>,
     latest: Arc<Mutex<Option<Assignment>>>,
     changed: Arc<tokio::sync::Notify>,
+    executor: Arc<dyn Executor>,
 ) {
     loop {
         let stream = {
@@ -148,7 +150,15 @@ async fn read_assignments(
         };
         while let Ok(Some(message)) = stream.message().await {
             match serde_json::from_slice::<WireAssignment>(&message.assignment) {
-                Ok(wire) => {
+                Ok(mut wire) => {
+                    let requests = std::mem::take(&mut wire.log_requests);
+                    if !requests.is_empty() {
+                        tokio::spawn(crate::logs::answer(
+                            session.clone(),
+                            executor.clone(),
+                            requests,
+                        ));
+                    }
                     *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(wire.into());
                     changed.notify_one();
                 }

@@ -9,7 +9,7 @@
 //! DELETE /nodes/{id}?force=
 //! ```
 //!
-//! Services, tasks, secrets and configs are `services_api`'s.
+//! Services, tasks, secrets and configs are `services_api`'s; `/distribution` is `node_api`'s.
 //!
 //! Every path may carry Docker's version prefix (`/v1.41/nodes`). Errors are Docker's
 //! `{"message": "..."}` with Docker's status codes; unknown paths get `page not found` (404); a
@@ -220,6 +220,9 @@ async fn route(daemon: &Daemon, request: Request<Incoming>) -> Result<Reply, Api
     let path = strip_version(&full_path)?;
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let q = query(&request);
+    if let Some(reply) = crate::node_api::route(daemon, &method, path, &q).await {
+        return reply;
+    }
     let not_found = || Err(ApiError::new(404, "page not found"));
     match (&method, segments.as_slice()) {
         (&Method::GET | &Method::HEAD, ["_ping"]) => {

@@ -392,8 +392,7 @@ pub async fn service(socket: &Path, verb: ServiceVerb) -> anyhow::Result<()> {
             update(socket, &service, "&rollback=previous", |_| {}).await?;
         }
         ServiceVerb::Logs { service } => {
-            call(socket, "GET", &format!("/services/{service}"), None).await?;
-            bail!("service logs are not implemented by this agent yet");
+            crate::logs::print_service_logs(socket, &service).await?;
         }
         ServiceVerb::Rm { services } => {
             for s in services {

@@ -26,6 +26,9 @@ pub struct WireAssignment {
     pub tasks: Vec<Task>,
     pub secrets: Vec<FileData>,
     pub configs: Vec<FileData>,
+    /// Requests for task logs (see `crate::logs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_requests: Vec<crate::logs::LogRequest>,
 }
 
 impl From<WireAssignment> for crate::executor::Assignment {
@@ -84,6 +87,7 @@ pub fn assignment_for(state: &ClusterState, node_id: &str) -> WireAssignment {
         tasks,
         secrets,
         configs,
+        log_requests: Vec::new(),
     }
 }
 
@@ -132,14 +136,14 @@ pub fn open_assignments(
                 }
                 let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
                 let index = applied.last_applied.map(|l| l.index);
-                if last.is_some() && index == seen_index {
+                let log_requests = crate::logs::take_requests(&node_id);
+                if last.is_some() && index == seen_index && log_requests.is_empty() {
                     None
                 } else {
                     seen_index = index;
-                    Some(
-                        serde_json::to_vec(&assignment_for(&applied.state, &node_id))
-                            .unwrap_or_default(),
-                    )
+                    let mut assignment = assignment_for(&applied.state, &node_id);
+                    assignment.log_requests = log_requests;
+                    Some(serde_json::to_vec(&assignment).unwrap_or_default())
                 }
             };
             if let Some(bytes) = bytes
@@ -182,6 +186,10 @@ fn same(a: &TaskStatus, b: &TaskStatus) -> bool {
 }
 
 pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> Result<(), Status> {
+    // An object, not an array: a node's answer to a log request.
+    if payload.first() == Some(&b'{') {
+        return crate::logs::deliver(node_id, payload);
+    }
     let statuses: Vec<WireStatus> = serde_json::from_slice(payload)
         .map_err(|e| Status::invalid_argument(format!("bad statuses: {e}")))?;
     let parts = leader_parts(daemon)?;

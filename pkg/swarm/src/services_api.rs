@@ -62,17 +62,8 @@ pub async fn route(
             update_service(daemon, key, q, request).await
         }
         (&Method::DELETE, ["services", key]) => remove_service(daemon, key).await,
-        (&Method::GET, ["services", key, "logs"]) => daemon.view().and_then(|view| {
-            lookup(view.state.find_service(key))?;
-            Err(ApiError::new(
-                501,
-                "service logs are not implemented by this swarm agent yet",
-            ))
-        }),
-        (&Method::GET, ["tasks", _, "logs"]) => Err(ApiError::new(
-            501,
-            "task logs are not implemented by this swarm agent yet",
-        )),
+        (&Method::GET, ["services", key, "logs"]) => crate::logs::serve(daemon, key, true, q).await,
+        (&Method::GET, ["tasks", key, "logs"]) => crate::logs::serve(daemon, key, false, q).await,
         (&Method::GET, ["tasks"]) => list_tasks(daemon, q),
         (&Method::GET, ["tasks", key]) => inspect_task(daemon, key),
         (&Method::GET, [kind]) if file_kind(kind).is_some() => {

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -45,6 +47,8 @@ pub struct Node {
     pub log: PathBuf,
     /// More daemon flags (e.g. `--executor fake`).
     pub args: Vec<String>,
+    /// The node's own `slipway-engine daemon`, when the cluster runs real containers.
+    pub engine: Option<engine::Engine>,
     child: Option<Child>,
 }
 
@@ -102,6 +106,33 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGKILLs every process of the node's namespace (its agent, engine and containers): the
+    /// host dies.
+    pub fn kill_host(&mut self) {
+        self.kill();
+        if let Some(engine) = &mut self.engine {
+            engine.kill9();
+        }
+        self.kill_namespace();
+    }
+
+    fn kill_namespace(&self) {
+        let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output()
+        else {
+            return;
+        };
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            sh(&["kill", "-KILL", pid]);
+        }
+    }
+
+    /// The node's engine (panics when the cluster has none).
+    pub fn engine(&self) -> &engine::Engine {
+        self.engine.as_ref().expect("a cluster with engines")
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -181,6 +212,29 @@ impl Cluster {
 
     /// `n` nodes whose daemons get `args` too.
     pub fn with_args(n: usize, args: &[&str]) -> Cluster {
+        Cluster::build(n, args, None)
+    }
+
+    /// `n` nodes, each with its own `slipway-engine daemon` in its namespace next to its agent
+    /// (`--executor engine`), pulling over plain HTTP from the registry on `registry_port` of the
+    /// host, reached at the bridge's address (`Cluster::registry`).
+    pub fn with_engines(n: usize, registry_port: u16) -> Cluster {
+        Cluster::build(n, &[], Some(registry_port))
+    }
+
+    /// The registry's address as the nodes reach it (the bridge's address on the host).
+    pub fn registry(&self, port: u16) -> String {
+        format!("{}.254:{port}", self.subnet())
+    }
+
+    fn subnet(&self) -> String {
+        let ip = &self.nodes[0].ip;
+        ip.rsplit_once('.')
+            .map(|(s, _)| s.to_owned())
+            .expect("IPv4")
+    }
+
+    fn build(n: usize, args: &[&str], registry_port: Option<u16>) -> Cluster {
         let unique = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{}", std::process::id() % 10000, unique);
         let bridge = format!("swb{tag}");
@@ -229,6 +283,21 @@ impl Cluster {
             must(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
             let base = cluster.dir.path().join(&name);
             std::fs::create_dir_all(&base).expect("node dir");
+            let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let engine = registry_port.map(|port| {
+                let engine = engine::Engine::new(
+                    base.join("engine"),
+                    &netns,
+                    &format!("{subnet}.254:{port}"),
+                );
+                args.extend([
+                    "--executor".to_owned(),
+                    "engine".to_owned(),
+                    "--engine".to_owned(),
+                    engine.socket().display().to_string(),
+                ]);
+                engine
+            });
             cluster.nodes.push(Node {
                 name,
                 netns,
@@ -236,11 +305,18 @@ impl Cluster {
                 socket: base.join("swarm.sock"),
                 state: base.join("state"),
                 log: base.join("log"),
-                args: args.iter().map(|a| a.to_string()).collect(),
+                args,
+                engine,
                 child: None,
             });
         }
+        if registry_port.is_some() {
+            cluster.reach_from_host();
+        }
         for node in &mut cluster.nodes {
+            if let Some(engine) = &mut node.engine {
+                engine.start();
+            }
             node.start();
         }
         cluster
@@ -312,7 +388,10 @@ impl Cluster {
     pub fn logs(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("--- {} ---\n{}", n.name, n.log_text()))
+            .map(|n| {
+                let engine = n.engine.as_ref().map(|e| e.stderr()).unwrap_or_default();
+                format!("--- {} ---\n{}{engine}", n.name, n.log_text())
+            })
             .collect()
     }
 }
@@ -321,9 +400,25 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             node.kill();
+            if let Some(engine) = &mut node.engine {
+                engine.stop();
+            }
+            node.kill_namespace();
             sh(&["ip", "netns", "del", &node.netns]);
         }
         sh(&["ip", "link", "del", &self.bridge]);
+        // What a killed engine left mounted (overlays, secret tmpfs), deepest first.
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            sh(&["umount", "-l", m]);
+        }
     }
 }
 
