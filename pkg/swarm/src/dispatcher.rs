@@ -207,8 +207,10 @@ pub fn open_assignments(
                         .flatten()
                         .filter_map(|id| applied.state.objects.tasks.get(id))
                         .collect();
-                    let now: Vec<(String, u64)> =
-                        tasks.iter().map(|t| (t.id.clone(), t.version.index)).collect();
+                    let now: Vec<(String, u64)> = tasks
+                        .iter()
+                        .map(|t| (t.id.clone(), t.version.index))
+                        .collect();
                     if last.is_some() && now == signature {
                         None
                     } else {
@@ -304,7 +306,12 @@ pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> 
 /// once make a few entries, not 1,000).
 #[derive(Default)]
 pub struct StatusBatch {
-    pending: Mutex<Vec<(Vec<TaskOp>, tokio::sync::oneshot::Sender<Result<(), Status>>)>>,
+    pending: Mutex<
+        Vec<(
+            Vec<TaskOp>,
+            tokio::sync::oneshot::Sender<Result<(), Status>>,
+        )>,
+    >,
     writer: tokio::sync::Mutex<()>,
 }
 
@@ -318,7 +325,8 @@ impl StatusBatch {
         {
             // Whoever holds the writer writes everything pending, ours included or not.
             let _writer = self.writer.lock().await;
-            let waiting = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            let waiting =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
             if !waiting.is_empty() {
                 let mut ops = Vec::new();
                 let mut senders = Vec::new();
@@ -327,7 +335,10 @@ impl StatusBatch {
                     senders.push(tx);
                 }
                 let result = daemon
-                    .propose(Command::Objects(Box::new(ObjectCommand::Tasks { ops, now })))
+                    .propose(Command::Objects(Box::new(ObjectCommand::Tasks {
+                        ops,
+                        now,
+                    })))
                     .await
                     .map(|_| ())
                     .map_err(|e| Status::unavailable(e.message));
