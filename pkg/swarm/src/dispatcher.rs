@@ -304,14 +304,11 @@ pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> 
 /// Group commit of the nodes' statuses: while one Raft entry is being written, the statuses
 /// arriving from other nodes wait and go together in the next one (1,000 nodes reporting at
 /// once make a few entries, not 1,000).
+type Waiter = tokio::sync::oneshot::Sender<Result<(), Status>>;
+
 #[derive(Default)]
 pub struct StatusBatch {
-    pending: Mutex<
-        Vec<(
-            Vec<TaskOp>,
-            tokio::sync::oneshot::Sender<Result<(), Status>>,
-        )>,
-    >,
+    pending: Mutex<Vec<(Vec<TaskOp>, Waiter)>>,
     writer: tokio::sync::Mutex<()>,
 }
 
