@@ -59,6 +59,29 @@ pub enum Verb {
         #[arg(long, value_enum, default_value_t = crate::agent_tasks::ExecutorKind::Engine)]
         executor: crate::agent_tasks::ExecutorKind,
     },
+    /// Scale runs: many simulated worker nodes in this one process, each joining the swarm with
+    /// its own certificate and session, running its tasks with the fake executor (README).
+    Simulate {
+        /// The worker join token.
+        #[arg(long)]
+        join: String,
+        /// A manager's address (host:port).
+        #[arg(long)]
+        manager: String,
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// How many nodes join at the same time.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// Where the simulated nodes keep their state (one directory each).
+        #[arg(long, default_value = "/var/lib/slipway-swarm-sim")]
+        state: PathBuf,
+        #[arg(long, default_value = "sim-")]
+        hostname_prefix: String,
+        /// The address the nodes advertise (default: the one their packets leave from).
+        #[arg(long, default_value = "")]
+        advertise_addr: String,
+    },
     /// Create a swarm with this node as its first manager.
     Init {
         #[arg(long, default_value = "")]
@@ -231,7 +254,9 @@ fn nanos(d: Option<humantime::Duration>) -> Option<i64> {
 
 pub async fn run(socket: &Path, verb: Verb) -> anyhow::Result<()> {
     match verb {
-        Verb::Daemon { .. } => unreachable!("the daemon is started by main"),
+        Verb::Daemon { .. } | Verb::Simulate { .. } => {
+            unreachable!("the daemon and simulate are started by main")
+        }
         Verb::Service(verb) => crate::cli_services::service(socket, verb).await?,
         Verb::Secret(verb) => crate::cli_services::file(socket, "secrets", verb).await?,
         Verb::Config(verb) => crate::cli_services::file(socket, "configs", verb).await?,

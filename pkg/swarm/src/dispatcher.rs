@@ -4,7 +4,8 @@
 //! through `UpdateTaskStatus`, checked against the caller (a node reports its own tasks only),
 //! stamped with the leader's clock and written through Raft.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -48,15 +49,20 @@ pub struct WireStatus {
 }
 
 pub fn assignment_for(state: &ClusterState, node_id: &str) -> WireAssignment {
-    let tasks: Vec<Task> = state
+    let tasks: Vec<&Task> = state
         .objects
         .tasks
         .values()
-        .filter(|t| {
-            t.node_id == node_id
-                && t.desired_state < TaskState::Remove
-                && t.status.state >= TaskState::Assigned
-        })
+        .filter(|t| t.node_id == node_id)
+        .collect();
+    assignment_of(state, tasks)
+}
+
+/// The assignment made of `tasks` (the node's own, in any state).
+fn assignment_of(state: &ClusterState, tasks: Vec<&Task>) -> WireAssignment {
+    let tasks: Vec<Task> = tasks
+        .into_iter()
+        .filter(|t| t.desired_state < TaskState::Remove && t.status.state >= TaskState::Assigned)
         .cloned()
         .collect();
     let mut secrets = Vec::new();
@@ -91,6 +97,60 @@ pub fn assignment_for(state: &ClusterState, node_id: &str) -> WireAssignment {
     }
 }
 
+/// The task IDs of every node at one applied index, computed once and shared by all the nodes'
+/// streams: a node's assignment then costs its own tasks, not a scan of the whole store (with
+/// 1,000 nodes and 30,000 tasks that scan ran 1,000 times per change).
+type ByNode = Arc<HashMap<String, Vec<String>>>;
+
+#[derive(Default)]
+pub struct AssignmentIndex {
+    at: Mutex<Option<(Option<u64>, ByNode)>>,
+}
+
+impl AssignmentIndex {
+    fn by_node(&self, state: &ClusterState, index: Option<u64>) -> ByNode {
+        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((i, by_node)) = at.as_ref()
+            && *i == index
+        {
+            return by_node.clone();
+        }
+        let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
+        for task in state.objects.tasks.values() {
+            if !task.node_id.is_empty() {
+                by_node
+                    .entry(task.node_id.clone())
+                    .or_default()
+                    .push(task.id.clone());
+            }
+        }
+        let by_node = Arc::new(by_node);
+        *at = Some((index, by_node.clone()));
+        by_node
+    }
+}
+
+/// One `AssignmentIndex` and one status batcher per leader (keyed by its `ManagerParts`).
+fn per_leader<T: Default + Send + Sync + 'static>(
+    registry: &'static Mutex<Vec<(Weak<ManagerParts>, Arc<T>)>>,
+    parts: &Arc<ManagerParts>,
+) -> Arc<T> {
+    let mut all = registry.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|(w, _)| w.strong_count() > 0);
+    if let Some((_, t)) = all
+        .iter()
+        .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(parts)))
+    {
+        return t.clone();
+    }
+    let t = Arc::new(T::default());
+    all.push((Arc::downgrade(parts), t.clone()));
+    t
+}
+
+static INDEXES: Mutex<Vec<(Weak<ManagerParts>, Arc<AssignmentIndex>)>> = Mutex::new(Vec::new());
+static BATCHERS: Mutex<Vec<(Weak<ManagerParts>, Arc<StatusBatch>)>> = Mutex::new(Vec::new());
+
 fn leader_parts(daemon: &Daemon) -> Result<Arc<ManagerParts>, Status> {
     let session = daemon
         .manager_session()
@@ -121,13 +181,17 @@ pub fn open_assignments(
         return Err(Status::not_found(format!("node {node_id} not found")));
     }
     let weak = Arc::downgrade(&parts);
+    let index_cache = per_leader(&INDEXES, &parts);
     drop(parts);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let node_id = node_id.to_string();
     tokio::spawn(async move {
         let mut last: Option<Vec<u8>> = None;
-        // The assignment is computed again only when the applied state moved.
+        // The assignment is computed again only when the applied state moved, and serialized
+        // only when one of the node's tasks changed (every change of a task sets its version;
+        // secrets and configs never change).
         let mut seen_index: Option<u64> = None;
+        let mut signature: Vec<(String, u64)> = Vec::new();
         loop {
             let bytes = {
                 let Some(parts) = weak.upgrade() else { return };
@@ -141,9 +205,25 @@ pub fn open_assignments(
                     None
                 } else {
                     seen_index = index;
-                    let mut assignment = assignment_for(&applied.state, &node_id);
-                    assignment.log_requests = log_requests;
-                    Some(serde_json::to_vec(&assignment).unwrap_or_default())
+                    let by_node = index_cache.by_node(&applied.state, index);
+                    let tasks: Vec<&Task> = by_node
+                        .get(&node_id)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| applied.state.objects.tasks.get(id))
+                        .collect();
+                    let now: Vec<(String, u64)> = tasks
+                        .iter()
+                        .map(|t| (t.id.clone(), t.version.index))
+                        .collect();
+                    if last.is_some() && now == signature && log_requests.is_empty() {
+                        None
+                    } else {
+                        signature = now;
+                        let mut assignment = assignment_of(&applied.state, tasks);
+                        assignment.log_requests = log_requests;
+                        Some(serde_json::to_vec(&assignment).unwrap_or_default())
+                    }
                 }
             };
             if let Some(bytes) = bytes
@@ -221,18 +301,60 @@ pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> 
             })
             .collect()
     };
-    drop(parts);
     if ops.is_empty() {
         return Ok(());
     }
-    daemon
-        .propose(Command::Objects(Box::new(ObjectCommand::Tasks {
-            ops,
-            now,
-        })))
-        .await
-        .map_err(|e| Status::unavailable(e.message))?;
-    Ok(())
+    let batch = per_leader(&BATCHERS, &parts);
+    drop(parts);
+    batch.propose(daemon, ops, now).await
+}
+
+/// Group commit of the nodes' statuses: while one Raft entry is being written, the statuses
+/// arriving from other nodes wait and go together in the next one (1,000 nodes reporting at
+/// once make a few entries, not 1,000).
+type Waiter = tokio::sync::oneshot::Sender<Result<(), Status>>;
+
+#[derive(Default)]
+pub struct StatusBatch {
+    pending: Mutex<Vec<(Vec<TaskOp>, Waiter)>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl StatusBatch {
+    async fn propose(&self, daemon: &Daemon, ops: Vec<TaskOp>, now: String) -> Result<(), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ops, tx));
+        {
+            // Whoever holds the writer writes everything pending, ours included or not.
+            let _writer = self.writer.lock().await;
+            let waiting =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            if !waiting.is_empty() {
+                let mut ops = Vec::new();
+                let mut senders = Vec::new();
+                for (o, tx) in waiting {
+                    ops.extend(o);
+                    senders.push(tx);
+                }
+                let result = daemon
+                    .propose(Command::Objects(Box::new(ObjectCommand::Tasks {
+                        ops,
+                        now,
+                    })))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Status::unavailable(e.message));
+                for tx in senders {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(Status::unavailable("the status batch was dropped")))
+    }
 }
 
 #[cfg(test)]

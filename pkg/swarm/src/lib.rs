@@ -15,6 +15,7 @@
 //!                                              ├─ orchestrator (the leader's loop + scheduler)
 //!                                              ├─ dispatcher (assignments out, statuses in)
 //!                                              └─ agent_tasks → executor (every node's tasks)
+//! simulate (many fake-executor nodes in one process, for scale runs)
 //! ```
 
 pub mod agent_tasks;
@@ -38,6 +39,7 @@ pub mod raft;
 pub mod service;
 pub mod services_api;
 pub mod settings;
+pub mod simulate;
 pub mod state;
 pub mod store;
 

@@ -37,6 +37,27 @@ fn main() -> std::process::ExitCode {
                 )
                 .await
             }
+            Verb::Simulate {
+                join,
+                manager,
+                nodes,
+                parallel,
+                state,
+                hostname_prefix,
+                advertise_addr,
+            } => {
+                log_to_stderr();
+                slipway_swarm::simulate::run(slipway_swarm::simulate::Simulation {
+                    join_token: join,
+                    manager,
+                    nodes,
+                    parallel,
+                    state,
+                    hostname_prefix,
+                    advertise_addr,
+                })
+                .await
+            }
             verb => slipway_swarm::cli::run(&cli.socket, verb).await,
         }
     });
@@ -61,13 +82,7 @@ async fn daemon(
     executor: slipway_swarm::agent_tasks::ExecutorKind,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    log_to_stderr();
     // Bad settings are reported and ignored: the API still serves, `init`/`join` by hand work.
     let settings = slipway_swarm::settings::load(&config).unwrap_or_else(|e| {
         tracing::error!("settings: {e}");
@@ -106,4 +121,14 @@ async fn daemon(
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

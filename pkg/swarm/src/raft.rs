@@ -63,6 +63,10 @@ pub fn config(tick: Duration, spec: &RaftSpec) -> Result<Arc<Config>, openraft::
         // Each chunk travels as JSON inside one gRPC message.
         snapshot_max_chunk_size: 1024 * 1024,
         max_in_snapshot_log_to_keep: spec.log_entries_for_slow_followers.unwrap_or(500),
+        // openraft gives an AppendEntries one heartbeat interval (a tick): a few entries per
+        // call, as the orchestrator's entries hold up to thousands of tasks each (a batch of
+        // 300, openraft's default, never arrived in time and the followers stood for election).
+        max_payload_entries: 4,
         ..Config::default()
     };
     Ok(Arc::new(config.validate()?))
