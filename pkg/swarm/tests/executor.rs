@@ -4,252 +4,19 @@
 //! removed when unassigned, wait for their health check, get their secrets, and a bad image is
 //! rejected. Needs root, Debian's busybox-static and docker-registry.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use slipway_swarm::executor::engine::{EngineExecutor, TASK_ID_LABEL, distribution};
 use slipway_swarm::executor::engine_client::EngineClient;
 use slipway_swarm::executor::{Assignment, Executor};
+mod common;
+
+use common::engine::{Engine, Registry, push_busybox_image};
 use slipway_swarm::model::{
     ContainerSpec, FileData, FileReference, FileTarget, HealthConfig, Task, TaskSpec, TaskState,
     TaskStatus,
 };
-
-fn registry_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/registry")
-}
-
-/// Debian's docker-registry on a free loopback port, stopped on drop.
-struct Registry {
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let out = Command::new(registry_script())
-                .args(["start", "--port", &port.to_string()])
-                .env("SLIPWAY_REGISTRY_DIR", dir.path())
-                .output()
-                .unwrap();
-            if out.status.success() {
-                return Self { port, dir };
-            }
-        }
-        panic!("could not start docker-registry");
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = Command::new(registry_script())
-            .args(["stop", "--port", &self.port.to_string()])
-            .env("SLIPWAY_REGISTRY_DIR", self.dir.path())
-            .status();
-    }
-}
-
-/// A one-layer busybox-static image pushed to `target`; its manifest digest.
-fn push_busybox_image(target: &str) -> String {
-    use slipway_oci::{Digest, PullOptions, Store};
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let mut tar = tar::Builder::new(Vec::new());
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h
-    };
-    for dir in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        let mut h = header(tar::EntryType::Directory, 0o1777, 0);
-        tar.append_data(&mut h, format!("{dir}/"), std::io::empty())
-            .unwrap();
-    }
-    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed");
-    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
-    tar.append_data(&mut h, "bin/busybox", &busybox[..])
-        .unwrap();
-    for applet in ["sh", "sleep", "touch", "cat", "test", "stat"] {
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
-            .unwrap();
-    }
-    let raw = tar.into_inner().unwrap();
-    let diff_id = Digest::of(&raw);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&raw).unwrap();
-    let layer = gz.finish().unwrap();
-    let layer_d = store.put_blob(&layer).unwrap();
-    let config = serde_json::to_vec(&json!({
-        "architecture": slipway_oci::resolve::host_arch(), "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
-    }))
-    .unwrap();
-    let config_d = store.put_blob(&config).unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_d.to_string(), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": layer_d.to_string(), "size": layer.len()}]
-    }))
-    .unwrap();
-    let manifest_d = store.put_blob(&manifest).unwrap();
-    store
-        .tag(
-            "slipway/executor:local",
-            oci_spec::image::Descriptor::new(
-                oci_spec::image::MediaType::ImageManifest,
-                manifest.len() as u64,
-                manifest_d.to_oci(),
-            ),
-        )
-        .unwrap();
-    slipway_oci::push(
-        &store,
-        "slipway/executor:local",
-        target,
-        &PullOptions::default(),
-    )
-    .unwrap()
-    .to_string()
-}
-
-/// The engine binary, built by this test when needed (it is another package's).
-fn engine_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "slipway-engine",
-            "--bin",
-            "slipway-engine",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building slipway-engine");
-    // target/debug/deps/executor-HASH -> target/debug/slipway-engine
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("slipway-engine")
-}
-
-/// A `slipway-engine daemon` with its own directories.
-struct Engine {
-    program: PathBuf,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Engine {
-    fn new() -> Self {
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "this test runs real containers and must run as root"
-        );
-        Self {
-            program: engine_binary(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("engine.sock")
-    }
-
-    fn start(&mut self) {
-        let p = |name: &str| self.dir.path().join(name);
-        let _ = fs::remove_file(self.socket());
-        let child = Command::new(&self.program)
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("daemon")
-            .args(
-                [
-                    "--bundles",
-                    "--log-dir",
-                    "--state-dir",
-                    "--containers",
-                    "--images",
-                    "--store",
-                    "--volumes",
-                    "--settings",
-                ]
-                .iter()
-                .zip([
-                    "services",
-                    "log",
-                    "state",
-                    "containers",
-                    "images",
-                    "store",
-                    "volumes",
-                    "engine.json",
-                ])
-                .flat_map(|(flag, dir)| [flag.to_string(), p(dir).display().to_string()]),
-            )
-            .args(["--grace", "2"])
-            .stderr(fs::File::create(p("daemon.err")).unwrap())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no engine socket: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(self.dir.path().join("daemon.err")).unwrap_or_default()
-    }
-
-    /// SIGKILL: the containers go on without it.
-    fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_child(&child),
-                rustix::process::Signal::TERM,
-            );
-            let _ = child.wait();
-        }
-    }
-}
 
 fn task(id: &str, slot: u64, image: &str, script: &str) -> Task {
     Task {
@@ -337,7 +104,8 @@ async fn tasks_run_as_engine_containers_and_survive_restarts() {
     let registry = Registry::start();
     let image = format!("127.0.0.1:{}/executor/busybox:1", registry.port);
     let digest = push_busybox_image(&image);
-    let mut engine = Engine::new();
+    let engine_dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::new(engine_dir.path().join("engine"), "", "");
     engine.start();
     let socket = engine.socket();
     let client = EngineClient::new(&socket);

@@ -58,13 +58,14 @@ impl Drop for Registry {
     }
 }
 
-/// A one-layer busybox-static image pushed to `target` (`HOST:PORT/REPO:TAG`).
-pub fn push_busybox_image(target: &str) {
-    push_busybox_image_marked(target, "1");
+/// A one-layer busybox-static image pushed to `target` (`HOST:PORT/REPO:TAG`); its manifest
+/// digest.
+pub fn push_busybox_image(target: &str) -> String {
+    push_busybox_image_marked(target, "1")
 }
 
 /// The same, with `MARK=mark` in its environment (another mark, another digest).
-pub fn push_busybox_image_marked(target: &str, mark: &str) {
+pub fn push_busybox_image_marked(target: &str, mark: &str) -> String {
     use slipway_oci::{Digest, PullOptions, Store};
     use std::io::Write;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -135,7 +136,8 @@ pub fn push_busybox_image_marked(target: &str, mark: &str) {
         target,
         &PullOptions::default(),
     )
-    .expect("push");
+    .expect("push")
+    .to_string()
 }
 
 /// The engine binary, built by the test when needed (it is another package's).
@@ -165,7 +167,8 @@ pub fn engine_binary() -> PathBuf {
         .join("slipway-engine")
 }
 
-/// A `slipway-engine daemon` in a node's network namespace, with its own directories.
+/// A `slipway-engine daemon` in a node's network namespace (the host's when `netns` is empty),
+/// with its own directories.
 pub struct Engine {
     pub dir: PathBuf,
     netns: String,
@@ -195,12 +198,15 @@ impl Engine {
     pub fn start(&mut self) {
         let p = |name: &str| self.dir.join(name).display().to_string();
         let _ = fs::remove_file(self.socket());
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(engine_binary())
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("daemon");
+        let mut cmd = if self.netns.is_empty() {
+            Command::new(engine_binary())
+        } else {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{}", self.netns))
+                .arg(engine_binary());
+            cmd
+        };
+        cmd.arg("--socket").arg(self.socket()).arg("daemon");
         for (flag, dir) in [
             ("--bundles", "services"),
             ("--log-dir", "log"),
@@ -219,7 +225,14 @@ impl Engine {
             .open(self.dir.join("daemon.err"))
             .expect("engine log");
         let child = cmd
-            .args(["--grace", "1", "--insecure-registry", &self.insecure])
+            .args(["--grace", "1"])
+            .args(
+                Some(&self.insecure)
+                    .filter(|i| !i.is_empty())
+                    .map(|i| ["--insecure-registry", i.as_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
