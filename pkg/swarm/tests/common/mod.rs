@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod services;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
