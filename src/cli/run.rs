@@ -78,9 +78,10 @@ pub struct QemuArgs {
     #[arg(long, value_name = "PORTS", value_parser = parse_publish)]
     pub publish: Vec<Publish>,
     /// Guest networking: user (NAT, virtio-net), none, or socket,mcast=ADDR:PORT[,mac=MAC]
-    /// (one Ethernet segment with every VM on that multicast group).
+    /// (one Ethernet segment with every VM on that multicast group). Repeatable: one network
+    /// card per value, in order (eth0, eth1, ...).
     #[arg(long, default_value = "user", value_parser = parse_networking)]
-    pub networking: Networking,
+    pub networking: Vec<Networking>,
     /// The network card QEMU emulates: virtio-net-pci, e1000, e1000e, vmxnet3, rtl8139, ...
     #[arg(long, default_value = "virtio-net-pci", value_name = "MODEL", value_parser = parse_nic_model)]
     pub nic_model: String,

@@ -8,7 +8,9 @@
 //!   guests (nested or PVM hosts, see research/machine-probe.md) it hangs instead of failing.
 //!   The value goes to `-machine accel=`, so `kvm:tcg` asks for KVM with a TCG fallback.
 //! - Network: virtio-net-pci (or the `--nic-model` a test of other hardware asks for, such as
-//!   e1000) on user-mode networking (`--publish` becomes `hostfwd`), or none.
+//!   e1000) on user-mode networking (`--publish` becomes `hostfwd`), a socket network shared by
+//!   VMs, or none; `--networking` repeated gives one card per value, in that order (eth0, eth1,
+//!   ...), e.g. a cluster's segment plus user-mode networking to reach the host.
 //!   Disks: virtio-blk unless a `--disk` says `bus=ahci` or `bus=nvme` (each such disk gets its
 //!   own controller). A `--disk` with a size that does not exist yet is created with
 //!   `qemu-img create`.
@@ -47,7 +49,8 @@ pub struct QemuConfig {
     pub accel: String,
     pub disks: Vec<DiskSpec>,
     pub publish: Vec<Publish>,
-    pub networking: Networking,
+    /// One network card per entry, in order; `[None]` is no network.
+    pub networking: Vec<Networking>,
     /// The QEMU device of the network card (`virtio-net-pci`, `e1000`, `vmxnet3`, ...).
     pub nic_model: String,
     /// Holds `qemu.pid`, created disks and the UEFI variable store. Default: `<target>-state`.
@@ -77,7 +80,7 @@ impl Default for QemuConfig {
             accel: "tcg".into(),
             disks: Vec::new(),
             publish: Vec::new(),
-            networking: Networking::User,
+            networking: vec![Networking::User],
             nic_model: "virtio-net-pci".into(),
             state_dir: PathBuf::from("slipway-state"),
             timeout: None,
@@ -521,34 +524,44 @@ pub fn command_line(
     if config.data.is_some() {
         args.extend(metadata_cd_args(config));
     }
-    match &config.networking {
-        Networking::User => {
-            let mut netdev = String::from("user,id=net0");
-            for p in &config.publish {
-                let proto = if p.udp { "udp" } else { "tcp" };
-                let addr = p.host_addr.as_deref().unwrap_or("");
-                netdev.push_str(&format!(",hostfwd={proto}:{addr}:{}-:{}", p.host, p.guest));
+    if config.networking.iter().all(|n| *n == Networking::None) {
+        args.extend(["-nic".into(), "none".into()]);
+    }
+    // `--publish` forwards through the first user-mode card.
+    let first_user = config
+        .networking
+        .iter()
+        .position(|n| *n == Networking::User);
+    for (i, net) in config.networking.iter().enumerate() {
+        let id = format!("net{i}");
+        let mut device = format!("{},netdev={id}", config.nic_model);
+        let netdev = match net {
+            Networking::None => continue,
+            Networking::User => {
+                let mut netdev = format!("user,id={id}");
+                if first_user == Some(i) {
+                    for p in &config.publish {
+                        let proto = if p.udp { "udp" } else { "tcp" };
+                        let addr = p.host_addr.as_deref().unwrap_or("");
+                        netdev
+                            .push_str(&format!(",hostfwd={proto}:{addr}:{}-:{}", p.host, p.guest));
+                    }
+                }
+                netdev
             }
-            args.extend([
-                "-netdev".into(),
-                netdev.into(),
-                "-device".into(),
-                format!("{},netdev=net0", config.nic_model).into(),
-            ]);
-        }
-        Networking::None => args.extend(["-nic".into(), "none".into()]),
-        Networking::Socket { mcast, mac } => {
-            let mut device = format!("{},netdev=net0", config.nic_model);
-            if let Some(mac) = mac {
-                device.push_str(&format!(",mac={mac}"));
+            Networking::Socket { mcast, mac } => {
+                if let Some(mac) = mac {
+                    device.push_str(&format!(",mac={mac}"));
+                }
+                format!("socket,id={id},mcast={mcast}")
             }
-            args.extend([
-                "-netdev".into(),
-                format!("socket,id=net0,mcast={mcast}").into(),
-                "-device".into(),
-                device.into(),
-            ]);
-        }
+        };
+        args.extend([
+            "-netdev".into(),
+            netdev.into(),
+            "-device".into(),
+            device.into(),
+        ]);
     }
     args
 }
@@ -566,16 +579,29 @@ fn qemu_escape(path: &Path) -> OsString {
     OsString::from_vec(out)
 }
 
-/// Boots `source` and waits: `Ok` when qemu exits 0 (the guest powered off, or rebooted, which
-/// `-no-reboot` turns into an exit), an error when qemu fails or the timeout passes.
-pub fn run(config: &QemuConfig, source: &BootSource) -> Result<(), RunError> {
-    if !config.publish.is_empty() && config.networking != Networking::User {
+/// `--publish` needs a user-mode card; `none` cannot be combined with a card.
+fn check_networking(config: &QemuConfig) -> Result<(), RunError> {
+    if !config.publish.is_empty() && !config.networking.contains(&Networking::User) {
         return Err(RunError::BadOption {
             option: "--publish",
             value: format!("{:?}", config.publish),
             why: "needs --networking user".into(),
         });
     }
+    if config.networking.len() > 1 && config.networking.contains(&Networking::None) {
+        return Err(RunError::BadOption {
+            option: "--networking",
+            value: "none".into(),
+            why: "cannot be combined with a network card".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Boots `source` and waits: `Ok` when qemu exits 0 (the guest powered off, or rebooted, which
+/// `-no-reboot` turns into an exit), an error when qemu fails or the timeout passes.
+pub fn run(config: &QemuConfig, source: &BootSource) -> Result<(), RunError> {
+    check_networking(config)?;
     let disks = prepare(config, source)?;
     let args = command_line(config, source, &disks);
     let program = config.qemu.to_string_lossy().into_owned();
@@ -813,7 +839,7 @@ mod tests {
         let config = QemuConfig {
             state_dir: state.path().join("st"),
             data: Some(b"{}".to_vec()),
-            networking: Networking::None,
+            networking: vec![Networking::None],
             ..QemuConfig::default()
         };
         let source = iso("x.iso");
@@ -839,7 +865,7 @@ mod tests {
             .unwrap();
         let config = QemuConfig {
             state_dir: "/s".into(),
-            networking,
+            networking: vec![networking, Networking::User],
             ..QemuConfig::default()
         };
         let source = BootSource::KernelInitrd {
@@ -852,10 +878,22 @@ mod tests {
         assert!(
             args.ends_with(
                 "-netdev socket,id=net0,mcast=230.0.0.1:1234 \
-                 -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:02"
+                 -device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:02 \
+                 -netdev user,id=net1 -device virtio-net-pci,netdev=net1"
             ),
             "{args}"
         );
+        let refused = |networking: Vec<Networking>, publish: &str| {
+            let config = QemuConfig {
+                networking,
+                publish: publish.parse().into_iter().collect(),
+                ..QemuConfig::default()
+            };
+            check_networking(&config).is_err()
+        };
+        assert!(refused(vec![Networking::None, Networking::User], ""));
+        assert!(refused(vec![config.networking[0].clone()], "8080:80"));
+        assert!(!refused(config.networking.clone(), "8080:80"));
         for bad in [
             "socket",
             "socket,mac=52:54:00:00:00:02",
@@ -923,7 +961,7 @@ mod tests {
             accel: "kvm:tcg".into(),
             console: true,
             uefi: true,
-            networking: Networking::None,
+            networking: vec![Networking::None],
             cpus: 2,
             mem_mib: 512,
             ..QemuConfig::default()
