@@ -2,9 +2,13 @@
 //! network, node1 running `init` from its metadata CD's settings, node2 and node3 `join` with the
 //! token its agent printed on the console, then `node ls` on node1's console shows the three
 //! Ready; node3 restarted resumes its membership from its state disk, and the three are Ready
-//! again. About a minute of boots on a warm store (plus the agent's image build on a cold one).
+//! again. Then a service of 6 replicas (busybox from a registry on the host, pulled through each
+//! VM's second card on QEMU's user networking) runs 2 tasks on each node, and with node3's plug
+//! pulled its tasks run again on node1 and node2. About a minute of boots on a warm store (plus
+//! the agent's image build on a cold one), then about TODO for the service.
 //!
-//! Needs qemu-system-x86 and root's QEMU socket networking (a multicast group on the host).
+//! Needs qemu-system-x86, root's QEMU socket networking (a multicast group on the host) and
+//! docker-registry.
 
 use std::path::Path;
 use std::process::Command;
@@ -60,4 +64,37 @@ fn three_vms_form_a_swarm_and_node_ls_shows_them_ready() {
     // node3's console after its restart: it resumed its membership.
     let console = std::fs::read_to_string(work.path().join("node3.log")).unwrap();
     assert!(console.contains("rejoined the swarm from"), "{console}");
+
+    // `service: 6/6 running: node1=2 node2=2 node3=2 (engines: node1=2 node2=2 node3=2), ...`:
+    // each node's share of the running tasks, then of the containers its engine runs.
+    let shares = |prefix: &str| -> (Vec<(String, u32)>, Vec<(String, u32)>) {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{stdout}"));
+        let parse = |part: &str| -> Vec<(String, u32)> {
+            part.split_whitespace()
+                .filter_map(|w| w.trim_end_matches([')', ',']).split_once('='))
+                .filter(|(node, _)| node.starts_with("node"))
+                .map(|(node, n)| (node.to_string(), n.parse().unwrap()))
+                .collect()
+        };
+        let (swarm, engines) = line.split_once("(engines:").expect(line);
+        (parse(swarm), parse(engines))
+    };
+    let (swarm, engines) = shares("service: 6/6 running:");
+    let spread: Vec<(String, u32)> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| (n.to_string(), 2))
+        .collect();
+    assert_eq!(swarm, spread, "{stdout}");
+    assert_eq!(engines, spread, "{stdout}");
+    let (swarm, engines) = shares("service: powered off node3");
+    assert_eq!(swarm.iter().map(|(_, n)| n).sum::<u32>(), 6, "{stdout}");
+    assert_eq!(
+        swarm.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+        ["node1", "node2"],
+        "{stdout}"
+    );
+    assert_eq!(swarm, engines, "{stdout}");
 }
