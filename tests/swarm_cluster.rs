@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn three_vms_form_a_swarm_and_node_ls_shows_them_ready() {
+fn three_vms_form_a_swarm_and_keep_six_replicas_running_when_one_loses_power() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = tempfile::tempdir().unwrap();
     let out = Command::new(root.join("scripts/cluster"))
