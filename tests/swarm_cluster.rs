@@ -14,6 +14,9 @@
 use std::path::Path;
 use std::process::Command;
 
+/// Running tasks (or containers) per node: `[("node1", 2), ...]`.
+type Shares = Vec<(String, u32)>;
+
 #[test]
 fn three_vms_form_a_swarm_and_keep_six_replicas_running_when_one_loses_power() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -68,12 +71,12 @@ fn three_vms_form_a_swarm_and_keep_six_replicas_running_when_one_loses_power() {
 
     // `service: 6/6 running: node1=2 node2=2 node3=2 (engines: node1=2 node2=2 node3=2), ...`:
     // each node's share of the running tasks, then of the containers its engine runs.
-    let shares = |prefix: &str| -> (Vec<(String, u32)>, Vec<(String, u32)>) {
+    let shares = |prefix: &str| -> (Shares, Shares) {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(prefix))
             .unwrap_or_else(|| panic!("no {prefix:?} line:\n{stdout}"));
-        let parse = |part: &str| -> Vec<(String, u32)> {
+        let parse = |part: &str| -> Shares {
             part.split_whitespace()
                 .filter_map(|w| w.trim_end_matches([')', ',']).split_once('='))
                 .filter(|(node, _)| node.starts_with("node"))
@@ -84,7 +87,7 @@ fn three_vms_form_a_swarm_and_keep_six_replicas_running_when_one_loses_power() {
         (parse(swarm), parse(engines))
     };
     let (swarm, engines) = shares("service: 6/6 running:");
-    let spread: Vec<(String, u32)> = ["node1", "node2", "node3"]
+    let spread: Shares = ["node1", "node2", "node3"]
         .iter()
         .map(|n| (n.to_string(), 2))
         .collect();
