@@ -29,7 +29,7 @@ use common::services::{create, tasks, update};
 use common::{Cluster, Node};
 use serde_json::{Value, json};
 
-const LONG: Duration = Duration::from_secs(60);
+const LONG: Duration = Duration::from_secs(90);
 const SECOND: i64 = 1_000_000_000;
 
 /// The two images as the nodes name them, and their manifest digests.
