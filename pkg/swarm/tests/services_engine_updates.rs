@@ -51,6 +51,10 @@ fn three_nodes(registry: &Registry) -> (Cluster, Images) {
     cluster.join("h2", "worker");
     cluster.join("h3", "worker");
     let h1 = cluster.node("h1");
+    // Docker's default heartbeat (the harness sets 500 ms): no node here has to be found
+    // down, and a node slowed by a loaded machine must not be, which would move its tasks
+    // and upset the exact counts.
+    h1.docker_ok(&["swarm", "update", "--dispatcher-heartbeat", "5s"]);
     cluster.wait(Duration::from_secs(20), "3 ready nodes", || {
         let nodes = h1.node_ls().ok()?;
         (nodes.len() == 3 && nodes.iter().all(|n| n["Status"] == "Ready")).then_some(())
@@ -143,6 +147,31 @@ fn mix(cluster: &Cluster, service_id: &str, images: &Images) -> (usize, usize, u
         }
     }
     counts
+}
+
+/// The service's tasks (slot, node, desired and observed state, error) and the nodes' lines
+/// about nodes going down, for a failure's message.
+fn diag(cluster: &Cluster, service: &str) -> String {
+    let h1 = cluster.node("h1");
+    let mut out = String::new();
+    for t in tasks(h1, service) {
+        out += &format!(
+            "task {} slot {} node {} desired {} state {} image {} err {}\n",
+            id(&t),
+            t["Slot"],
+            t["NodeID"],
+            t["DesiredState"],
+            t["Status"]["State"],
+            t["Spec"]["ContainerSpec"]["Image"],
+            t["Status"]["Err"]
+        );
+    }
+    for node in &cluster.nodes {
+        for line in node.log_text().lines().filter(|l| l.contains("down")) {
+            out += &format!("{}: {line}\n", node.name);
+        }
+    }
+    out
 }
 
 /// One observation of an update: when, the running containers' mix, `UpdateStatus.State`.
@@ -264,12 +293,14 @@ fn rolling_update_and_rollback(cluster: &Cluster, images: &Images) {
     // Stop-first: never more containers than replicas, never another image.
     assert!(
         seen.iter().all(|s| s.old + s.new <= 5 && s.other == 0),
-        "{trace:?}"
+        "{trace:?}\n{}",
+        diag(cluster, &sid)
     );
     assert_eq!(
         full_mixes(&seen, 5),
         [(5, 0), (3, 2), (1, 4), (0, 5)],
-        "{trace:?}"
+        "{trace:?}\n{}",
+        diag(cluster, &sid)
     );
     // The delay holds each batch's outcome before the next batch stops anything.
     for (old, new) in [(3, 2), (1, 4)] {
@@ -304,9 +335,15 @@ fn rolling_update_and_rollback(cluster: &Cluster, images: &Images) {
     eprintln!("roll: {trace:?}");
     assert!(
         seen.iter().all(|s| s.old + s.new <= 5 && s.other == 0),
-        "{trace:?}"
+        "{trace:?}\n{}",
+        diag(cluster, &sid)
     );
-    assert_eq!(full_mixes(&seen, 5), [(0, 5), (3, 2), (5, 0)], "{trace:?}");
+    assert_eq!(
+        full_mixes(&seen, 5),
+        [(0, 5), (3, 2), (5, 0)],
+        "{trace:?}\n{}",
+        diag(cluster, &sid)
+    );
     let d = held(&seen, 3, 2);
     assert!(d >= Duration::from_millis(1500), "held {d:?}: {trace:?}");
     assert_eq!(
@@ -357,7 +394,12 @@ fn failed_update_pauses(cluster: &Cluster, images: &Images) {
             .collect()
     };
     let slots = changed(h1);
-    assert_eq!(slots.len(), 2, "exactly 2 slots changed: {slots:?}");
+    assert_eq!(
+        slots.len(),
+        2,
+        "exactly 2 slots changed: {slots:?}\n{}",
+        diag(cluster, &sid)
+    );
     assert_eq!(mix(cluster, &sid, images), (3, 0, 0));
     let old_running: BTreeSet<u64> = tasks(h1, &sid)
         .iter()
