@@ -194,6 +194,11 @@ impl EngineExecutor {
         if let Some(c) = container {
             return from_container(task, c);
         }
+        // Desired `ready` (a stop-first update's replacement): not started before the old
+        // task of its slot stopped and the manager says `running`.
+        if task.desired_state < TaskState::Running {
+            return task.status.clone();
+        }
         {
             let creates = lock(&self.creates);
             if creates.running.contains(&task.id) {

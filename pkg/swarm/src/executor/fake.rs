@@ -56,6 +56,10 @@ fn status(state: TaskState, message: &str, exit_code: i64, err: String) -> TaskS
 impl FakeExecutor {
     fn observe(&self, task: &Task) -> TaskStatus {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        // Desired `ready`: waits, as the engine executor does, for `running`.
+        if task.desired_state < TaskState::Running && !tasks.contains_key(&task.id) {
+            return task.status.clone();
+        }
         let now = Instant::now();
         let (started, current) = tasks.entry(task.id.clone()).or_insert_with(|| {
             let initial = match env(task, "SLIPWAY_FAKE_REJECT") {

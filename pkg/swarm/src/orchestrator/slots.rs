@@ -167,6 +167,18 @@ pub fn reconcile(
             history(state, tasks, created, retention, stamp, plan);
             continue;
         };
+        // A stop-first replacement (desired `ready`) may start once no other task of its slot
+        // can still be running: each ended, never reached a node, or its node is down.
+        if current.desired_state == TaskState::Ready
+            && tasks
+                .iter()
+                .all(|t| t.id == current.id || finished(state, t))
+        {
+            plan.ops.push(TaskOp::Desired {
+                id: current.id.clone(),
+                state: TaskState::Running,
+            });
+        }
         // Older tasks of the slot: kept while a start-first replacement is not running yet.
         if current.status.state >= TaskState::Running {
             for old in &live[1..] {

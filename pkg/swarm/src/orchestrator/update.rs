@@ -3,8 +3,8 @@
 //! starts when the last one runs and `Delay` passed. A replacement that ends within `Monitor`
 //! of the batch counts as a failure; past `MaxFailureRatio`, `FailureAction` pauses the update,
 //! rolls it back (the previous spec returns, with `RollbackConfig`) or continues. `Order`
-//! `stop-first` shuts the old task down as the new one is created; `start-first` keeps it until
-//! the new one runs.
+//! `stop-first` shuts the old task down as the new one is created, and starts the new one only
+//! once the old one stopped; `start-first` keeps the old one until the new one runs.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -201,7 +201,7 @@ pub fn step(
     .min(super::MAX_CREATES_PER_ROUND);
     let start_first = config.order.as_deref() == Some("start-first");
     for (key, old) in dirty.iter().take(parallelism) {
-        let task = match key {
+        let mut task = match key {
             Key::Slot(n) => new_task(service, *n, "", stamp),
             Key::Node(id) => new_task(service, 0, id, stamp),
         };
@@ -211,6 +211,10 @@ pub fn step(
                 id: old.id.clone(),
                 state: TaskState::Shutdown,
             });
+            // Stop-first: the new task is placed but waits, desired `ready`, until the old one
+            // stopped (its container may take its grace period); `slots` then makes it
+            // `running`. Otherwise both would run at once for a moment.
+            task.desired_state = TaskState::Ready;
         }
         plan.ops.push(TaskOp::Create(Box::new(task)));
     }
