@@ -188,7 +188,13 @@ fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Registry {
-    pub fn new(reference: &Reference, insecure: &[String], net: &NetOptions) -> Registry {
+    /// Fails when the HTTP client cannot be set up, in practice when the system has no CA
+    /// certificates (the TLS verifier needs them even for a plain-HTTP registry).
+    pub fn new(
+        reference: &Reference,
+        insecure: &[String],
+        net: &NetOptions,
+    ) -> Result<Registry, OciError> {
         let host = reference.registry().to_string();
         let resolved = reference.resolve_registry().to_string();
         let plain = is_loopback(&host) || insecure.iter().any(|i| i == &host || i == &resolved);
@@ -208,16 +214,25 @@ impl Registry {
         // reqwest takes the process-wide rustls provider; ring is the one linked (see Cargo.toml).
         // A second install fails harmlessly: the first one stays.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Both builders fail the same way (no CA certificates): name the cause instead of letting
+        // a default client panic, which is what `Client::new` and `unwrap_or_default` would do.
+        let no_tls = |detail: String| OciError::Network {
+            reference: reference.whole(),
+            registry: host.clone(),
+            detail: format!(
+                "cannot set up the HTTP client: {detail} (is a CA bundle installed, e.g. the \
+                 ca-certificates package at /etc/ssl/certs?)"
+            ),
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(net.connect_timeout)
             .read_timeout(net.read_timeout)
             .user_agent(concat!("slipway/", env!("CARGO_PKG_VERSION")))
             .build()
-            // Only a TLS backend that fails to initialise makes this fail; oci-client's own
-            // client is built the same way and would have failed the same.
-            .unwrap_or_default();
-        Registry {
-            client: Client::new(config),
+            .map_err(|e| no_tls(chain(&e)))?;
+        let client = Client::try_from(config).map_err(|e| no_tls(chain(&e)))?;
+        Ok(Registry {
+            client,
             auth,
             host,
             auth_source,
@@ -225,7 +240,7 @@ impl Registry {
             http,
             scheme: if plain { "http" } else { "https" },
             token: Mutex::new(None),
-        }
+        })
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retries are spent, waiting an

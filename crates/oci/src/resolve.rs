@@ -144,7 +144,7 @@ pub fn push(
     let bytes = read_verified(store, &r, &top)?;
     let media_type = media_type_of(&bytes);
     block_on(async {
-        let reg = Registry::new(&t, &opts.insecure_registries, &opts.net);
+        let reg = Registry::new(&t, &opts.insecure_registries, &opts.net)?;
         reg.authenticate(&t, RegistryOperation::Push).await?;
         if is_index(&bytes) {
             let index: ImageIndex = parse_json(&r, &bytes)?;
@@ -275,7 +275,7 @@ async fn remote(
     r: &Reference,
     opts: &PullOptions,
 ) -> Result<ResolvedImage, OciError> {
-    let reg = Registry::new(r, &opts.insecure_registries, &opts.net);
+    let reg = Registry::new(r, &opts.insecure_registries, &opts.net)?;
     reg.authenticate(r, RegistryOperation::Pull).await?;
     let top_bytes = reg.manifest_raw(r).await?;
     let top = Digest::of(&top_bytes);

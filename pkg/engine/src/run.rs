@@ -176,7 +176,7 @@ pub fn resolve_digest(reference: &str, insecure: &[String]) -> Result<ResolvedDi
     let r = slipway_oci::resolve::parse_reference(reference).map_err(failed)?;
     let options = PullOptions::default();
     let bytes = slipway_oci::resolve::block_on(async {
-        let registry = Registry::new(&r, insecure, &options.net);
+        let registry = Registry::new(&r, insecure, &options.net)?;
         registry
             .authenticate(&r, oci_client::RegistryOperation::Pull)
             .await?;
