@@ -224,6 +224,10 @@ async fn child_output<T: serde::de::DeserializeOwned>(
     let output = command
         .arg(reference)
         .stdin(std::process::Stdio::null())
+        // Its own process group, as every helper's: the daemon's stray reaper
+        // (`supervisor::reap_strays`) takes zombies that lead no group, and would otherwise
+        // reap this child before tokio waits for it ("No child processes", a failed pull).
+        .process_group(0)
         .kill_on_drop(true)
         .output()
         .await
