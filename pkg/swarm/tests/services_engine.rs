@@ -5,7 +5,7 @@
 //! S15 (a container stopped through the engine and another's PID SIGKILLed from outside),
 //! S16 (2 -> 4 keeps the first two containers), S23 (health-gated running; unhealthy ->
 //! failed and replaced), S25 (a secret file only on the node running the task; refused rm).
-//! Timings are shortened through the API: a 500 ms dispatcher heartbeat, 300 ms restart delay.
+//! Timings are shortened through the API: a 2 s dispatcher heartbeat, 300 ms restart delay.
 //! Needs root, Debian's busybox-static and docker-registry.
 
 mod common;
@@ -33,6 +33,9 @@ fn three_nodes(registry: &Registry) -> (Cluster, String) {
         let nodes = h1.node_ls().ok()?;
         (nodes.len() == 3 && nodes.iter().all(|n| n["Status"] == "Ready")).then_some(())
     });
+    // The harness's 500 ms heartbeat marks a node slowed by a loaded machine down, and its tasks
+    // move, which breaks the exact spreads asserted here; 2 s still finds a dead host in seconds.
+    h1.docker_ok(&["swarm", "update", "--dispatcher-heartbeat", "2s"]);
     let image = format!("{}/slipway/busybox:1", cluster.registry(registry.port));
     (cluster, image)
 }
