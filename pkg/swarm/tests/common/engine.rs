@@ -323,5 +323,18 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+        // A killed engine (a host "died") leaves its containers' rootfs, overlay and secret tmpfs
+        // mounts behind; detach them, deepest first, so the test's temp dir can go and the
+        // host's mount table does not grow with every run.
+        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| std::path::Path::new(m).starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = rustix::mount::unmount(m.as_str(), rustix::mount::UnmountFlags::DETACH);
+        }
     }
 }
