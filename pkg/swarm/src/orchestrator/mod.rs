@@ -34,9 +34,9 @@ const ROUND: Duration = Duration::from_millis(100);
 /// New tasks per round (a service scaled to tens of thousands converges over a few rounds).
 pub const MAX_CREATES_PER_ROUND: usize = 5000;
 
-/// Task operations per Raft entry: an entry stays around a megabyte, so an AppendEntries of a
-/// few entries arrives within openraft's timeout of one heartbeat interval.
-const OPS_PER_ENTRY: usize = 1000;
+/// Task operations per Raft entry: an entry stays around 300 KB, so an AppendEntries of a few
+/// entries usually arrives within openraft's timeout of one heartbeat interval.
+const OPS_PER_ENTRY: usize = 500;
 
 /// How long the loop waits for its writes to commit before it plans again.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
