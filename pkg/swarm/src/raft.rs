@@ -219,7 +219,8 @@ impl RaftNetwork<TypeConfig> for Peer {
             Err(_) => Err(busy()),
             Ok(joined) => {
                 self.flight = None;
-                let response = joined.unwrap_or_else(|e| Err(tonic::Status::unavailable(e.to_string())));
+                let response =
+                    joined.unwrap_or_else(|e| Err(tonic::Status::unavailable(e.to_string())));
                 self.answer(response)
             }
         }

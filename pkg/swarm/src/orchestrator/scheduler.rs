@@ -237,9 +237,11 @@ fn plain(task: &Task, ports: &[(String, u32)]) -> bool {
     reservations(&task.spec) == (0, 0)
         && ports.is_empty()
         && task.node_id.is_empty()
-        && task.spec.placement.as_ref().is_none_or(|p| {
-            p.max_replicas.is_none_or(|m| m == 0) && p.preferences.is_empty()
-        })
+        && task
+            .spec
+            .placement
+            .as_ref()
+            .is_none_or(|p| p.max_replicas.is_none_or(|m| m == 0) && p.preferences.is_empty())
 }
 
 /// The static filters of one task spec on every node, and a min-heap of the nodes passing them
@@ -733,12 +735,7 @@ mod tests {
             let ops = schedule_with(&state, "now", &mut fresh);
             assert!(ops.is_empty(), "{ops:?}");
             assert!(tasks.iter().all(|t| t.status.state == TaskState::Assigned));
-            placed.push(
-                tasks
-                    .iter()
-                    .map(|t| t.node_id.clone())
-                    .collect::<Vec<_>>(),
-            );
+            placed.push(tasks.iter().map(|t| t.node_id.clone()).collect::<Vec<_>>());
         }
         assert_eq!(placed[0], placed[1]);
         let count = |n: &str| placed[0].iter().filter(|p| *p == n).count();
