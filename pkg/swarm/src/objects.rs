@@ -4,6 +4,8 @@
 //! move forward (a late status report never takes a task back), and so do desired states.
 
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,11 +82,50 @@ pub struct Objects {
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
     #[serde(default)]
-    pub tasks: BTreeMap<String, Task>,
+    pub tasks: Shared<BTreeMap<String, Task>>,
     #[serde(default)]
     pub secrets: BTreeMap<String, FileObject>,
     #[serde(default)]
     pub configs: BTreeMap<String, FileObject>,
+}
+
+/// A value shared copy-on-write by the clones of the state: every API read, heartbeat and
+/// session check takes a clone of the applied state (`Daemon::view`), and with tens of
+/// thousands of tasks a deep copy each time was most of the leader's CPU. A clone is now a
+/// reference count; the state machine copies the map only when it changes it while a clone
+/// is still alive.
+#[derive(Clone, Default, PartialEq)]
+pub struct Shared<T>(Arc<T>);
+
+impl<T> Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Clone> DerefMut for Shared<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(d).map(|t| Shared(Arc::new(t)))
+    }
 }
 
 /// `secret` or `config`.

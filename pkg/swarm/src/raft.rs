@@ -64,8 +64,8 @@ pub fn config(tick: Duration, spec: &RaftSpec) -> Result<Arc<Config>, openraft::
         snapshot_max_chunk_size: 1024 * 1024,
         max_in_snapshot_log_to_keep: spec.log_entries_for_slow_followers.unwrap_or(500),
         // openraft gives an AppendEntries one heartbeat interval (a tick): a few entries per
-        // call, as the orchestrator's entries hold up to thousands of tasks each (a batch of
-        // 300, openraft's default, never arrived in time and the followers stood for election).
+        // call (the orchestrator's hold up to 500 task operations, ~300 KB), and a call that
+        // misses the deadline goes on in the background ([`Peer`]).
         max_payload_entries: 4,
         ..Config::default()
     };
@@ -97,13 +97,43 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: net::channel(&node.addr, self.tls.clone(), Duration::from_secs(10))
                 .ok()
                 .map(|c| RaftClient::new(c).max_decoding_message_size(net::MAX_MESSAGE)),
+            flight: None,
         }
     }
+}
+
+/// What identifies an AppendEntries: the leader's vote, the entry before and the last entry.
+type FlightKey = (
+    openraft::Vote<u64>,
+    Option<openraft::LogId<u64>>,
+    Option<openraft::LogId<u64>>,
+    usize,
+);
+
+/// The AppendEntries on its way to this peer.
+struct Flight {
+    key: FlightKey,
+    call: tokio::task::JoinHandle<Result<tonic::Response<RaftMessage>, tonic::Status>>,
 }
 
 pub struct Peer {
     target: u64,
     client: Option<RaftClient<tonic::transport::Channel>>,
+    /// openraft gives an AppendEntries one heartbeat interval and then sends it again. Under CPU
+    /// pressure (a loaded follower decoding and syncing a batch of thousands of tasks) every
+    /// attempt missed that deadline, was cancelled on the wire and sent again from scratch: the
+    /// follower never got the entries, nor a heartbeat, and stood for election. So the call runs
+    /// on as its own task when openraft stops waiting; one at a time per peer, and an identical
+    /// retry takes its answer instead of sending the entries again.
+    flight: Option<Flight>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            flight.call.abort();
+        }
+    }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, E>>;
@@ -134,6 +164,15 @@ impl Peer {
     }
 }
 
+/// How long a detached AppendEntries may travel before the transport gives it up.
+const FLIGHT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn busy<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(
+        "the previous AppendEntries is still on its way",
+    )))
+}
+
 fn with_ttl<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(option.hard_ttl());
@@ -146,11 +185,45 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, RaftError<u64>> {
-        let response = self
-            .client()?
-            .append_entries(with_ttl(encode(&rpc), &option))
-            .await;
-        self.answer(response)
+        let key: FlightKey = (
+            rpc.vote,
+            rpc.prev_log_id,
+            rpc.entries.last().map(|e| e.log_id),
+            rpc.entries.len(),
+        );
+        let ttl = option.hard_ttl();
+        // openraft drops this future after `ttl`; stop a little before with our own answer.
+        let wait = ttl.mul_f32(0.9);
+        if let Some(flight) = self.flight.as_mut()
+            && flight.key != key
+        {
+            // Another request is still travelling: let it land before sending this one.
+            if tokio::time::timeout(wait, &mut flight.call).await.is_err() {
+                return Err(busy());
+            }
+            self.flight = None;
+        }
+        if self.flight.is_none() {
+            let mut client = self.client()?;
+            // Its own deadline: generous, as it is no longer openraft's.
+            let message = encode(&rpc);
+            let call = tokio::spawn(async move {
+                let mut request = tonic::Request::new(message);
+                request.set_timeout(FLIGHT_TIMEOUT);
+                client.append_entries(request).await
+            });
+            self.flight = Some(Flight { key, call });
+        }
+        let flight = self.flight.as_mut().expect("set above");
+        match tokio::time::timeout(wait, &mut flight.call).await {
+            Err(_) => Err(busy()),
+            Ok(joined) => {
+                self.flight = None;
+                let response =
+                    joined.unwrap_or_else(|e| Err(tonic::Status::unavailable(e.to_string())));
+                self.answer(response)
+            }
+        }
     }
 
     async fn install_snapshot(

@@ -316,14 +316,18 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
-        let (data, last_applied, last_membership) = {
+        // A clone of the state shares its task map (see `objects::Shared`): serialized outside
+        // the lock, so the state machine goes on applying meanwhile.
+        let (state, last_applied, last_membership) = {
             let applied = self.shared.read().unwrap_or_else(|e| e.into_inner());
             (
-                serde_json::to_vec(&applied.state).map_err(io)?,
+                applied.state.clone(),
                 applied.last_applied,
                 applied.last_membership.clone(),
             )
         };
+        let data = serde_json::to_vec(&state).map_err(io)?;
+        drop(state);
         let snapshot_id = match last_applied {
             Some(id) => format!(
                 "{}-{}-{}",

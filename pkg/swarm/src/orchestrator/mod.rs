@@ -31,9 +31,15 @@ use crate::state::{ClusterState, Command, now_rfc3339};
 /// How often the leader reconciles.
 const ROUND: Duration = Duration::from_millis(100);
 
-/// New tasks per round: bounds one Raft entry (a service scaled to thousands converges over a
-/// few rounds instead of one entry too large to replicate).
-pub const MAX_CREATES_PER_ROUND: usize = 1000;
+/// New tasks per round (a service scaled to tens of thousands converges over a few rounds).
+pub const MAX_CREATES_PER_ROUND: usize = 5000;
+
+/// Task operations per Raft entry: an entry stays around 300 KB, so an AppendEntries of a few
+/// entries usually arrives within openraft's timeout of one heartbeat interval.
+const OPS_PER_ENTRY: usize = 500;
+
+/// How long the loop waits for its writes to commit before it plans again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the leader remembers between rounds.
 #[derive(Default)]
@@ -107,12 +113,24 @@ pub fn plan(state: &ClusterState, memory: &mut Memory, now: SystemTime, stamp: &
     memory
         .updates
         .retain(|id, _| state.objects.services.contains_key(id));
-    plan.ops.extend(scheduler::schedule(state, stamp));
+    // The new tasks are placed in the same round: created and assigned by one entry.
+    let ops = {
+        let mut fresh: Vec<&mut Task> = plan
+            .ops
+            .iter_mut()
+            .filter_map(|op| match op {
+                TaskOp::Create(task) => Some(&mut **task),
+                _ => None,
+            })
+            .collect();
+        scheduler::schedule_with(state, stamp, &mut fresh)
+    };
+    plan.ops.extend(ops);
     plan
 }
 
 /// The loop, on every manager; it acts while this manager leads.
-pub async fn run(daemon: Daemon, session: Weak<Session>) {
+pub async fn run(_daemon: Daemon, session: Weak<Session>) {
     let mut memory = Memory::default();
     loop {
         tokio::time::sleep(ROUND).await;
@@ -134,19 +152,42 @@ pub async fn run(daemon: Daemon, session: Weak<Session>) {
             let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
             plan(&applied.state, &mut memory, SystemTime::now(), &stamp)
         };
-        drop(parts);
         drop(s);
-        let mut commands = plan.services;
-        if !plan.ops.is_empty() {
+        // The service updates, then the task operations in entries of at most OPS_PER_ENTRY,
+        // all handed to Raft at once (in order) and then awaited: one commit's latency per
+        // round, not one per entry.
+        let mut commands: Vec<ObjectCommand> = plan.services;
+        let mut ops = plan.ops;
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(OPS_PER_ENTRY));
             commands.push(ObjectCommand::Tasks {
-                ops: plan.ops,
-                now: stamp,
+                ops,
+                now: stamp.clone(),
             });
+            ops = rest;
         }
+        let mut pending = Vec::new();
         for command in commands {
-            if let Err(e) = daemon.propose(Command::Objects(Box::new(command))).await {
-                tracing::warn!("orchestrator: {e}");
-                break;
+            match parts
+                .raft
+                .client_write_ff(Command::Objects(Box::new(command)))
+                .await
+            {
+                Ok(rx) => pending.push(rx),
+                Err(e) => {
+                    tracing::warn!("orchestrator: {e}");
+                    break;
+                }
+            }
+        }
+        drop(parts);
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        for rx in pending {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!("orchestrator: {e}"),
+                Ok(Err(_)) => tracing::warn!("orchestrator: Raft dropped a write"),
+                Err(_) => tracing::warn!("orchestrator: a write timed out"),
             }
         }
     }

@@ -5,7 +5,8 @@
 //! that fits nowhere stays `pending` with Docker's "no suitable node (...)" explanation, and is
 //! placed on a later round as soon as a node fits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::model::{Task, TaskSpec, TaskState, TaskStatus};
 use crate::objects::TaskOp;
@@ -218,11 +219,50 @@ fn label_value<'a>(node: &'a Node, descriptor: &str) -> Option<&'a str> {
 }
 
 /// One scheduling round over the whole state: the assignments and the pending reasons to write.
+pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
+    schedule_with(state, now, &mut [])
+}
+
+/// Where a waiting task comes from: the store, or this round's new tasks (`fresh[i]`).
+#[derive(Clone, Copy)]
+enum Source {
+    Stored,
+    Fresh(usize),
+}
+
+/// A task without reservations, host ports, replica limit, spread preferences or a fixed node:
+/// only the static filters (ready, constraints, platform) and the spread rank decide, so the
+/// node is taken from a heap instead of a walk over all the nodes.
+fn plain(task: &Task, ports: &[(String, u32)]) -> bool {
+    reservations(&task.spec) == (0, 0)
+        && ports.is_empty()
+        && task.node_id.is_empty()
+        && task
+            .spec
+            .placement
+            .as_ref()
+            .is_none_or(|p| p.max_replicas.is_none_or(|m| m == 0) && p.preferences.is_empty())
+}
+
+/// The static filters of one task spec on every node, and a min-heap of the nodes passing them
+/// by (the service's tasks, all tasks, position). Keys only grow, so an entry found stale when
+/// popped is pushed again with its current key.
+struct Fast<'a> {
+    service: &'a str,
+    spec: &'a TaskSpec,
+    failures: BTreeMap<Filter, usize>,
+    heap: BinaryHeap<Reverse<(usize, usize, usize)>>,
+}
+
+/// The scheduling round, also placing `fresh`, the tasks this round creates (not in the store
+/// yet): a placed one gets its node and `assigned` status in place (an unplaceable one its
+/// `pending` reason), so a new task is created and assigned by one Raft entry.
 ///
 /// Per waiting task the nodes are walked once (filters, then the spread rank); the loads live in
 /// a vector in the nodes' order and the task's service count per node is kept across the tasks
-/// of one service, so a round of 5,000 tasks on 1,000 nodes makes no allocation per node.
-pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
+/// of one service, so a round of 5,000 tasks on 1,000 nodes makes no allocation per node. Plain
+/// tasks (see [`plain`]) take their node from a heap: O(log nodes) each.
+pub fn schedule_with(state: &ClusterState, now: &str, fresh: &mut [&mut Task]) -> Vec<TaskOp> {
     let nodes: Vec<&Node> = state.nodes.values().collect();
     let position: HashMap<&str, usize> = nodes
         .iter()
@@ -235,105 +275,167 @@ pub fn schedule(state: &ClusterState, now: &str) -> Vec<TaskOp> {
             add(&mut loads[i], state, task);
         }
     }
-    let mut waiting: Vec<&Task> = state
-        .objects
-        .tasks
-        .values()
-        .filter(|t| t.status.state <= TaskState::Pending && t.desired_state <= TaskState::Running)
-        .collect();
-    waiting.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-    // One round's decisions stay one Raft entry of bounded size; the rest wait a round.
-    waiting.truncate(MAX_PER_ROUND);
+    let mut decided: Vec<(usize, String, TaskStatus)> = Vec::new();
     let mut ops = Vec::new();
-    // The tasks of `counted` per node (the loads' per_service, without a lookup per node).
-    let mut counted: Option<&str> = None;
-    let mut of_service: Vec<usize> = Vec::new();
-    let mut rank: Vec<usize> = Vec::new();
-    for task in waiting {
-        if counted != Some(task.service_id.as_str()) {
-            counted = Some(task.service_id.as_str());
-            of_service = loads
-                .iter()
-                .map(|l| l.per_service.get(&task.service_id).copied().unwrap_or(0))
-                .collect();
-        }
-        let ports = host_ports(state, task);
-        let mut failures: BTreeMap<Filter, usize> = BTreeMap::new();
-        let spreads = spread_labels(&task.spec);
-        // Per preference: the service's tasks on the nodes of each value of its label.
-        let groups: Vec<HashMap<Option<&str>, usize>> = spreads
-            .iter()
-            .map(|label| {
-                let mut counts: HashMap<Option<&str>, usize> = HashMap::new();
-                for (i, node) in nodes.iter().enumerate() {
-                    *counts.entry(label_value(node, label)).or_default() += of_service[i];
-                }
-                counts
+    {
+        let fresh_tasks: Vec<&Task> = fresh.iter().map(|t| &**t).collect();
+        let mut waiting: Vec<(&Task, Source)> = state
+            .objects
+            .tasks
+            .values()
+            .filter(|t| {
+                t.status.state <= TaskState::Pending && t.desired_state <= TaskState::Running
             })
+            .map(|t| (t, Source::Stored))
+            .chain(
+                fresh_tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (*t, Source::Fresh(i))),
+            )
             .collect();
-        let mut best: Option<(usize, Vec<usize>)> = None;
-        for (i, node) in nodes.iter().enumerate() {
-            if !task.node_id.is_empty() && task.node_id != node.id {
-                continue;
+        waiting.sort_by(|(a, _), (b, _)| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        // One round's decisions stay bounded; the rest wait a round.
+        waiting.truncate(MAX_PER_ROUND);
+        // The tasks of `counted` per node (the loads' per_service, without a lookup per node).
+        let mut counted: Option<&str> = None;
+        let mut of_service: Vec<usize> = Vec::new();
+        let mut rank: Vec<usize> = Vec::new();
+        let mut fast: Option<Fast> = None;
+        for (task, source) in waiting {
+            if counted != Some(task.service_id.as_str()) {
+                counted = Some(task.service_id.as_str());
+                of_service = loads
+                    .iter()
+                    .map(|l| l.per_service.get(&task.service_id).copied().unwrap_or(0))
+                    .collect();
+                fast = None;
             }
-            let load = &loads[i];
-            match check(state, node, load, task, &ports) {
-                Ok(()) => {
-                    rank.clear();
-                    rank.extend(spreads.iter().zip(&groups).map(|(label, counts)| {
-                        counts.get(&label_value(node, label)).copied().unwrap_or(0)
-                    }));
-                    rank.push(of_service[i]);
-                    rank.push(load.tasks);
-                    if best.as_ref().is_none_or(|(_, r)| rank < *r) {
-                        best = Some((i, rank.clone()));
+            let ports = host_ports(state, task);
+            let mut failures: BTreeMap<Filter, usize> = BTreeMap::new();
+            let mut best: Option<(usize, Vec<usize>)> = None;
+            if plain(task, &ports) {
+                if fast
+                    .as_ref()
+                    .is_none_or(|f| f.service != task.service_id || *f.spec != task.spec)
+                {
+                    let mut f = Fast {
+                        service: &task.service_id,
+                        spec: &task.spec,
+                        failures: BTreeMap::new(),
+                        heap: BinaryHeap::new(),
+                    };
+                    for (i, node) in nodes.iter().enumerate() {
+                        match check(state, node, &loads[i], task, &ports) {
+                            Ok(()) => f.heap.push(Reverse((of_service[i], loads[i].tasks, i))),
+                            Err(filter) => *f.failures.entry(filter).or_default() += 1,
+                        }
+                    }
+                    fast = Some(f);
+                }
+                let f = fast.as_mut().expect("built above");
+                while let Some(Reverse((o, t, i))) = f.heap.pop() {
+                    if (o, t) != (of_service[i], loads[i].tasks) {
+                        f.heap.push(Reverse((of_service[i], loads[i].tasks, i)));
+                        continue;
+                    }
+                    best = Some((i, Vec::new()));
+                    break;
+                }
+                if best.is_none() {
+                    failures = f.failures.clone();
+                }
+            } else {
+                let spreads = spread_labels(&task.spec);
+                // Per preference: the service's tasks on the nodes of each value of its label.
+                let groups: Vec<HashMap<Option<&str>, usize>> = spreads
+                    .iter()
+                    .map(|label| {
+                        let mut counts: HashMap<Option<&str>, usize> = HashMap::new();
+                        for (i, node) in nodes.iter().enumerate() {
+                            *counts.entry(label_value(node, label)).or_default() += of_service[i];
+                        }
+                        counts
+                    })
+                    .collect();
+                for (i, node) in nodes.iter().enumerate() {
+                    if !task.node_id.is_empty() && task.node_id != node.id {
+                        continue;
+                    }
+                    let load = &loads[i];
+                    match check(state, node, load, task, &ports) {
+                        Ok(()) => {
+                            rank.clear();
+                            rank.extend(spreads.iter().zip(&groups).map(|(label, counts)| {
+                                counts.get(&label_value(node, label)).copied().unwrap_or(0)
+                            }));
+                            rank.push(of_service[i]);
+                            rank.push(load.tasks);
+                            if best.as_ref().is_none_or(|(_, r)| rank < *r) {
+                                best = Some((i, rank.clone()));
+                            }
+                        }
+                        Err(filter) => *failures.entry(filter).or_default() += 1,
                     }
                 }
-                Err(filter) => *failures.entry(filter).or_default() += 1,
             }
-        }
-        let best = best.map(|(i, _)| {
-            of_service[i] += 1;
-            (nodes[i].id.as_str(), i)
-        });
-        match best {
-            Some((node_id, i)) => {
-                add(&mut loads[i], state, task);
-                ops.push(TaskOp::Assign {
-                    id: task.id.clone(),
-                    node_id: node_id.to_string(),
-                    status: TaskStatus {
+            let (node_id, status) = match best {
+                Some((i, _)) => {
+                    of_service[i] += 1;
+                    add(&mut loads[i], state, task);
+                    if let Some(f) = fast.as_mut() {
+                        f.heap.push(Reverse((of_service[i], loads[i].tasks, i)));
+                    }
+                    let status = TaskStatus {
                         timestamp: now.to_string(),
                         state: TaskState::Assigned,
                         message: "scheduler assigned task to node".into(),
                         ..TaskStatus::default()
-                    },
-                });
-            }
-            None => {
-                let reasons: Vec<String> = failures
-                    .iter()
-                    .map(|(filter, count)| explain(*filter, *count))
-                    .collect();
-                let err = if reasons.is_empty() {
-                    "no suitable node".to_string()
-                } else {
-                    format!("no suitable node ({})", reasons.join("; "))
-                };
-                if task.status.state != TaskState::Pending || task.status.err != err {
-                    ops.push(TaskOp::Status {
-                        id: task.id.clone(),
-                        status: TaskStatus {
-                            timestamp: now.to_string(),
-                            state: TaskState::Pending,
-                            message: "pending task scheduling".into(),
-                            err,
-                            ..TaskStatus::default()
-                        },
-                    });
+                    };
+                    (Some(nodes[i].id.clone()), status)
                 }
+                None => {
+                    let reasons: Vec<String> = failures
+                        .iter()
+                        .map(|(filter, count)| explain(*filter, *count))
+                        .collect();
+                    let err = if reasons.is_empty() {
+                        "no suitable node".to_string()
+                    } else {
+                        format!("no suitable node ({})", reasons.join("; "))
+                    };
+                    if task.status.state == TaskState::Pending && task.status.err == err {
+                        continue;
+                    }
+                    let status = TaskStatus {
+                        timestamp: now.to_string(),
+                        state: TaskState::Pending,
+                        message: "pending task scheduling".into(),
+                        err,
+                        ..TaskStatus::default()
+                    };
+                    (None, status)
+                }
+            };
+            match (source, node_id) {
+                (Source::Fresh(i), node_id) => {
+                    decided.push((i, node_id.unwrap_or_else(|| task.node_id.clone()), status))
+                }
+                (Source::Stored, Some(node_id)) => ops.push(TaskOp::Assign {
+                    id: task.id.clone(),
+                    node_id,
+                    status,
+                }),
+                (Source::Stored, None) => ops.push(TaskOp::Status {
+                    id: task.id.clone(),
+                    status,
+                }),
             }
         }
+    }
+    for (i, node_id, status) in decided {
+        fresh[i].node_id = node_id;
+        fresh[i].status = status;
     }
     ops
 }
@@ -572,5 +674,83 @@ mod tests {
             per_node,
             BTreeMap::from([("n1".into(), 2), ("n2".into(), 1), ("n3".into(), 1)])
         );
+    }
+
+    #[test]
+    fn plain_tasks_take_the_heap_and_land_where_the_walk_puts_them() {
+        // Uneven loads: n1 holds 3 tasks, n2 1, n3 none, n4 is drained.
+        let mut state = ClusterState::default();
+        for id in ["n1", "n2", "n3", "n4"] {
+            state.nodes.insert(id.into(), node(id, &[]));
+        }
+        state.nodes.get_mut("n4").unwrap().spec.availability = Availability::Drain;
+        state
+            .objects
+            .services
+            .insert("s".into(), crate::objects::Service::default());
+        for (i, n) in ["n1", "n1", "n1", "n2"].iter().enumerate() {
+            let id = format!("old{i}");
+            state.objects.tasks.insert(
+                id.clone(),
+                Task {
+                    id,
+                    service_id: "s".into(),
+                    node_id: n.to_string(),
+                    created_at: "0".into(),
+                    status: TaskStatus {
+                        state: TaskState::Running,
+                        ..TaskStatus::default()
+                    },
+                    ..Task::default()
+                },
+            );
+        }
+        let fresh_tasks = |preference: bool| -> Vec<Task> {
+            (0..9)
+                .map(|i| {
+                    let mut t = Task {
+                        id: format!("t{i}"),
+                        service_id: "s".into(),
+                        created_at: format!("{i}"),
+                        ..Task::default()
+                    };
+                    if preference {
+                        // A label no node has: every node is in the same group, so the rank is
+                        // the plain one, computed by the walk.
+                        t.spec.placement = Some(crate::model::Placement {
+                            preferences: vec![serde_json::json!(
+                                {"Spread": {"SpreadDescriptor": "node.labels.none"}}
+                            )],
+                            ..Default::default()
+                        });
+                    }
+                    t
+                })
+                .collect()
+        };
+        let mut placed = Vec::new();
+        for preference in [false, true] {
+            let mut tasks = fresh_tasks(preference);
+            let mut fresh: Vec<&mut Task> = tasks.iter_mut().collect();
+            let ops = schedule_with(&state, "now", &mut fresh);
+            assert!(ops.is_empty(), "{ops:?}");
+            assert!(tasks.iter().all(|t| t.status.state == TaskState::Assigned));
+            placed.push(tasks.iter().map(|t| t.node_id.clone()).collect::<Vec<_>>());
+        }
+        assert_eq!(placed[0], placed[1]);
+        let count = |n: &str| placed[0].iter().filter(|p| *p == n).count();
+        // 13 tasks over the 3 active nodes, the old ones counted: 5 / 4 / 4.
+        assert_eq!((count("n1"), count("n2"), count("n3")), (2, 3, 4));
+        assert_eq!(count("n4"), 0);
+        // Nowhere to go: a fresh task gets its pending reason in place.
+        for n in state.nodes.values_mut() {
+            n.spec.availability = Availability::Drain;
+        }
+        let mut tasks = fresh_tasks(false);
+        let mut fresh: Vec<&mut Task> = tasks.iter_mut().collect();
+        assert!(schedule_with(&state, "now", &mut fresh).is_empty());
+        assert!(tasks.iter().all(|t| t.status.state == TaskState::Pending
+            && t.node_id.is_empty()
+            && t.status.err == "no suitable node (4 nodes not available for new tasks)"));
     }
 }
