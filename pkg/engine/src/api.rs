@@ -513,7 +513,9 @@ fn log_query(query: &str) -> Result<(bool, Option<usize>), ApiError> {
             ("tail", "all") => tail = None,
             ("tail", n) => {
                 tail = Some(n.parse().map_err(|_| {
-                    bad(format!("tail must be a number of lines or \"all\", not {n:?}"))
+                    bad(format!(
+                        "tail must be a number of lines or \"all\", not {n:?}"
+                    ))
                 })?)
             }
             _ => return Err(bad(format!("unknown query parameter {pair:?}"))),
@@ -658,8 +660,17 @@ mod tests {
             Ok(Call::Logs { name, follow: true, tail: None }) if name == "a-b"
         ));
         assert!(matches!(
-            parse(&Method::GET, "/v1/containers/a/logs", "tail=2&follow=1", b""),
-            Ok(Call::Logs { follow: true, tail: Some(2), .. })
+            parse(
+                &Method::GET,
+                "/v1/containers/a/logs",
+                "tail=2&follow=1",
+                b""
+            ),
+            Ok(Call::Logs {
+                follow: true,
+                tail: Some(2),
+                ..
+            })
         ));
         assert_eq!(
             status(Method::GET, "/v1/containers/a/logs", "tail=-1", ""),

@@ -425,11 +425,7 @@ pub fn serve_subscription(
             };
             let Some(batch) = batch else { return };
             let payload = serde_json::to_vec(&batch).unwrap_or_default();
-            if tx
-                .send(Ok(proto::LogsMessage { payload }))
-                .await
-                .is_err()
-            {
+            if tx.send(Ok(proto::LogsMessage { payload })).await.is_err() {
                 return;
             }
         }
@@ -682,9 +678,10 @@ fn options(q: &HashMap<String, String>) -> Result<Options, ApiError> {
     };
     let since_ns = match q.get("since").map(String::as_str) {
         None | Some("" | "0") => None,
-        Some(s) => Some(parse_since(s).map_err(|e| {
-            ApiError::new(400, format!("could not parse since timestamp: {e}"))
-        })?),
+        Some(s) => Some(
+            parse_since(s)
+                .map_err(|e| ApiError::new(400, format!("could not parse since timestamp: {e}")))?,
+        ),
     };
     Ok(Options {
         follow: truthy(q, "follow"),
@@ -764,7 +761,8 @@ async fn forward(
     subscription: &Subscription,
 ) -> Result<mpsc::Receiver<Vec<LogLine>>, ApiError> {
     let channel = session.channel(leader)?;
-    let payload = serde_json::to_vec(subscription).map_err(|e| ApiError::new(500, e.to_string()))?;
+    let payload =
+        serde_json::to_vec(subscription).map_err(|e| ApiError::new(500, e.to_string()))?;
     let request = tonic::Request::new(proto::LogsMessage { payload });
     let mut stream = tokio::time::timeout(
         WAIT,
@@ -979,7 +977,12 @@ mod tests {
             parse_since("2025-12-01T04:00:00Z"),
             Ok(1_764_561_600_000_000_000)
         );
-        assert_eq!(options(&q(&[("stderr", "1"), ("tail", "all")])).unwrap().tail, None);
+        assert_eq!(
+            options(&q(&[("stderr", "1"), ("tail", "all")]))
+                .unwrap()
+                .tail,
+            None
+        );
         for bad in [
             q(&[]),
             q(&[("stdout", "1"), ("tail", "x")]),

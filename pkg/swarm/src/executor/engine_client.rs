@@ -325,7 +325,9 @@ impl EngineClient {
                 }
             }
             if !pending.is_empty() {
-                let _ = tx.send(String::from_utf8_lossy(&pending).into_owned()).await;
+                let _ = tx
+                    .send(String::from_utf8_lossy(&pending).into_owned())
+                    .await;
             }
         });
         Ok(rx)
