@@ -856,73 +856,132 @@ pub fn frames(mut body: &[u8]) -> Vec<(u8, &[u8])> {
     out
 }
 
-/// The agent's `service logs SERVICE`: `NAME.SLOT.TASK@HOST | line`, as Docker's CLI prints.
-pub async fn print_service_logs(socket: &std::path::Path, service: &str) -> anyhow::Result<()> {
-    use http_body_util::BodyExt;
+/// What the agent's `service logs` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CliOptions {
+    pub follow: bool,
+    /// A number of lines or `all`.
+    pub tail: Option<String>,
+    /// RFC 3339, Unix seconds, or a duration before now (`10m`).
+    pub since: Option<String>,
+}
+
+/// The CLI's `since` as the API takes it (Unix seconds.nanoseconds), as Docker's CLI sends it.
+fn cli_since(text: &str) -> anyhow::Result<String> {
+    let ns = match humantime::parse_duration(text) {
+        Ok(ago) => nanos(
+            SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| anyhow::anyhow!("--since {text}: too long ago"))?,
+        ),
+        Err(_) => parse_since(text).map_err(|e| anyhow::anyhow!("--since {text}: {e}"))?,
+    };
+    Ok(format!(
+        "{}.{:09}",
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000)
+    ))
+}
+
+/// The agent's `service logs SERVICE`: `NAME.SLOT.TASK@HOST | line`, as Docker's CLI prints,
+/// each line as it comes.
+pub async fn print_service_logs(
+    socket: &std::path::Path,
+    service: &str,
+    options: &CliOptions,
+) -> anyhow::Result<()> {
+    use std::io::Write;
     let inspected = crate::cli::call(socket, "GET", &format!("/services/{service}"), None).await?;
     let name = inspected["Spec"]["Name"]
         .as_str()
         .unwrap_or(service)
         .to_owned();
-    let nodes = crate::cli::call(socket, "GET", "/nodes", None).await?;
-    let hostname = |id: &str| {
-        nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["ID"] == id)
-            .and_then(|n| n["Description"]["Hostname"].as_str())
-            .unwrap_or(id)
-            .to_owned()
-    };
-    let tasks = crate::cli::call(socket, "GET", "/tasks", None).await?;
-    let slot = |id: &str| {
-        tasks
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|t| t["ID"] == id)
-            .and_then(|t| t["Slot"].as_u64())
-            .unwrap_or(0)
-    };
+    let mut nodes = serde_json::Value::Null;
+    let mut tasks = serde_json::Value::Null;
+    let mut query = "stdout=1&stderr=1&details=1".to_owned();
+    if options.follow {
+        query.push_str("&follow=1");
+    }
+    if let Some(tail) = &options.tail {
+        query.push_str(&format!(
+            "&tail={}",
+            percent_encoding::utf8_percent_encode(tail, percent_encoding::NON_ALPHANUMERIC)
+        ));
+    }
+    if let Some(since) = &options.since {
+        query.push_str(&format!("&since={}", cli_since(since)?));
+    }
     let stream = tokio::net::UnixStream::connect(socket).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = hyper::Request::builder()
         .uri(format!(
-            "http://localhost/v1.41/services/{service}/logs?stdout=1&stderr=1&details=1"
+            "http://localhost/v1.41/services/{service}/logs?{query}"
         ))
         .header("Host", "localhost")
         .body(http_body_util::Full::new(Bytes::new()))?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
+    let mut body = response.into_body();
     if status >= 400 {
+        let body = body.collect().await?.to_bytes();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         anyhow::bail!(
             "Error response from daemon: {}",
             value["message"].as_str().unwrap_or("")
         );
     }
-    for (_, data) in frames(&body) {
-        let text = String::from_utf8_lossy(data);
-        let (context, line) = text.split_once(' ').unwrap_or(("", &text));
-        let field = |key: &str| {
-            context
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .unwrap_or("")
-                .to_owned()
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
         };
-        let task = field("com.docker.swarm.task.id");
-        let node = field("com.docker.swarm.node.id");
-        print!(
-            "{name}.{}.{}@{}    | {line}",
-            slot(&task),
-            &task[..task.len().min(12)],
-            hostname(&node)
-        );
+        pending.extend_from_slice(&data);
+        let mut used = 0;
+        let mut out = String::new();
+        for (_, data) in frames(&pending) {
+            used += 8 + data.len();
+            let text = String::from_utf8_lossy(data);
+            let (context, line) = text.split_once(' ').unwrap_or(("", &text));
+            let field = |key: &str| {
+                context
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let task = field("com.docker.swarm.task.id");
+            let node = field("com.docker.swarm.node.id");
+            let find = |list: &serde_json::Value, id: &str| {
+                list.as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["ID"] == id)
+                    .cloned()
+            };
+            // Looked up again when a task or node is new (a follow sees new ones).
+            if find(&tasks, &task).is_none() {
+                tasks = crate::cli::call(socket, "GET", "/tasks", None).await?;
+            }
+            if find(&nodes, &node).is_none() {
+                nodes = crate::cli::call(socket, "GET", "/nodes", None).await?;
+            }
+            let slot = find(&tasks, &task)
+                .and_then(|t| t["Slot"].as_u64())
+                .unwrap_or(0);
+            let host = find(&nodes, &node)
+                .and_then(|n| n["Description"]["Hostname"].as_str().map(str::to_owned))
+                .unwrap_or(node);
+            out.push_str(&format!(
+                "{name}.{slot}.{}@{host}    | {line}",
+                &task[..task.len().min(12)],
+            ));
+        }
+        pending.drain(..used);
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        stdout.flush()?;
     }
     Ok(())
 }

@@ -288,10 +288,12 @@ fn logs_stream_from_any_manager_with_follow_since_and_tail() {
     );
     let out = logs(h2, "/v1.41/services/talk/logs?stdout=1");
     assert!(out.iter().all(|(s, l)| *s == 1 && l != "two\n"), "{out:?}");
-    // tail: the last line of each task.
-    let last = logs(h2, "/v1.41/services/talk/logs?stdout=1&stderr=1&tail=1");
-    assert_eq!(last.len(), 2, "{last:?}");
-    assert!(last.iter().all(|(_, l)| l.starts_with("tick-")), "{last:?}");
+    // tail: the last line of each task (once both have ticked).
+    cluster.wait(LONG, "a tick as each task's last line", || {
+        let last = logs(h2, "/v1.41/services/talk/logs?stdout=1&stderr=1&tail=1");
+        assert!(last.len() <= 2, "{last:?}");
+        (last.len() == 2 && last.iter().all(|(_, l)| l.starts_with("tick-"))).then_some(())
+    });
     // One task, by ID prefix.
     let (task, _) = talk.iter().next().expect("a task");
     let one = logs(
@@ -354,6 +356,22 @@ fn logs_stream_from_any_manager_with_follow_since_and_tail() {
         503,
         "a worker serves no logs"
     );
+
+    // The agent's own CLI, through h2.
+    let ours = h2
+        .cli(&["service", "logs", "--tail", "1", "--since", "1h", "talk"])
+        .expect("service logs");
+    assert_eq!(ours.lines().count(), 2, "{ours}");
+    for line in ours.lines() {
+        let (context, text) = line.split_once("    | ").expect("CONTEXT | LINE");
+        assert!(
+            context.starts_with("talk.") && text.starts_with("tick-"),
+            "{line}"
+        );
+        let (_, host) = context.split_once('@').expect("task@host");
+        assert!(["h1", "h2", "h3"].contains(&host), "{line}");
+    }
+    assert!(h2.cli(&["service", "logs", "--tail", "x", "talk"]).is_err());
 
     // Docker's CLI follows through h2; a task added meanwhile shows up.
     let baseline = steady_sockets(&cluster);
