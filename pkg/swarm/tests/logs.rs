@@ -223,10 +223,20 @@ fn logs_stream_from_any_manager_with_follow_since_and_tail() {
             "Mode": {"Replicated": {"Replicas": 2}},
         }),
     );
-    let talk = cluster.wait(LONG, "2 running tasks", || {
+    let deadline = Instant::now() + LONG;
+    let talk = loop {
         let r = running(h1, "talk");
-        (r.len() == 2).then_some(r)
-    });
+        if r.len() == 2 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "2 running tasks: {:#}\n{}",
+            Value::Array(tasks(h1, "talk")),
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let service_id = h1.api("GET", "/v1.41/services/talk", "").json()["ID"]
         .as_str()
         .expect("an ID")
@@ -299,7 +309,7 @@ fn logs_stream_from_any_manager_with_follow_since_and_tail() {
     let one = logs(
         h2,
         &format!(
-            "/v1.41/tasks/{}/logs?stdout=1&tail=3&details=1",
+            "/v1.41/tasks/{}/logs?stdout=1&stderr=1&tail=3&details=1",
             &task[..10]
         ),
     );
