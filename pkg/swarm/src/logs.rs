@@ -349,15 +349,30 @@ async fn relay_published(
     mut stream: tonic::Streaming<proto::LogsMessage>,
 ) -> Result<(), tonic::Status> {
     let mut current: Option<(String, HashSet<String>, mpsc::Sender<Event>)> = None;
+    let result = relay_lines(node_id, &mut stream, &mut current).await;
+    // Closed however it ended (a node restarting breaks its stream).
+    if let Some((id, _, events)) = current {
+        let _ = events.send(Event::Closed(id)).await;
+    }
+    result
+}
+
+async fn relay_lines(
+    node_id: &str,
+    stream: &mut tonic::Streaming<proto::LogsMessage>,
+    current: &mut Option<(String, HashSet<String>, mpsc::Sender<Event>)>,
+) -> Result<(), tonic::Status> {
     loop {
-        let message = match &current {
+        let message = match &*current {
             None => stream.message().await?,
             Some((_, _, events)) => tokio::select! {
                 m = stream.message() => m?,
                 _ = events.closed() => return Ok(()),
             },
         };
-        let Some(message) = message else { break };
+        let Some(message) = message else {
+            return Ok(());
+        };
         let published: Published = serde_json::from_slice(&message.payload)
             .map_err(|e| tonic::Status::invalid_argument(format!("bad log message: {e}")))?;
         if current.is_none() {
@@ -369,14 +384,14 @@ async fn relay_published(
                 .ok_or_else(|| {
                     tonic::Status::not_found(format!("no log request {}", published.id))
                 })?;
-            current = Some((
+            *current = Some((
                 published.id.clone(),
                 asked.task_ids.clone(),
                 asked.events.clone(),
             ));
         }
-        let Some((id, tasks, events)) = &current else {
-            break;
+        let Some((id, tasks, events)) = &*current else {
+            return Ok(());
         };
         if &published.id != id {
             return Err(tonic::Status::invalid_argument(
@@ -393,13 +408,9 @@ async fn relay_published(
             return Ok(());
         }
         if published.close {
-            break;
+            return Ok(());
         }
     }
-    if let Some((id, _, events)) = current {
-        let _ = events.send(Event::Closed(id)).await;
-    }
-    Ok(())
 }
 
 /// The leader's `SubscribeLogs`, for another manager's API.
