@@ -984,10 +984,8 @@ pub async fn print_service_logs(
             let host = find(&nodes, &node)
                 .and_then(|n| n["Description"]["Hostname"].as_str().map(str::to_owned))
                 .unwrap_or(node);
-            out.push_str(&format!(
-                "{name}.{slot}.{}@{host}    | {line}",
-                &task[..task.len().min(12)],
-            ));
+            let short: String = task.chars().take(12).collect();
+            out.push_str(&format!("{name}.{slot}.{short}@{host}    | {line}"));
         }
         pending.drain(..used);
         let mut stdout = std::io::stdout().lock();
