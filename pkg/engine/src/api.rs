@@ -16,7 +16,9 @@
 //!                                          service's grace period, 10 s unless it sets one)
 //! POST /v1/containers/NAME/restart         body {"timeout": SECS} optional
 //! POST /v1/containers/NAME/kill            body {"signal": "SIGKILL" | "KILL" | 9}
-//! GET  /v1/containers/NAME/logs[?follow=1] text, one timestamped line per line of output
+//! GET  /v1/containers/NAME/logs[?follow=1&tail=N] text, one timestamped line per line of
+//!                                          output; `tail`: only the last N lines of stdout and
+//!                                          stderr kept so far (the engine's notes among them)
 //! POST /v1/containers/NAME/exec            body {"cmd": [...], "timeout": SECS (default 60)}
 //!                                          -> {"exitCode": N, "output": "...", "timedOut": B}
 //! ```
@@ -250,6 +252,7 @@ pub enum Call {
     Logs {
         name: String,
         follow: bool,
+        tail: Option<usize>,
     },
     Exec(String, Vec<String>, Duration),
 }
@@ -364,10 +367,10 @@ pub fn parse(method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Ca
         )),
         Endpoint::Container if *method == Method::GET => Call::Inspect(name),
         Endpoint::Container => Call::Remove(name, grace(body)?),
-        Endpoint::Logs => Call::Logs {
-            name,
-            follow: follow(query)?,
-        },
+        Endpoint::Logs => {
+            let (follow, tail) = log_query(query)?;
+            Call::Logs { name, follow, tail }
+        }
         Endpoint::Start => {
             parse_body::<serde_json::Map<String, serde_json::Value>>(body)?
                 .filter(|m| !m.is_empty())
@@ -438,7 +441,7 @@ async fn execute(engine: &Engine, call: Call) -> Result<Response<Body>, ApiError
             engine.kill(&name, signal)?;
             json(ok, &engine.inspect(&name)?)
         }
-        Call::Logs { name, follow } => logs(engine, &name, follow)?,
+        Call::Logs { name, follow, tail } => logs(engine, &name, follow, tail)?,
         Call::Exec(name, cmd, limit) => {
             let outcome = engine.exec(&name, &cmd, limit).await?;
             json(
@@ -500,25 +503,60 @@ fn image_query(query: &str) -> Result<String, ApiError> {
     }
 }
 
-fn follow(query: &str) -> Result<bool, ApiError> {
-    let mut follow = false;
+/// `follow` and `tail` of a logs request.
+fn log_query(query: &str) -> Result<(bool, Option<usize>), ApiError> {
+    let (mut follow, mut tail) = (false, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=').unwrap_or((pair, "")) {
             ("follow", "1" | "true") => follow = true,
             ("follow", "0" | "false") => follow = false,
+            ("tail", "all") => tail = None,
+            ("tail", n) => {
+                tail = Some(n.parse().map_err(|_| {
+                    bad(format!(
+                        "tail must be a number of lines or \"all\", not {n:?}"
+                    ))
+                })?)
+            }
             _ => return Err(bad(format!("unknown query parameter {pair:?}"))),
         }
     }
-    Ok(follow)
+    Ok((follow, tail))
 }
 
-fn logs(engine: &Engine, name: &str, follow: bool) -> Result<Response<Body>, ApiError> {
+/// The last `tail` lines of output in `lines` (the engine's own notes among them do not
+/// count), or all of them.
+fn last_lines(mut lines: Vec<String>, tail: Option<usize>) -> Vec<String> {
+    let Some(tail) = tail else { return lines };
+    let mut seen = 0;
+    let mut start = lines.len();
+    while start > 0 && seen < tail {
+        start -= 1;
+        let kind = lines[start].split(' ').nth(1);
+        if matches!(kind, Some("stdout" | "stderr")) {
+            seen += 1;
+        }
+    }
+    if tail == 0 {
+        start = lines.len();
+    }
+    lines.drain(..start);
+    lines
+}
+
+fn logs(
+    engine: &Engine,
+    name: &str,
+    follow: bool,
+    tail: Option<usize>,
+) -> Result<Response<Body>, ApiError> {
     let logs = engine.logs(name)?;
     if !follow {
-        return Ok(full(StatusCode::OK, "text/plain", logs.snapshot().concat()));
+        let lines = last_lines(logs.snapshot(), tail);
+        return Ok(full(StatusCode::OK, "text/plain", lines.concat()));
     }
     let (past, receiver) = logs.follow();
-    let first = Frame::data(Bytes::from(past.concat()));
+    let first = Frame::data(Bytes::from(last_lines(past, tail).concat()));
     let rest = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let text = match receiver.recv().await {
             Ok(line) => line,
@@ -619,8 +657,37 @@ mod tests {
         );
         assert!(matches!(
             parse(&Method::GET, "/v1/containers/a%2Db/logs", "follow=1", b""),
-            Ok(Call::Logs { name, follow: true }) if name == "a-b"
+            Ok(Call::Logs { name, follow: true, tail: None }) if name == "a-b"
         ));
+        assert!(matches!(
+            parse(
+                &Method::GET,
+                "/v1/containers/a/logs",
+                "tail=2&follow=1",
+                b""
+            ),
+            Ok(Call::Logs {
+                follow: true,
+                tail: Some(2),
+                ..
+            })
+        ));
+        assert_eq!(
+            status(Method::GET, "/v1/containers/a/logs", "tail=-1", ""),
+            StatusCode::BAD_REQUEST
+        );
+        let line = |kind: &str, text: &str| format!("2026-01-01T00:00:00.000Z {kind} {text}\n");
+        let lines = vec![
+            line("engine", "started"),
+            line("stdout", "a"),
+            line("stderr", "b"),
+            line("engine", "exited"),
+        ];
+        assert_eq!(last_lines(lines.clone(), None), lines);
+        assert_eq!(last_lines(lines.clone(), Some(1)), lines[2..]);
+        assert_eq!(last_lines(lines.clone(), Some(2)), lines[1..]);
+        assert_eq!(last_lines(lines.clone(), Some(9)), lines);
+        assert!(last_lines(lines, Some(0)).is_empty());
         assert!(matches!(
             parse(&Method::POST, "/v1/containers/a/kill", "", br#"{"signal": "term"}"#),
             Ok(Call::Kill(name, Signal::SIGTERM)) if name == "a"

@@ -60,7 +60,7 @@ pub async fn serve(listener: UnixListener, daemon: Daemon) {
             let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let daemon = daemon.clone();
-                async move { Ok::<_, Infallible>(handle(&daemon, request).await) }
+                async move { Ok::<_, Infallible>(handle_streaming(&daemon, request).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -200,6 +200,26 @@ fn strip_version(path: &str) -> Result<&str, ApiError> {
         }
         None => Ok(path),
     }
+}
+
+/// Log requests are answered as a stream (`crate::logs`), everything else in one piece.
+async fn handle_streaming(daemon: &Daemon, request: Request<Incoming>) -> crate::logs::StreamReply {
+    if request.method() == Method::GET
+        && let Ok(path) = strip_version(request.uri().path())
+        && let [kind @ ("services" | "tasks"), key, "logs"] = path
+            .trim_end_matches('/')
+            .split('/')
+            .skip(1)
+            .collect::<Vec<_>>()
+            .as_slice()
+    {
+        let q = query(&request);
+        return match crate::logs::serve(daemon, key, *kind == "services", &q).await {
+            Ok(reply) => reply,
+            Err(e) => error_reply(&e).map(BodyExt::boxed_unsync),
+        };
+    }
+    handle(daemon, request).await.map(BodyExt::boxed_unsync)
 }
 
 pub async fn handle(daemon: &Daemon, request: Request<Incoming>) -> Reply {

@@ -101,7 +101,18 @@ pub enum ServiceVerb {
         service: String,
     },
     /// A service's logs.
-    Logs { service: String },
+    Logs {
+        /// Go on with new lines until the service is removed.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each task (or `all`).
+        #[arg(long)]
+        tail: Option<String>,
+        /// Only lines since a time (RFC 3339, Unix seconds) or a duration ago (`10m`).
+        #[arg(long)]
+        since: Option<String>,
+        service: String,
+    },
     /// Remove services.
     Rm { services: Vec<String> },
 }
@@ -391,8 +402,18 @@ pub async fn service(socket: &Path, verb: ServiceVerb) -> anyhow::Result<()> {
         ServiceVerb::Rollback { detach: _, service } => {
             update(socket, &service, "&rollback=previous", |_| {}).await?;
         }
-        ServiceVerb::Logs { service } => {
-            crate::logs::print_service_logs(socket, &service).await?;
+        ServiceVerb::Logs {
+            follow,
+            tail,
+            since,
+            service,
+        } => {
+            let options = crate::logs::CliOptions {
+                follow,
+                tail,
+                since,
+            };
+            crate::logs::print_service_logs(socket, &service, &options).await?;
         }
         ServiceVerb::Rm { services } => {
             for s in services {

@@ -266,10 +266,6 @@ fn same(a: &TaskStatus, b: &TaskStatus) -> bool {
 }
 
 pub async fn update_statuses(daemon: &Daemon, node_id: &str, payload: &[u8]) -> Result<(), Status> {
-    // An object, not an array: a node's answer to a log request.
-    if payload.first() == Some(&b'{') {
-        return crate::logs::deliver(node_id, payload);
-    }
     let statuses: Vec<WireStatus> = serde_json::from_slice(payload)
         .map_err(|e| Status::invalid_argument(format!("bad statuses: {e}")))?;
     let parts = leader_parts(daemon)?;

@@ -223,6 +223,34 @@ impl control_server::Control for Handler {
         Ok(Response::new(proto::UpdateTaskStatusResponse {}))
     }
 
+    type PublishLogsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::LogsMessage, Status>>;
+
+    async fn publish_logs(
+        &self,
+        request: Request<tonic::Streaming<proto::LogsMessage>>,
+    ) -> Result<Response<Self::PublishLogsStream>, Status> {
+        let peer = net::require(&request, None)?;
+        Ok(Response::new(crate::logs::publish(
+            peer.node_id,
+            request.into_inner(),
+        )))
+    }
+
+    type SubscribeLogsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::LogsMessage, Status>>;
+
+    async fn subscribe_logs(
+        &self,
+        request: Request<proto::LogsMessage>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        net::require(&request, Some(Role::Manager))?;
+        Ok(Response::new(crate::logs::serve_subscription(
+            &self.daemon,
+            &request.get_ref().payload,
+        )?))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<proto::HeartbeatRequest>,

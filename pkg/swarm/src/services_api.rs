@@ -62,8 +62,6 @@ pub async fn route(
             update_service(daemon, key, q, request).await
         }
         (&Method::DELETE, ["services", key]) => remove_service(daemon, key).await,
-        (&Method::GET, ["services", key, "logs"]) => crate::logs::serve(daemon, key, true, q).await,
-        (&Method::GET, ["tasks", key, "logs"]) => crate::logs::serve(daemon, key, false, q).await,
         (&Method::GET, ["tasks"]) => list_tasks(daemon, q),
         (&Method::GET, ["tasks", key]) => inspect_task(daemon, key),
         (&Method::GET, [kind]) if file_kind(kind).is_some() => {

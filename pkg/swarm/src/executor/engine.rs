@@ -62,6 +62,20 @@ pub async fn distribution(socket: &Path, image: &str) -> Result<Distribution, En
 }
 
 impl EngineExecutor {
+    /// The name of `task_id`'s container on this node.
+    async fn task_container(&self, task_id: &str) -> Result<String, String> {
+        let containers = self
+            .client
+            .list_labelled(TASK_ID_LABEL)
+            .await
+            .map_err(|e| e.to_string())?;
+        containers
+            .into_iter()
+            .find(|c| c.labels.get(TASK_ID_LABEL).map(String::as_str) == Some(task_id))
+            .map(|c| c.name)
+            .ok_or_else(|| format!("task {task_id} has no container on this node"))
+    }
+
     pub fn new(socket: PathBuf) -> Self {
         Self {
             client: EngineClient::new(socket),
@@ -573,17 +587,24 @@ impl Executor for EngineExecutor {
 
     fn logs<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, String>> {
         Box::pin(async move {
-            let containers = self
-                .client
-                .list_labelled(TASK_ID_LABEL)
-                .await
-                .map_err(|e| e.to_string())?;
-            let c = containers
-                .iter()
-                .find(|c| c.labels.get(TASK_ID_LABEL).map(String::as_str) == Some(task_id))
-                .ok_or_else(|| format!("task {task_id} has no container on this node"))?;
-            let text = self.client.logs(&c.name).await.map_err(|e| e.to_string())?;
+            let name = self.task_container(task_id).await?;
+            let text = self.client.logs(&name).await.map_err(|e| e.to_string())?;
             Ok(text.lines().map(str::to_owned).collect())
+        })
+    }
+
+    fn log_lines<'a>(
+        &'a self,
+        task_id: &'a str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<String>, String>> {
+        Box::pin(async move {
+            let name = self.task_container(task_id).await?;
+            self.client
+                .log_lines(&name, follow, tail)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 }

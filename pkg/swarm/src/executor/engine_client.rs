@@ -231,6 +231,108 @@ impl EngineClient {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// A container's log line by line as the engine sends it (`tail`: only the last lines kept
+    /// so far; `follow`: then each new line, until the container is removed or the receiver is
+    /// dropped).
+    pub async fn log_lines(
+        &self,
+        name: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<tokio::sync::mpsc::Receiver<String>, EngineClientError> {
+        /// A line longer than this (the engine cuts its lines shorter) is passed on in pieces.
+        const LONGEST: usize = 64 * 1024;
+        let mut path = container_path(name, "logs");
+        let mut query = Vec::new();
+        if follow {
+            query.push("follow=1".to_owned());
+        }
+        if let Some(tail) = tail {
+            query.push(format!("tail={tail}"));
+        }
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let http = |e: &dyn std::fmt::Display| EngineClientError::Http {
+            socket: self.socket.clone(),
+            message: e.to_string(),
+        };
+        let open = async {
+            let stream = UnixStream::connect(&self.socket).await.map_err(|source| {
+                EngineClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                }
+            })?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| http(&e))?;
+            tokio::spawn(connection);
+            let request = Request::builder()
+                .method(Method::GET)
+                .uri(&path)
+                .header(hyper::header::HOST, "engine")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| http(&e))?;
+            sender.send_request(request).await.map_err(|e| http(&e))
+        };
+        let response = tokio::time::timeout(Duration::from_secs(30), open)
+            .await
+            .map_err(|_| EngineClientError::Timeout {
+                path: path.clone(),
+                secs: 30,
+            })??;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = tokio::time::timeout(Duration::from_secs(30), body.collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(refused(status, &bytes));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                let frame = tokio::select! {
+                    frame = body.frame() => frame,
+                    _ = tx.closed() => return,
+                };
+                let Some(Ok(frame)) = frame else { break };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                pending.extend_from_slice(&data);
+                let mut start = 0;
+                while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+                    let line = String::from_utf8_lossy(&pending[start..start + end]).into_owned();
+                    start += end + 1;
+                    if tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+                pending.drain(..start);
+                if pending.len() > LONGEST {
+                    let line = String::from_utf8_lossy(&pending).into_owned();
+                    pending.clear();
+                    if tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let _ = tx
+                    .send(String::from_utf8_lossy(&pending).into_owned())
+                    .await;
+            }
+        });
+        Ok(rx)
+    }
+
     pub async fn distribution(&self, image: &str) -> Result<Distribution, EngineClientError> {
         let path = format!("/v1/distribution?image={}", query_value(image));
         self.call(Method::GET, &path, None).await

@@ -55,4 +55,30 @@ pub trait Executor: Send + Sync + 'static {
     /// A task's container log, one line per entry, for `/services/{id}/logs` and
     /// `/tasks/{id}/logs`.
     fn logs<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Vec<String>, String>>;
+
+    /// A task's container log as it comes: the last `tail` lines kept so far (all of them
+    /// without), then, with `follow`, each new line until the container's log ends or the
+    /// receiver is dropped. By default what `logs` gives, once.
+    fn log_lines<'a>(
+        &'a self,
+        task_id: &'a str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<String>, String>> {
+        let _ = follow;
+        Box::pin(async move {
+            let mut lines = self.logs(task_id).await?;
+            if let Some(tail) = tail {
+                let skip = lines
+                    .len()
+                    .saturating_sub(usize::try_from(tail).unwrap_or(usize::MAX));
+                lines.drain(..skip);
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(lines.len().max(1));
+            for line in lines {
+                let _ = tx.try_send(line);
+            }
+            Ok(rx)
+        })
+    }
 }
