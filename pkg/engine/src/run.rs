@@ -221,8 +221,11 @@ async fn child_output<T: serde::de::DeserializeOwned>(
     for registry in insecure {
         command.arg("--insecure-registry").arg(registry);
     }
+    // Its own process group, like the other helpers: the stray reaper (`reap_strays`) takes
+    // zombies that lead no group, and would take this child's status from tokio (ECHILD).
     let output = command
         .arg(reference)
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         // Its own process group, as every helper's: the daemon's stray reaper
         // (`supervisor::reap_strays`) takes zombies that lead no group, and would otherwise
