@@ -26,6 +26,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::objects::TasksByNode;
 use crate::raft::TypeConfig;
 use crate::state::{ClusterState, CommandResult};
 
@@ -279,6 +280,19 @@ pub struct Applied {
     pub state: ClusterState,
     pub last_applied: Option<LogId<u64>>,
     pub last_membership: StoredMembership<u64, BasicNode>,
+    /// The tasks of each node, kept up to date by `apply` (see `TasksByNode`).
+    pub by_node: TasksByNode,
+}
+
+impl Applied {
+    fn reset(&mut self, state: ClusterState, last_applied: Option<LogId<u64>>) {
+        // Every node's stream looks again (a node that lost all its tasks too).
+        let index = last_applied.map(|l| l.index).unwrap_or(0);
+        self.state = state;
+        self.last_applied = last_applied;
+        self.by_node
+            .after(&self.state, crate::objects::Touched::All, index);
+    }
 }
 
 pub type SharedState = Arc<RwLock<Applied>>;
@@ -306,8 +320,7 @@ impl StateMachine {
         if let Some(snapshot) = machine.db.get_meta::<StoredSnapshot>("snapshot")? {
             let state: ClusterState = serde_json::from_slice(&snapshot.data).map_err(read_err)?;
             let mut applied = machine.shared.write().unwrap_or_else(|e| e.into_inner());
-            applied.state = state;
-            applied.last_applied = snapshot.meta.last_log_id;
+            applied.reset(state, snapshot.meta.last_log_id);
             applied.last_membership = snapshot.meta.last_membership;
         }
         Ok(machine)
@@ -382,7 +395,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => results.push(CommandResult::Ok),
                 EntryPayload::Normal(command) => {
-                    results.push(applied.state.apply(entry.log_id.index, command))
+                    let index = entry.log_id.index;
+                    let touched = TasksByNode::before(&applied.state, &command);
+                    let applied = &mut *applied;
+                    results.push(applied.state.apply(index, command));
+                    applied.by_node.after(&applied.state, touched, index);
                 }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -420,8 +437,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.last_log_id.map(|l| l.index).unwrap_or(0)
         );
         let mut applied = self.shared.write().unwrap_or_else(|e| e.into_inner());
-        applied.state = state;
-        applied.last_applied = meta.last_log_id;
+        applied.reset(state, meta.last_log_id);
         applied.last_membership = meta.last_membership.clone();
         Ok(())
     }
