@@ -133,6 +133,7 @@ fn leader_parts(daemon: &Daemon) -> Result<Arc<ManagerParts>, Status> {
 pub fn open_assignments(
     daemon: &Daemon,
     node_id: &str,
+    keeps_own_statuses: bool,
 ) -> Result<ReceiverStream<Result<proto::AssignmentsMessage, Status>>, Status> {
     let parts = leader_parts(daemon)?;
     if !parts
@@ -152,7 +153,9 @@ pub fn open_assignments(
     tokio::spawn(async move {
         let mut last: Option<Vec<u8>> = None;
         // The assignment is computed again only when one of the node's tasks changed (the
-        // store notes the applied index of the last change of each node's tasks).
+        // store notes the applied index of the last change of each node's tasks), or, for an
+        // agent that keeps its own statuses, when what the node runs changed (a node's 30
+        // tasks going running one by one no longer make it 30 whole assignments).
         let mut seen: Option<u64> = None;
         loop {
             let bytes = {
@@ -162,7 +165,13 @@ pub fn open_assignments(
                 }
                 let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
                 let mine = applied.by_node.node(&node_id);
-                let changed = mine.map(|n| n.changed);
+                let changed = mine.map(|n| {
+                    if keeps_own_statuses {
+                        n.placed
+                    } else {
+                        n.changed
+                    }
+                });
                 let log_requests = crate::logs::take_requests(&node_id);
                 if last.is_some() && changed == seen && log_requests.is_empty() {
                     None
