@@ -1,6 +1,7 @@
 //! The leader's dispatcher: every node keeps an `Assignments` stream open with the leader and
 //! receives its whole assignment again whenever it changes (its tasks whose desired state is not
-//! `remove`, and only the secrets and configs those tasks use); the node's statuses come back
+//! `remove`, and only the secrets and configs those tasks use; for an agent that keeps its own
+//! statuses, not when only a status it reported moved); the node's statuses come back
 //! through `UpdateTaskStatus`, checked against the caller (a node reports its own tasks only),
 //! stamped with the leader's clock and written through Raft.
 
