@@ -34,6 +34,7 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 type StoreResult<T> = Result<T, StorageError<u64>>;
+type Meta = SnapshotMeta<u64, BasicNode>;
 
 fn io<E: std::error::Error + 'static>(e: E) -> StorageError<u64> {
     StorageIOError::write(AnyError::new(&e)).into()
@@ -158,7 +159,7 @@ impl Db {
 
     /// The last snapshot, in either layout (a store written before `put_snapshot` holds one
     /// JSON value under `snapshot`).
-    fn get_snapshot(&self) -> StoreResult<Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>> {
+    fn get_snapshot(&self) -> StoreResult<Option<(Meta, Vec<u8>)>> {
         let sealed = {
             let txn = self.db.begin_read().map_err(read_err)?;
             let table = txn.open_table(META).map_err(read_err)?;
