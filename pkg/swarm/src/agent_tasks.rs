@@ -67,6 +67,16 @@ pub async fn run(daemon: Daemon, session: Weak<Session>, executor: Arc<dyn Execu
             }
             continue;
         };
+        let mut assignment = assignment;
+        // The leader does not send the assignment again for the statuses this node reported
+        // (`keeps_own_statuses`): what it sent and the leader took is the task's status.
+        for task in &mut assignment.tasks {
+            if let Some(s) = sent.get(&task.id)
+                && s.state >= task.status.state
+            {
+                task.status = s.clone();
+            }
+        }
         let observed = executor.reconcile(&assignment).await;
         sent.retain(|id, _| assignment.tasks.iter().any(|t| &t.id == id));
         let changes: Vec<WireStatus> = observed
@@ -138,7 +148,9 @@ async fn read_assignments(
             continue;
         };
         let mut stream = match ControlClient::new(channel)
-            .assignments(proto::AssignmentsRequest {})
+            .assignments(proto::AssignmentsRequest {
+                keeps_own_statuses: true,
+            })
             .await
         {
             Ok(s) => s.into_inner(),

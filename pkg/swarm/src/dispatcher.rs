@@ -1,10 +1,10 @@
 //! The leader's dispatcher: every node keeps an `Assignments` stream open with the leader and
 //! receives its whole assignment again whenever it changes (its tasks whose desired state is not
-//! `remove`, and only the secrets and configs those tasks use); the node's statuses come back
+//! `remove`, and only the secrets and configs those tasks use; for an agent that keeps its own
+//! statuses, not when only a status it reported moved); the node's statuses come back
 //! through `UpdateTaskStatus`, checked against the caller (a node reports its own tasks only),
 //! stamped with the leader's clock and written through Raft.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -97,40 +97,7 @@ fn assignment_of(state: &ClusterState, tasks: Vec<&Task>) -> WireAssignment {
     }
 }
 
-/// The task IDs of every node at one applied index, computed once and shared by all the nodes'
-/// streams: a node's assignment then costs its own tasks, not a scan of the whole store (with
-/// 1,000 nodes and 30,000 tasks that scan ran 1,000 times per change).
-type ByNode = Arc<HashMap<String, Vec<String>>>;
-
-#[derive(Default)]
-pub struct AssignmentIndex {
-    at: Mutex<Option<(Option<u64>, ByNode)>>,
-}
-
-impl AssignmentIndex {
-    fn by_node(&self, state: &ClusterState, index: Option<u64>) -> ByNode {
-        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((i, by_node)) = at.as_ref()
-            && *i == index
-        {
-            return by_node.clone();
-        }
-        let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
-        for task in state.objects.tasks.values() {
-            if !task.node_id.is_empty() {
-                by_node
-                    .entry(task.node_id.clone())
-                    .or_default()
-                    .push(task.id.clone());
-            }
-        }
-        let by_node = Arc::new(by_node);
-        *at = Some((index, by_node.clone()));
-        by_node
-    }
-}
-
-/// One `AssignmentIndex` and one status batcher per leader (keyed by its `ManagerParts`).
+/// One status batcher per leader (keyed by its `ManagerParts`).
 fn per_leader<T: Default + Send + Sync + 'static>(
     registry: &'static Mutex<Vec<(Weak<ManagerParts>, Arc<T>)>>,
     parts: &Arc<ManagerParts>,
@@ -148,7 +115,6 @@ fn per_leader<T: Default + Send + Sync + 'static>(
     t
 }
 
-static INDEXES: Mutex<Vec<(Weak<ManagerParts>, Arc<AssignmentIndex>)>> = Mutex::new(Vec::new());
 static BATCHERS: Mutex<Vec<(Weak<ManagerParts>, Arc<StatusBatch>)>> = Mutex::new(Vec::new());
 
 fn leader_parts(daemon: &Daemon) -> Result<Arc<ManagerParts>, Status> {
@@ -168,6 +134,7 @@ fn leader_parts(daemon: &Daemon) -> Result<Arc<ManagerParts>, Status> {
 pub fn open_assignments(
     daemon: &Daemon,
     node_id: &str,
+    keeps_own_statuses: bool,
 ) -> Result<ReceiverStream<Result<proto::AssignmentsMessage, Status>>, Status> {
     let parts = leader_parts(daemon)?;
     if !parts
@@ -181,17 +148,16 @@ pub fn open_assignments(
         return Err(Status::not_found(format!("node {node_id} not found")));
     }
     let weak = Arc::downgrade(&parts);
-    let index_cache = per_leader(&INDEXES, &parts);
     drop(parts);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let node_id = node_id.to_string();
     tokio::spawn(async move {
         let mut last: Option<Vec<u8>> = None;
-        // The assignment is computed again only when the applied state moved, and serialized
-        // only when one of the node's tasks changed (every change of a task sets its version;
-        // secrets and configs never change).
-        let mut seen_index: Option<u64> = None;
-        let mut signature: Vec<(String, u64)> = Vec::new();
+        // The assignment is computed again only when one of the node's tasks changed (the
+        // store notes the applied index of the last change of each node's tasks), or, for an
+        // agent that keeps its own statuses, when what the node runs changed (a node's 30
+        // tasks going running one by one no longer make it 30 whole assignments).
+        let mut seen: Option<u64> = None;
         loop {
             let bytes = {
                 let Some(parts) = weak.upgrade() else { return };
@@ -199,31 +165,27 @@ pub fn open_assignments(
                     return;
                 }
                 let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
-                let index = applied.last_applied.map(|l| l.index);
+                let mine = applied.by_node.node(&node_id);
+                let changed = mine.map(|n| {
+                    if keeps_own_statuses {
+                        n.placed
+                    } else {
+                        n.changed
+                    }
+                });
                 let log_requests = crate::logs::take_requests(&node_id);
-                if last.is_some() && index == seen_index && log_requests.is_empty() {
+                if last.is_some() && changed == seen && log_requests.is_empty() {
                     None
                 } else {
-                    seen_index = index;
-                    let by_node = index_cache.by_node(&applied.state, index);
-                    let tasks: Vec<&Task> = by_node
-                        .get(&node_id)
+                    seen = changed;
+                    let tasks: Vec<&Task> = mine
                         .into_iter()
-                        .flatten()
+                        .flat_map(|n| &n.ids)
                         .filter_map(|id| applied.state.objects.tasks.get(id))
                         .collect();
-                    let now: Vec<(String, u64)> = tasks
-                        .iter()
-                        .map(|t| (t.id.clone(), t.version.index))
-                        .collect();
-                    if last.is_some() && now == signature && log_requests.is_empty() {
-                        None
-                    } else {
-                        signature = now;
-                        let mut assignment = assignment_of(&applied.state, tasks);
-                        assignment.log_requests = log_requests;
-                        Some(serde_json::to_vec(&assignment).unwrap_or_default())
-                    }
+                    let mut assignment = assignment_of(&applied.state, tasks);
+                    assignment.log_requests = log_requests;
+                    Some(serde_json::to_vec(&assignment).unwrap_or_default())
                 }
             };
             if let Some(bytes) = bytes

@@ -206,6 +206,7 @@ impl control_server::Control for Handler {
         Ok(Response::new(crate::dispatcher::open_assignments(
             &self.daemon,
             &peer.node_id,
+            request.get_ref().keeps_own_statuses,
         )?))
     }
 
