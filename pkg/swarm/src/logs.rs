@@ -311,8 +311,16 @@ async fn broker(
                         }
                     }
                 }
+                // `tail` bounds the backlog when the client asks; a task found later has none
+                // from before the request, so all its lines are new ones (else a task that
+                // printed more than `tail` lines before the broker saw it loses its first ones).
+                let later = Options {
+                    tail: None,
+                    ..options.clone()
+                };
+                let asking = if first { &options } else { &later };
                 for (node, tasks) in by_node {
-                    open.insert(requests.ask(&node, tasks, &options, &events_tx));
+                    open.insert(requests.ask(&node, tasks, asking, &events_tx));
                 }
                 first = false;
             },
