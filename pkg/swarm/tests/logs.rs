@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::engine::{Registry, push_busybox_image};
-use common::services::{create, tasks, update};
+use common::services::{create, hosts, tasks, update};
 use common::{Cluster, Node};
 use serde_json::{Value, json};
 
@@ -390,23 +390,7 @@ fn logs_stream_from_any_manager_with_follow_since_and_tail() {
         &["-f", "--since", "1s", "--tail", "5", "--timestamps", "talk"],
     );
     let mut got: Vec<Parsed> = Vec::new();
-    let hosts: BTreeMap<String, String> = h1
-        .api("GET", "/v1.41/nodes", "")
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|n| {
-            (
-                n["ID"].as_str().unwrap_or("").to_string(),
-                n["Description"]["Hostname"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
-        .collect();
+    let hosts = hosts(h1);
     let ticking = |got: &[Parsed], tasks: &BTreeMap<String, String>| {
         tasks.keys().all(|t| {
             got.iter()

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::services::{create, tasks, update};
+use common::services::{create, hosts, tasks, update};
 use common::{Cluster, Node};
 use serde_json::{Value, json};
 
@@ -41,26 +41,6 @@ fn running(tasks: &[Value]) -> Vec<&Value> {
     tasks
         .iter()
         .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
-        .collect()
-}
-
-/// Hostname by node ID.
-fn hosts(node: &Node) -> BTreeMap<String, String> {
-    node.api("GET", "/v1.41/nodes", "")
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|n| {
-            (
-                n["ID"].as_str().unwrap_or("").to_string(),
-                n["Description"]["Hostname"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
         .collect()
 }
 

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::engine::{Registry, push_busybox_image};
-use common::services::{create, tasks, update};
+use common::services::{create, hosts, tasks, update};
 use common::{Cluster, Node};
 use serde_json::{Value, json};
 
@@ -65,26 +65,6 @@ fn running(node: &Node, service: &str) -> BTreeMap<String, Value> {
         .into_iter()
         .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
         .map(|t| (id(&t), t))
-        .collect()
-}
-
-/// Hostname by node ID.
-fn hosts(node: &Node) -> BTreeMap<String, String> {
-    node.api("GET", "/v1.41/nodes", "")
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|n| {
-            (
-                n["ID"].as_str().unwrap_or("").to_string(),
-                n["Description"]["Hostname"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
         .collect()
 }
 

@@ -1,5 +1,7 @@
 //! The service calls both services tests make through the agent's Docker API.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 use super::Node;
@@ -40,6 +42,26 @@ pub fn percent_encode(s: &str) -> String {
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Hostname by node ID.
+pub fn hosts(node: &Node) -> BTreeMap<String, String> {
+    node.api("GET", "/v1.41/nodes", "")
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            (
+                n["ID"].as_str().unwrap_or("").to_string(),
+                n["Description"]["Hostname"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
         })
         .collect()
 }
