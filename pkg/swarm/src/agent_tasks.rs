@@ -45,7 +45,7 @@ fn same(a: &TaskStatus, b: &TaskStatus) -> bool {
 }
 
 pub async fn run(daemon: Daemon, session: Weak<Session>, executor: Arc<dyn Executor>) {
-    let latest: Arc<Mutex<Option<Assignment>>> = Arc::default();
+    let latest: Arc<Mutex<Option<Arc<Assignment>>>> = Arc::default();
     let changed = Arc::new(tokio::sync::Notify::new());
     let reader = tokio::spawn(read_assignments(
         session.clone(),
@@ -67,28 +67,46 @@ pub async fn run(daemon: Daemon, session: Weak<Session>, executor: Arc<dyn Execu
             }
             continue;
         };
-        let mut assignment = assignment;
         // The leader does not send the assignment again for the statuses this node reported
-        // (`keeps_own_statuses`): what it sent and the leader took is the task's status.
-        for task in &mut assignment.tasks {
-            if let Some(s) = sent.get(&task.id)
-                && s.state >= task.status.state
-            {
-                task.status = s.clone();
+        // (`keeps_own_statuses`): what it sent and the leader took is the task's status. The
+        // assignment is copied only when such a status is not in it yet, and the copy kept.
+        let behind = |task: &crate::model::Task| {
+            sent.get(&task.id)
+                .is_some_and(|s| s.state >= task.status.state && !same(s, &task.status))
+        };
+        let assignment = if assignment.tasks.iter().any(behind) {
+            let mut copy = (*assignment).clone();
+            for task in &mut copy.tasks {
+                if let Some(s) = sent.get(&task.id)
+                    && s.state >= task.status.state
+                {
+                    task.status = s.clone();
+                }
             }
-        }
+            let copy = Arc::new(copy);
+            let mut latest = latest.lock().unwrap_or_else(|e| e.into_inner());
+            if latest.as_ref().is_some_and(|l| Arc::ptr_eq(l, &assignment)) {
+                *latest = Some(copy.clone());
+            }
+            copy
+        } else {
+            assignment
+        };
         let observed = executor.reconcile(&assignment).await;
-        sent.retain(|id, _| assignment.tasks.iter().any(|t| &t.id == id));
+        let known: HashMap<&str, &TaskStatus> = assignment
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), &t.status))
+            .collect();
+        sent.retain(|id, _| known.contains_key(id.as_str()));
         let changes: Vec<WireStatus> = observed
             .into_iter()
             .filter(|o| sent.get(&o.task_id).is_none_or(|s| !same(s, &o.status)))
             .filter(|o| {
                 // Nothing to say about a task the manager already knows in this state.
-                assignment
-                    .tasks
-                    .iter()
-                    .find(|t| t.id == o.task_id)
-                    .is_none_or(|t| !same(&t.status, &o.status))
+                known
+                    .get(o.task_id.as_str())
+                    .is_none_or(|s| !same(s, &o.status))
             })
             .map(|o| WireStatus {
                 task_id: o.task_id,
@@ -131,7 +149,7 @@ impl Drop for AbortOnDrop {
 
 async fn read_assignments(
     session: Weak<Session>,
-    latest: Arc<Mutex<Option<Assignment>>>,
+    latest: Arc<Mutex<Option<Arc<Assignment>>>>,
     changed: Arc<tokio::sync::Notify>,
     executor: Arc<dyn Executor>,
 ) {
@@ -150,6 +168,7 @@ async fn read_assignments(
         let mut stream = match ControlClient::new(channel)
             .assignments(proto::AssignmentsRequest {
                 keeps_own_statuses: true,
+                incremental: true,
             })
             .await
         {
@@ -160,6 +179,8 @@ async fn read_assignments(
                 continue;
             }
         };
+        // What this stream gave so far (its first message is whole, the next ones changes).
+        let mut base: Option<Arc<Assignment>> = None;
         while let Ok(Some(message)) = stream.message().await {
             match serde_json::from_slice::<WireAssignment>(&message.assignment) {
                 Ok(mut wire) => {
@@ -171,7 +192,9 @@ async fn read_assignments(
                             requests,
                         ));
                     }
-                    *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(wire.into());
+                    let whole = Arc::new(wire.merged_into(base.as_deref()));
+                    base = Some(whole.clone());
+                    *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(whole);
                     changed.notify_one();
                 }
                 Err(e) => tracing::warn!("a malformed assignment: {e}"),

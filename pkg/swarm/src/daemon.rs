@@ -394,18 +394,25 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 fn describe(opts: &Options) -> NodeDescription {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as i64;
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
+    // Read once per process, as dockerd does at start: every heartbeat carries the
+    // description, and reading the cgroup and /proc files each time was a tenth of the work of
+    // a process hosting 1,000 simulated nodes.
+    static RESOURCES: std::sync::OnceLock<(i64, i64)> = std::sync::OnceLock::new();
+    let &(cpus, memory) = RESOURCES.get_or_init(|| {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as i64;
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        (cpus, memory)
+    });
     NodeDescription {
         hostname: opts.hostname.clone(),
         os: "linux".into(),

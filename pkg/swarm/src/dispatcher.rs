@@ -5,6 +5,7 @@
 //! through `UpdateTaskStatus`, checked against the caller (a node reports its own tasks only),
 //! stamped with the leader's clock and written through Raft.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -22,14 +23,47 @@ use crate::state::{ClusterState, Command, now_rfc3339};
 /// How often the leader looks for a change in a node's assignment.
 const POLL: Duration = Duration::from_millis(100);
 
+/// A node's assignment on the wire: the leader writes it from references into its state (no
+/// copy of each task), the node reads it into owned tasks.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WireAssignment {
-    pub tasks: Vec<Task>,
+pub struct WireAssignment<T = Task> {
+    pub tasks: Vec<T>,
     pub secrets: Vec<FileData>,
     pub configs: Vec<FileData>,
     /// Requests for task logs (see `crate::logs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_requests: Vec<crate::logs::LogRequest>,
+    /// `tasks` holds only the tasks that changed since the stream's previous message, and
+    /// `removed` the tasks the node no longer runs (secrets and configs are always whole).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incremental: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl WireAssignment {
+    /// `self` applied to the assignment the stream gave so far (`base`, whole).
+    pub fn merged_into(
+        self,
+        base: Option<&crate::executor::Assignment>,
+    ) -> crate::executor::Assignment {
+        if !self.incremental {
+            return self.into();
+        }
+        let mut tasks = base.map(|b| b.tasks.clone()).unwrap_or_default();
+        tasks.retain(|t| !self.removed.contains(&t.id));
+        for task in self.tasks {
+            match tasks.iter_mut().find(|t| t.id == task.id) {
+                Some(known) => *known = task,
+                None => tasks.push(task),
+            }
+        }
+        crate::executor::Assignment {
+            tasks,
+            secrets: self.secrets,
+            configs: self.configs,
+        }
+    }
 }
 
 impl From<WireAssignment> for crate::executor::Assignment {
@@ -48,7 +82,7 @@ pub struct WireStatus {
     pub status: TaskStatus,
 }
 
-pub fn assignment_for(state: &ClusterState, node_id: &str) -> WireAssignment {
+pub fn assignment_for<'a>(state: &'a ClusterState, node_id: &str) -> WireAssignment<&'a Task> {
     let tasks: Vec<&Task> = state
         .objects
         .tasks
@@ -59,11 +93,10 @@ pub fn assignment_for(state: &ClusterState, node_id: &str) -> WireAssignment {
 }
 
 /// The assignment made of `tasks` (the node's own, in any state).
-fn assignment_of(state: &ClusterState, tasks: Vec<&Task>) -> WireAssignment {
-    let tasks: Vec<Task> = tasks
+fn assignment_of<'a>(state: &ClusterState, tasks: Vec<&'a Task>) -> WireAssignment<&'a Task> {
+    let tasks: Vec<&Task> = tasks
         .into_iter()
         .filter(|t| t.desired_state < TaskState::Remove && t.status.state >= TaskState::Assigned)
-        .cloned()
         .collect();
     let mut secrets = Vec::new();
     let mut configs = Vec::new();
@@ -94,6 +127,8 @@ fn assignment_of(state: &ClusterState, tasks: Vec<&Task>) -> WireAssignment {
         secrets,
         configs,
         log_requests: Vec::new(),
+        incremental: false,
+        removed: Vec::new(),
     }
 }
 
@@ -131,10 +166,84 @@ fn leader_parts(daemon: &Daemon) -> Result<Arc<ManagerParts>, Status> {
     Ok(parts)
 }
 
+/// What the node's agent asked of its stream (`AssignmentsRequest`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamKind {
+    pub keeps_own_statuses: bool,
+    pub incremental: bool,
+}
+
+/// What of a task a node must hear about again. An agent that keeps its own statuses need not
+/// hear of those it reported (accepted to rejected), nor of `assigned` (a task's state when it
+/// first reaches the node, sent then as a new task), only of the manager's later ones (remove,
+/// orphaned) and of the desired state; another agent hears of every change.
+fn node_view(task: &Task, kind: StreamKind) -> (u64, TaskState, Option<TaskState>) {
+    if !kind.keeps_own_statuses {
+        return (task.version.index, task.desired_state, None);
+    }
+    (
+        0,
+        task.desired_state,
+        (task.status.state > TaskState::Rejected).then_some(task.status.state),
+    )
+}
+
+/// What an incremental stream sent so far.
+#[derive(Default)]
+struct Sent {
+    /// Each task's `node_view` as last sent.
+    tasks: HashMap<String, (u64, TaskState, Option<TaskState>)>,
+    /// The secrets and configs as last sent (serialized).
+    files: Vec<u8>,
+}
+
+impl Sent {
+    /// The message that brings the node from what was sent to `whole`; `None` when nothing
+    /// changed.
+    fn next<'a>(
+        &mut self,
+        whole: WireAssignment<&'a Task>,
+        kind: StreamKind,
+    ) -> Option<WireAssignment<&'a Task>> {
+        let files = serde_json::to_vec(&(&whole.secrets, &whole.configs)).unwrap_or_default();
+        let mut changed = Vec::new();
+        let mut now: HashMap<String, (u64, TaskState, Option<TaskState>)> =
+            HashMap::with_capacity(whole.tasks.len());
+        for task in whole.tasks {
+            let view = node_view(task, kind);
+            if self.tasks.get(&task.id) != Some(&view) {
+                changed.push(task);
+            }
+            now.insert(task.id.clone(), view);
+        }
+        let removed: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|id| !now.contains_key(*id))
+            .cloned()
+            .collect();
+        self.tasks = now;
+        if changed.is_empty()
+            && removed.is_empty()
+            && files == self.files
+            && whole.log_requests.is_empty()
+        {
+            return None;
+        }
+        self.files = files;
+        Some(WireAssignment {
+            tasks: changed,
+            incremental: true,
+            removed,
+            ..whole
+        })
+    }
+}
+
 pub fn open_assignments(
     daemon: &Daemon,
     node_id: &str,
-    keeps_own_statuses: bool,
+    kind: StreamKind,
 ) -> Result<ReceiverStream<Result<proto::AssignmentsMessage, Status>>, Status> {
     let parts = leader_parts(daemon)?;
     if !parts
@@ -153,6 +262,10 @@ pub fn open_assignments(
     let node_id = node_id.to_string();
     tokio::spawn(async move {
         let mut last: Option<Vec<u8>> = None;
+        // An incremental stream's first message is the whole assignment, the next ones what
+        // changed (most of the leader's work for 1,000 nodes was writing each node's 30 tasks
+        // again for every task added, and most of theirs reading them).
+        let mut sent: Option<Sent> = None;
         // The assignment is computed again only when one of the node's tasks changed (the
         // store notes the applied index of the last change of each node's tasks), or, for an
         // agent that keeps its own statuses, when what the node runs changed (a node's 30
@@ -167,7 +280,7 @@ pub fn open_assignments(
                 let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
                 let mine = applied.by_node.node(&node_id);
                 let changed = mine.map(|n| {
-                    if keeps_own_statuses {
+                    if kind.keeps_own_statuses {
                         n.placed
                     } else {
                         n.changed
@@ -185,11 +298,23 @@ pub fn open_assignments(
                         .collect();
                     let mut assignment = assignment_of(&applied.state, tasks);
                     assignment.log_requests = log_requests;
-                    Some(serde_json::to_vec(&assignment).unwrap_or_default())
+                    match sent.as_mut() {
+                        Some(sent) => sent
+                            .next(assignment, kind)
+                            .map(|message| serde_json::to_vec(&message).unwrap_or_default()),
+                        None => {
+                            if kind.incremental {
+                                let mut first = Sent::default();
+                                first.next(assignment.clone(), kind);
+                                sent = Some(first);
+                            }
+                            Some(serde_json::to_vec(&assignment).unwrap_or_default())
+                        }
+                    }
                 }
             };
             if let Some(bytes) = bytes
-                && last.as_ref() != Some(&bytes)
+                && (sent.is_some() || last.as_ref() != Some(&bytes))
             {
                 let message = proto::AssignmentsMessage {
                     assignment: bytes.clone(),
@@ -343,7 +468,8 @@ mod tests {
                     ..ContainerSpec::default()
                 }),
                 ..TaskSpec::default()
-            },
+            }
+            .into(),
             ..Task::default()
         }
     }
@@ -384,5 +510,53 @@ mod tests {
         assert_eq!(a.secrets[0].data, b"hunter2");
         assert!(assignment_for(&state, "n3").tasks.is_empty());
         assert!(assignment_for(&state, "n3").secrets.is_empty());
+    }
+
+    #[test]
+    fn an_incremental_stream_sends_changes_that_merge_into_the_whole_assignment() {
+        let kind = StreamKind {
+            keeps_own_statuses: true,
+            incremental: true,
+        };
+        let mut state = ClusterState::default();
+        for id in ["t1", "t2"] {
+            state.objects.tasks.insert(id.into(), task(id, "n1", None));
+        }
+        // Through JSON, as the node reads them.
+        let wire = |a: &WireAssignment<&Task>| -> WireAssignment {
+            serde_json::from_slice(&serde_json::to_vec(a).unwrap()).unwrap()
+        };
+        let ids = |a: &crate::executor::Assignment| -> Vec<String> {
+            let mut ids: Vec<String> = a.tasks.iter().map(|t| t.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        let mut sent = Sent::default();
+        let first = assignment_for(&state, "n1");
+        sent.next(first.clone(), kind);
+        let node = wire(&first).merged_into(None);
+        assert_eq!(ids(&node), ["t1", "t2"]);
+        // Nothing changed: nothing to send.
+        assert!(sent.next(assignment_for(&state, "n1"), kind).is_none());
+        // A status the node reported itself is not sent back.
+        let tasks = &mut state.objects.tasks;
+        tasks.get_mut("t1").unwrap().status.state = TaskState::Running;
+        assert!(sent.next(assignment_for(&state, "n1"), kind).is_none());
+        // A desired state, a new task and a task gone are.
+        let tasks = &mut state.objects.tasks;
+        tasks.get_mut("t1").unwrap().desired_state = TaskState::Shutdown;
+        tasks.remove("t2");
+        tasks.insert("t3".into(), task("t3", "n1", None));
+        let change = sent.next(assignment_for(&state, "n1"), kind).unwrap();
+        let change_ids: Vec<&str> = change.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(change_ids, ["t1", "t3"]);
+        assert_eq!(change.removed, ["t2"]);
+        let node = wire(&change).merged_into(Some(&node));
+        assert_eq!(ids(&node), ["t1", "t3"]);
+        let t1 = node.tasks.iter().find(|t| t.id == "t1").unwrap();
+        assert_eq!(t1.desired_state, TaskState::Shutdown);
+        // The merge equals the whole assignment as an older agent gets it.
+        let whole = wire(&assignment_for(&state, "n1")).merged_into(None);
+        assert_eq!(ids(&whole), ids(&node));
     }
 }

@@ -39,6 +39,7 @@ pub mod raft;
 pub mod service;
 pub mod services_api;
 pub mod settings;
+pub mod shared;
 pub mod simulate;
 pub mod state;
 pub mod store;

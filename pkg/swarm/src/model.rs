@@ -27,7 +27,7 @@ pub struct ServiceSpec {
     #[serde(default, deserialize_with = "nullable")]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
-    pub task_template: TaskSpec,
+    pub task_template: crate::shared::Shared<TaskSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<ServiceMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -418,7 +418,7 @@ pub struct Task {
     pub name: String,
     #[serde(default, deserialize_with = "nullable")]
     pub labels: BTreeMap<String, String>,
-    pub spec: TaskSpec,
+    pub spec: crate::shared::Shared<TaskSpec>,
     #[serde(rename = "ServiceID")]
     pub service_id: String,
     /// Replicated services: 1..=replicas; global services: 0 (the node identifies the task).

@@ -4,12 +4,11 @@
 //! move forward (a late status report never takes a task back), and so do desired states.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ServiceSpec, Task, TaskState, TaskStatus, Version};
+pub use crate::shared::Shared;
 use crate::state::{ClusterState, CommandResult, OUT_OF_SEQUENCE};
 
 /// Docker's `UpdateStatus` of a service.
@@ -87,45 +86,6 @@ pub struct Objects {
     pub secrets: BTreeMap<String, FileObject>,
     #[serde(default)]
     pub configs: BTreeMap<String, FileObject>,
-}
-
-/// A value shared copy-on-write by the clones of the state: every API read, heartbeat and
-/// session check takes a clone of the applied state (`Daemon::view`), and with tens of
-/// thousands of tasks a deep copy each time was most of the leader's CPU. A clone is now a
-/// reference count; the state machine copies the map only when it changes it while a clone
-/// is still alive.
-#[derive(Clone, Default, PartialEq)]
-pub struct Shared<T>(Arc<T>);
-
-impl<T> Deref for Shared<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T: Clone> DerefMut for Shared<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        Arc::make_mut(&mut self.0)
-    }
-}
-
-impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl<T: Serialize> Serialize for Shared<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        T::deserialize(d).map(|t| Shared(Arc::new(t)))
-    }
 }
 
 /// `secret` or `config`.
@@ -252,6 +212,20 @@ impl Objects {
                     })
             })
             .collect()
+    }
+
+    /// Makes each task's spec share its service's template (or previous template) when equal:
+    /// after a snapshot is read, as `TaskOp::Create` does for every new task.
+    pub fn share_specs(&mut self) {
+        let services = &self.services;
+        for task in self.tasks.values_mut() {
+            if let Some(service) = services.get(&task.service_id) {
+                task.spec.share_with(&service.spec.task_template);
+                if let Some(previous) = &service.previous_spec {
+                    task.spec.share_with(&previous.task_template);
+                }
+            }
+        }
     }
 
     pub fn apply(&mut self, index: u64, command: ObjectCommand) -> CommandResult {
@@ -383,11 +357,13 @@ impl Objects {
     fn apply_task_op(&mut self, index: u64, op: TaskOp, now: &str) {
         match op {
             TaskOp::Create(mut task) => {
-                if self.tasks.contains_key(&task.id)
-                    || !self.services.contains_key(&task.service_id)
-                {
+                let Some(service) = self.services.get(&task.service_id) else {
+                    return;
+                };
+                if self.tasks.contains_key(&task.id) {
                     return;
                 }
+                task.spec.share_with(&service.spec.task_template);
                 task.version.index = index;
                 self.tasks.insert(task.id.clone(), *task);
             }

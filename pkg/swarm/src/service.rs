@@ -206,7 +206,10 @@ impl control_server::Control for Handler {
         Ok(Response::new(crate::dispatcher::open_assignments(
             &self.daemon,
             &peer.node_id,
-            request.get_ref().keeps_own_statuses,
+            crate::dispatcher::StreamKind {
+                keeps_own_statuses: request.get_ref().keeps_own_statuses,
+                incremental: request.get_ref().incremental,
+            },
         )?))
     }
 

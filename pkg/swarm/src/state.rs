@@ -408,7 +408,7 @@ pub const OUT_OF_SEQUENCE: &str = "rpc error: code = Unknown desc = update out o
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster: Option<Cluster>,
-    pub nodes: crate::objects::Shared<BTreeMap<String, Node>>,
+    pub nodes: crate::shared::Shared<BTreeMap<String, Node>>,
     #[serde(default)]
     pub objects: crate::objects::Objects,
 }

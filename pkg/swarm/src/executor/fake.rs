@@ -110,8 +110,10 @@ impl Executor for FakeExecutor {
                     status: self.observe(task),
                 })
                 .collect();
+            let assigned: std::collections::HashSet<&str> =
+                assignment.tasks.iter().map(|t| t.id.as_str()).collect();
             let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            tasks.retain(|id, _| assignment.tasks.iter().any(|t| &t.id == id));
+            tasks.retain(|id, _| assigned.contains(id.as_str()));
             observed
         })
     }

@@ -249,7 +249,7 @@ fn plain(task: &Task, ports: &[(String, u32)]) -> bool {
 /// popped is pushed again with its current key.
 struct Fast<'a> {
     service: &'a str,
-    spec: &'a TaskSpec,
+    spec: &'a crate::shared::Shared<TaskSpec>,
     failures: BTreeMap<Filter, usize>,
     heap: BinaryHeap<Reverse<(usize, usize, usize)>>,
 }
@@ -270,9 +270,14 @@ pub fn schedule_with(state: &ClusterState, now: &str, fresh: &mut [&mut Task]) -
         .map(|(i, n)| (n.id.as_str(), i))
         .collect();
     let mut loads: Vec<Load> = vec![Load::default(); nodes.len()];
+    // Each service's host ports, looked up once (not once per task).
+    let mut ports_of: HashMap<&str, Vec<(String, u32)>> = HashMap::new();
     for task in state.objects.tasks.values().filter(|t| holds_node(t)) {
         if let Some(&i) = position.get(task.node_id.as_str()) {
-            add(&mut loads[i], state, task);
+            let ports = ports_of
+                .entry(task.service_id.as_str())
+                .or_insert_with(|| host_ports(state, task));
+            add(&mut loads[i], task, ports);
         }
     }
     let mut decided: Vec<(usize, String, TaskStatus)> = Vec::new();
@@ -382,7 +387,7 @@ pub fn schedule_with(state: &ClusterState, now: &str, fresh: &mut [&mut Task]) -
             let (node_id, status) = match best {
                 Some((i, _)) => {
                     of_service[i] += 1;
-                    add(&mut loads[i], state, task);
+                    add(&mut loads[i], task, &ports);
                     if let Some(f) = fast.as_mut() {
                         f.heap.push(Reverse((of_service[i], loads[i].tasks, i)));
                     }
@@ -440,13 +445,18 @@ pub fn schedule_with(state: &ClusterState, now: &str, fresh: &mut [&mut Task]) -
     ops
 }
 
-fn add(load: &mut Load, state: &ClusterState, task: &Task) {
+fn add(load: &mut Load, task: &Task, ports: &[(String, u32)]) {
     load.tasks += 1;
-    *load.per_service.entry(task.service_id.clone()).or_default() += 1;
+    match load.per_service.get_mut(&task.service_id) {
+        Some(count) => *count += 1,
+        None => {
+            load.per_service.insert(task.service_id.clone(), 1);
+        }
+    }
     let (cpus, memory) = reservations(&task.spec);
     load.nano_cpus += cpus;
     load.memory_bytes += memory;
-    load.ports.extend(host_ports(state, task));
+    load.ports.extend_from_slice(ports);
 }
 
 #[cfg(test)]

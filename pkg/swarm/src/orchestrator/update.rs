@@ -17,7 +17,7 @@ use crate::objects::{ObjectCommand, Service, TaskOp, UpdateStatus};
 #[derive(Default)]
 pub struct Progress {
     /// The template this update rolls out; another one starts the count afresh.
-    template: TaskSpec,
+    template: crate::shared::Shared<TaskSpec>,
     /// The new tasks of the batch in flight.
     batch: Vec<String>,
     /// When the whole batch ran.
