@@ -1217,16 +1217,31 @@ impl Daemon {
 
     /// The replicated state as this manager has applied it, with Raft's view of leadership.
     pub fn view(&self) -> ApiResult<View> {
+        self.view_of(true)
+    }
+
+    /// A view whose state holds no task: for the heartbeats, sessions and checks of nodes,
+    /// hundreds a second with 1,000 nodes. A view shares the task map with the state machine
+    /// (`Shared`), which copies the whole map when it changes it while a view holds it: with
+    /// 30,000 tasks, copies for these views were a fifteenth of the leader's work.
+    pub fn view_without_tasks(&self) -> ApiResult<View> {
+        self.view_of(false)
+    }
+
+    fn view_of(&self, with_tasks: bool) -> ApiResult<View> {
         let session = self.manager_session()?;
         let parts = session
             .manager()
             .ok_or_else(|| ApiError::new(503, NOT_A_MANAGER_WORKER))?;
-        let state = parts
-            .shared
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .state
-            .clone();
+        let state = {
+            let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
+            let mut state = applied.state.clone();
+            if !with_tasks {
+                // Let go within the lock, before the state machine can write again.
+                state.objects.tasks = Default::default();
+            }
+            state
+        };
         let metrics = parts.raft.metrics().borrow().clone();
         let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
         // A leader that removed itself from Raft still holds its vote, and so still names itself
@@ -1454,7 +1469,7 @@ impl Daemon {
         from: Option<SocketAddr>,
     ) -> Result<proto::IssueNodeCertificateResponse, tonic::Status> {
         let view = self
-            .view()
+            .view_without_tasks()
             .map_err(|e| tonic::Status::unavailable(e.message))?;
         let cluster = view
             .state
@@ -1530,7 +1545,7 @@ impl Daemon {
         csr: &[u8],
     ) -> Result<proto::IssueNodeCertificateResponse, tonic::Status> {
         let view = self
-            .view()
+            .view_without_tasks()
             .map_err(|e| tonic::Status::unavailable(e.message))?;
         // Only the leader: a manager that was just removed from Raft holds a stale view of
         // the role the node should have (its own, for one).
@@ -1573,7 +1588,7 @@ impl Daemon {
         request: proto::HeartbeatRequest,
     ) -> Result<proto::HeartbeatResponse, tonic::Status> {
         let view = self
-            .view()
+            .view_without_tasks()
             .map_err(|e| tonic::Status::unavailable(e.message))?;
         if view.leader != Some(view.self_raft_id) {
             return Err(not_leader(&view));
@@ -1633,7 +1648,7 @@ impl Daemon {
         tonic::Status,
     > {
         let view = self
-            .view()
+            .view_without_tasks()
             .map_err(|e| tonic::Status::unavailable(e.message))?;
         if view.leader != Some(view.self_raft_id) {
             return Err(not_leader(&view));
@@ -2016,7 +2031,9 @@ impl Daemon {
             let now = Instant::now();
             let late = now.duration_since(last_tick) > period * 2;
             last_tick = now;
-            let Ok(view) = self.view() else { continue };
+            let Ok(view) = self.view_without_tasks() else {
+                continue;
+            };
             if view.leader != Some(view.self_raft_id) {
                 leading_since = None;
                 s.last_seen

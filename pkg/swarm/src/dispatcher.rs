@@ -16,7 +16,7 @@ use tonic::Status;
 
 use crate::daemon::{Daemon, ManagerParts};
 use crate::model::{FileData, Task, TaskState, TaskStatus};
-use crate::objects::{FileKind, ObjectCommand, TaskOp};
+use crate::objects::{FileKind, NodeTasks, ObjectCommand, TaskOp};
 use crate::proto;
 use crate::state::{ClusterState, Command, now_rfc3339};
 
@@ -92,12 +92,27 @@ pub fn assignment_for<'a>(state: &'a ClusterState, node_id: &str) -> WireAssignm
     assignment_of(state, tasks)
 }
 
+/// A task the node runs or must stop: not yet removed, and placed.
+fn in_assignment(task: &Task) -> bool {
+    task.desired_state < TaskState::Remove && task.status.state >= TaskState::Assigned
+}
+
 /// The assignment made of `tasks` (the node's own, in any state).
 fn assignment_of<'a>(state: &ClusterState, tasks: Vec<&'a Task>) -> WireAssignment<&'a Task> {
-    let tasks: Vec<&Task> = tasks
-        .into_iter()
-        .filter(|t| t.desired_state < TaskState::Remove && t.status.state >= TaskState::Assigned)
-        .collect();
+    let tasks: Vec<&Task> = tasks.into_iter().filter(|t| in_assignment(t)).collect();
+    let (secrets, configs) = files_of(state, &tasks);
+    WireAssignment {
+        tasks,
+        secrets,
+        configs,
+        log_requests: Vec::new(),
+        incremental: false,
+        removed: Vec::new(),
+    }
+}
+
+/// The secrets and the configs `tasks` use, with their data.
+fn files_of(state: &ClusterState, tasks: &[&Task]) -> (Vec<FileData>, Vec<FileData>) {
     let mut secrets = Vec::new();
     let mut configs = Vec::new();
     for (kind, out) in [
@@ -122,14 +137,7 @@ fn assignment_of<'a>(state: &ClusterState, tasks: Vec<&'a Task>) -> WireAssignme
             }
         }
     }
-    WireAssignment {
-        tasks,
-        secrets,
-        configs,
-        log_requests: Vec::new(),
-        incremental: false,
-        removed: Vec::new(),
-    }
+    (secrets, configs)
 }
 
 /// One status batcher per leader (keyed by its `ManagerParts`).
@@ -188,54 +196,112 @@ fn node_view(task: &Task, kind: StreamKind) -> (u64, TaskState, Option<TaskState
     )
 }
 
+type View = (u64, TaskState, Option<TaskState>);
+
 /// What an incremental stream sent so far.
 #[derive(Default)]
 struct Sent {
     /// Each task's `node_view` as last sent.
-    tasks: HashMap<String, (u64, TaskState, Option<TaskState>)>,
+    tasks: HashMap<String, View>,
     /// The secrets and configs as last sent (serialized).
     files: Vec<u8>,
+    /// The node's `NodeTasks::changed` when the stream looked last.
+    since: u64,
 }
 
 impl Sent {
-    /// The message that brings the node from what was sent to `whole`; `None` when nothing
-    /// changed.
+    /// The stream's first message: the whole assignment.
+    fn first<'a>(
+        state: &'a ClusterState,
+        node: Option<&NodeTasks>,
+        kind: StreamKind,
+    ) -> (Sent, WireAssignment<&'a Task>) {
+        let tasks: Vec<&Task> = node
+            .into_iter()
+            .flat_map(|n| n.ids.keys())
+            .filter_map(|id| state.objects.tasks.get(id))
+            .collect();
+        let whole = assignment_of(state, tasks);
+        let sent = Sent {
+            tasks: whole
+                .tasks
+                .iter()
+                .map(|t| (t.id.clone(), node_view(t, kind)))
+                .collect(),
+            files: serde_json::to_vec(&(&whole.secrets, &whole.configs)).unwrap_or_default(),
+            since: node.map_or(0, |n| n.changed),
+        };
+        (sent, whole)
+    }
+
+    /// The message that brings the node from what was sent to its assignment now; `None` when
+    /// nothing changed. Only the tasks changed since the last look are looked up (a node's 30
+    /// tasks looked up in the store on every change were a tenth of the leader's work).
     fn next<'a>(
         &mut self,
-        whole: WireAssignment<&'a Task>,
+        state: &'a ClusterState,
+        node: Option<&NodeTasks>,
         kind: StreamKind,
+        log_requests: Vec<crate::logs::LogRequest>,
     ) -> Option<WireAssignment<&'a Task>> {
-        let files = serde_json::to_vec(&(&whole.secrets, &whole.configs)).unwrap_or_default();
         let mut changed = Vec::new();
-        let mut now: HashMap<String, (u64, TaskState, Option<TaskState>)> =
-            HashMap::with_capacity(whole.tasks.len());
-        for task in whole.tasks {
-            let view = node_view(task, kind);
-            if self.tasks.get(&task.id) != Some(&view) {
-                changed.push(task);
+        let mut removed = Vec::new();
+        for (id, _) in node
+            .into_iter()
+            .flat_map(|n| &n.ids)
+            .filter(|(_, at)| **at > self.since)
+        {
+            match state.objects.tasks.get(id).filter(|t| in_assignment(t)) {
+                Some(task) => {
+                    let view = node_view(task, kind);
+                    if self.tasks.get(id) != Some(&view) {
+                        self.tasks.insert(id.clone(), view);
+                        changed.push(task);
+                    }
+                }
+                None => {
+                    if self.tasks.remove(id).is_some() {
+                        removed.push(id.clone());
+                    }
+                }
             }
-            now.insert(task.id.clone(), view);
         }
-        let removed: Vec<String> = self
-            .tasks
-            .keys()
-            .filter(|id| !now.contains_key(*id))
-            .cloned()
-            .collect();
-        self.tasks = now;
+        // Tasks deleted from the store, or moved off the node.
+        self.tasks.retain(|id, _| {
+            let here = node.is_some_and(|n| n.ids.contains_key(id));
+            if !here {
+                removed.push(id.clone());
+            }
+            here
+        });
+        self.since = node.map_or(self.since, |n| n.changed);
+        let has_files = !state.objects.secrets.is_empty() || !state.objects.configs.is_empty();
+        let (secrets, configs) = if has_files {
+            let all: Vec<&Task> = self
+                .tasks
+                .keys()
+                .filter_map(|id| state.objects.tasks.get(id))
+                .collect();
+            files_of(state, &all)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let files = serde_json::to_vec(&(&secrets, &configs)).unwrap_or_default();
         if changed.is_empty()
             && removed.is_empty()
             && files == self.files
-            && whole.log_requests.is_empty()
+            && log_requests.is_empty()
         {
             return None;
         }
         self.files = files;
         Some(WireAssignment {
             tasks: changed,
+            secrets,
+            configs,
+            log_requests,
             incremental: true,
             removed,
-            ..whole
         })
     }
 }
@@ -291,26 +357,19 @@ pub fn open_assignments(
                     None
                 } else {
                     seen = changed;
-                    let tasks: Vec<&Task> = mine
-                        .into_iter()
-                        .flat_map(|n| &n.ids)
-                        .filter_map(|id| applied.state.objects.tasks.get(id))
-                        .collect();
-                    let mut assignment = assignment_of(&applied.state, tasks);
-                    assignment.log_requests = log_requests;
-                    match sent.as_mut() {
-                        Some(sent) => sent
-                            .next(assignment, kind)
-                            .map(|message| serde_json::to_vec(&message).unwrap_or_default()),
+                    let state = &applied.state;
+                    let message = match sent.as_mut() {
+                        Some(sent) => sent.next(state, mine, kind, log_requests),
                         None => {
+                            let (first, mut whole) = Sent::first(state, mine, kind);
                             if kind.incremental {
-                                let mut first = Sent::default();
-                                first.next(assignment.clone(), kind);
                                 sent = Some(first);
                             }
-                            Some(serde_json::to_vec(&assignment).unwrap_or_default())
+                            whole.log_requests = log_requests;
+                            Some(whole)
                         }
-                    }
+                    };
+                    message.map(|m| serde_json::to_vec(&m).unwrap_or_default())
                 }
             };
             if let Some(bytes) = bytes
@@ -514,6 +573,7 @@ mod tests {
 
     #[test]
     fn an_incremental_stream_sends_changes_that_merge_into_the_whole_assignment() {
+        use crate::objects::TasksByNode;
         let kind = StreamKind {
             keeps_own_statuses: true,
             incremental: true,
@@ -531,23 +591,25 @@ mod tests {
             ids.sort();
             ids
         };
-        let mut sent = Sent::default();
-        let first = assignment_for(&state, "n1");
-        sent.next(first.clone(), kind);
+        // Every task counted as changed at `index` (as after a snapshot).
+        let by_node = |state: &ClusterState, index| TasksByNode::of(state, index);
+        let index = by_node(&state, 1);
+        let (mut sent, first) = Sent::first(&state, index.node("n1"), kind);
         let node = wire(&first).merged_into(None);
         assert_eq!(ids(&node), ["t1", "t2"]);
-        // Nothing changed: nothing to send.
-        assert!(sent.next(assignment_for(&state, "n1"), kind).is_none());
+        // Nothing changed since: nothing looked up, nothing sent.
+        assert!(sent.next(&state, index.node("n1"), kind, vec![]).is_none());
         // A status the node reported itself is not sent back.
-        let tasks = &mut state.objects.tasks;
-        tasks.get_mut("t1").unwrap().status.state = TaskState::Running;
-        assert!(sent.next(assignment_for(&state, "n1"), kind).is_none());
+        state.objects.tasks.get_mut("t1").unwrap().status.state = TaskState::Running;
+        let index = by_node(&state, 2);
+        assert!(sent.next(&state, index.node("n1"), kind, vec![]).is_none());
         // A desired state, a new task and a task gone are.
         let tasks = &mut state.objects.tasks;
         tasks.get_mut("t1").unwrap().desired_state = TaskState::Shutdown;
         tasks.remove("t2");
         tasks.insert("t3".into(), task("t3", "n1", None));
-        let change = sent.next(assignment_for(&state, "n1"), kind).unwrap();
+        let index = by_node(&state, 3);
+        let change = sent.next(&state, index.node("n1"), kind, vec![]).unwrap();
         let change_ids: Vec<&str> = change.tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(change_ids, ["t1", "t3"]);
         assert_eq!(change.removed, ["t2"]);
@@ -558,5 +620,11 @@ mod tests {
         // The merge equals the whole assignment as an older agent gets it.
         let whole = wire(&assignment_for(&state, "n1")).merged_into(None);
         assert_eq!(ids(&whole), ids(&node));
+        // A node left with no task hears that its last one is gone.
+        state.objects.tasks.clear();
+        let index = by_node(&state, 4);
+        let change = sent.next(&state, index.node("n1"), kind, vec![]).unwrap();
+        assert_eq!(change.removed.len(), 2);
+        assert!(wire(&change).merged_into(Some(&node)).tasks.is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! applying a command is deterministic: IDs and times come with the command. Task states only
 //! move forward (a late status report never takes a task back), and so do desired states.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -426,8 +426,10 @@ pub struct TasksByNode {
 
 #[derive(Debug, Default)]
 pub struct NodeTasks {
-    /// The IDs of the tasks bound to the node (in any state, until deleted).
-    pub ids: BTreeSet<String>,
+    /// The IDs of the tasks bound to the node (in any state, until deleted), each with the
+    /// last applied index that changed it: an incremental assignment stream looks up only the
+    /// tasks changed since its last message.
+    pub ids: BTreeMap<String, u64>,
     /// The last applied index that changed one of them.
     pub changed: u64,
     /// The last applied index that changed what the node must run: a task added or removed, a
@@ -454,7 +456,7 @@ impl TasksByNode {
         for task in state.objects.tasks.values() {
             if !task.node_id.is_empty() {
                 let node = by_node.nodes.entry(task.node_id.clone()).or_default();
-                node.ids.insert(task.id.clone());
+                node.ids.insert(task.id.clone(), index);
                 node.changed = index;
                 node.placed = index;
             }
@@ -539,8 +541,11 @@ impl TasksByNode {
                             Some(node) => node,
                             None => self.nodes.entry(now.to_string()).or_default(),
                         };
-                        if !node.ids.contains(&id) {
-                            node.ids.insert(id);
+                        match node.ids.get_mut(&id) {
+                            Some(at) => *at = index,
+                            None => {
+                                node.ids.insert(id, index);
+                            }
                         }
                         node.changed = index;
                         if !reported {
@@ -703,7 +708,7 @@ mod tests {
         let ids = |by_node: &TasksByNode, node: &str| -> Vec<String> {
             by_node
                 .node(node)
-                .map(|n| n.ids.iter().cloned().collect())
+                .map(|n| n.ids.keys().cloned().collect())
                 .unwrap_or_default()
         };
         let service = Service {

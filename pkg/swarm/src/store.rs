@@ -412,6 +412,26 @@ pub struct Applied {
     pub last_membership: StoredMembership<u64, BasicNode>,
     /// The tasks of each node, kept up to date by `apply` (see `TasksByNode`).
     pub by_node: TasksByNode,
+    /// The last applied index whose command the orchestrator must see: all but the statuses
+    /// that nodes report of tasks going on (accepted to running), which matter to it only
+    /// while it is busy with an update or a replacement (see `orchestrator::Plan::busy`).
+    pub wake: u64,
+}
+
+/// Whether `command` may give the orchestrator work (see `Applied::wake`).
+fn wakes_orchestrator(command: &crate::state::Command) -> bool {
+    use crate::model::TaskState;
+    use crate::objects::{ObjectCommand, TaskOp};
+    let crate::state::Command::Objects(objects) = command else {
+        return true;
+    };
+    let ObjectCommand::Tasks { ops, .. } = &**objects else {
+        return true;
+    };
+    ops.iter().any(|op| match op {
+        TaskOp::Status { status, .. } => status.state >= TaskState::Complete,
+        _ => true,
+    })
 }
 
 impl Applied {
@@ -423,6 +443,7 @@ impl Applied {
         self.last_applied = last_applied;
         self.by_node
             .after(&self.state, crate::objects::Touched::All, index);
+        self.wake = index;
     }
 }
 
@@ -522,6 +543,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => results.push(CommandResult::Ok),
                 EntryPayload::Normal(command) => {
                     let index = entry.log_id.index;
+                    if wakes_orchestrator(&command) {
+                        applied.wake = index;
+                    }
                     let touched = TasksByNode::before(&applied.state, &command);
                     let applied = &mut *applied;
                     results.push(applied.state.apply(index, command));

@@ -50,12 +50,28 @@ pub struct Memory {
     pub updates: HashMap<String, update::Progress>,
 }
 
+/// How long the loop may rest while nothing it acts on changes (a safety net: see
+/// `store::Applied::wake`).
+const IDLE_MAX: Duration = Duration::from_secs(1);
+
 /// One round's writes.
 #[derive(Default)]
 pub struct Plan {
     pub ops: Vec<TaskOp>,
     pub services: Vec<ObjectCommand>,
     pub created: usize,
+    /// The next round has work whatever the store says: creations held back by the cap, an
+    /// update or a slot's replacement under way (they move on a task's `running`), a restart
+    /// waiting for its delay.
+    pub busy: bool,
+}
+
+impl Plan {
+    /// Nothing to write and nothing under way: the next round may wait for a change that
+    /// wakes the loop.
+    fn idle(&self) -> bool {
+        self.ops.is_empty() && self.services.is_empty() && !self.busy
+    }
 }
 
 pub fn new_task(service: &Service, slot: u64, node_id: &str, now: &str) -> Task {
@@ -132,11 +148,16 @@ pub fn plan(state: &ClusterState, memory: &mut Memory, now: SystemTime, stamp: &
 /// The loop, on every manager; it acts while this manager leads.
 pub async fn run(_daemon: Daemon, session: Weak<Session>) {
     let mut memory = Memory::default();
+    // Whether the last round found nothing to do, the store's wake index it saw, and when it
+    // ran: a round costs a walk over every task (tens of milliseconds at 30,000), so while
+    // nodes only report their tasks running it is not planned again.
+    let mut rest: Option<(u64, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(ROUND).await;
         let Some(s) = session.upgrade() else { return };
         let Some(parts) = s.manager() else {
             memory = Memory::default();
+            rest = None;
             continue;
         };
         let leading = {
@@ -145,13 +166,22 @@ pub async fn run(_daemon: Daemon, session: Weak<Session>) {
         };
         if !leading {
             memory = Memory::default();
+            rest = None;
             continue;
         }
         let stamp = now_rfc3339();
-        let plan = {
+        let (plan, wake) = {
             let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
-            plan(&applied.state, &mut memory, SystemTime::now(), &stamp)
+            if let Some((seen, since)) = rest
+                && seen == applied.wake
+                && since.elapsed() < IDLE_MAX
+            {
+                continue;
+            }
+            let plan = plan(&applied.state, &mut memory, SystemTime::now(), &stamp);
+            (plan, applied.wake)
         };
+        rest = plan.idle().then(|| (wake, tokio::time::Instant::now()));
         drop(s);
         // The service updates, then the task operations in entries of at most OPS_PER_ENTRY,
         // all handed to Raft at once (in order) and then awaited: one commit's latency per

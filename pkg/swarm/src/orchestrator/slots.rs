@@ -119,6 +119,13 @@ pub fn reconcile(
     plan: &mut Plan,
 ) {
     let global = is_global(service);
+    let updating = service
+        .update_status
+        .as_ref()
+        .is_some_and(|u| u.state == "updating" || u.state == "rollback_started");
+    if updating {
+        plan.busy = true;
+    }
     // The service's tasks in key order, each key's a run of `tasks` (a sort of one vector:
     // with 30,000 slots, a map of vectors cost a round more than everything else).
     let mut keyed: Vec<(Key, &Task)> = state
@@ -208,6 +215,10 @@ pub fn reconcile(
             history(state, tasks, created, retention, stamp, plan);
             continue;
         };
+        // A slot in the middle of a replacement waits for statuses other than endings.
+        if live.len() > 1 || current.desired_state == TaskState::Ready {
+            plan.busy = true;
+        }
         // A stop-first replacement (desired `ready`) may start once no other task of its slot
         // can still be running: each ended, never reached a node, or its node is down.
         if current.desired_state == TaskState::Ready
@@ -231,7 +242,10 @@ pub fn reconcile(
         } else if ended(current) {
             match restart::decide(service, key, current, memory, now) {
                 restart::Decision::Now => true,
-                restart::Decision::Later => false,
+                restart::Decision::Later => {
+                    plan.busy = true;
+                    false
+                }
                 restart::Decision::Never => {
                     shutdown(plan, current);
                     false
@@ -270,6 +284,7 @@ pub fn reconcile(
 
 pub fn create(service: &Service, key: &Key, stamp: &str, plan: &mut Plan) {
     if plan.created >= super::MAX_CREATES_PER_ROUND {
+        plan.busy = true;
         return;
     }
     plan.created += 1;
