@@ -122,6 +122,7 @@ pub async fn run(daemon: Daemon, session: Weak<Session>, executor: Arc<dyn Execu
             continue;
         };
         drop(s);
+        tracing::trace!("sending {} task statuses", changes.len());
         let payload = serde_json::to_vec(&changes).unwrap_or_default();
         let mut request = tonic::Request::new(proto::UpdateTaskStatusRequest { statuses: payload });
         request.set_timeout(Duration::from_secs(5));
@@ -192,6 +193,11 @@ async fn read_assignments(
                             requests,
                         ));
                     }
+                    tracing::trace!(
+                        "an assignment of {} tasks, {} removed",
+                        wire.tasks.len(),
+                        wire.removed.len()
+                    );
                     let whole = Arc::new(wire.merged_into(base.as_deref()));
                     base = Some(whole.clone());
                     *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(whole);

@@ -369,6 +369,13 @@ pub fn open_assignments(
                             Some(whole)
                         }
                     };
+                    if let Some(m) = &message {
+                        tracing::trace!(
+                            "assignment for {node_id}: {} tasks, {} removed",
+                            m.tasks.len(),
+                            m.removed.len()
+                        );
+                    }
                     message.map(|m| serde_json::to_vec(&m).unwrap_or_default())
                 }
             };
@@ -463,37 +470,53 @@ pub struct StatusBatch {
 }
 
 impl StatusBatch {
-    async fn propose(&self, daemon: &Daemon, ops: Vec<TaskOp>, now: String) -> Result<(), Status> {
+    async fn propose(
+        self: Arc<Self>,
+        daemon: &Daemon,
+        ops: Vec<TaskOp>,
+        now: String,
+    ) -> Result<(), Status> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((ops, tx));
-        {
+        // The write runs as a task of its own: a request whose client gave up is dropped by the
+        // server, and when the batch it was writing went with it, every other node's statuses
+        // in that batch failed too (they all sent them again a second later, one by one).
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
             // Whoever holds the writer writes everything pending, ours included or not.
             let _writer = self.writer.lock().await;
             let waiting =
                 std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            if !waiting.is_empty() {
-                let mut ops = Vec::new();
-                let mut senders = Vec::new();
-                for (o, tx) in waiting {
-                    ops.extend(o);
-                    senders.push(tx);
-                }
-                let result = daemon
-                    .propose(Command::Objects(Box::new(ObjectCommand::Tasks {
-                        ops,
-                        now,
-                    })))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Status::unavailable(e.message));
-                for tx in senders {
-                    let _ = tx.send(result.clone());
-                }
+            if waiting.is_empty() {
+                return;
             }
-        }
+            let mut ops = Vec::new();
+            let mut senders = Vec::new();
+            for (o, tx) in waiting {
+                ops.extend(o);
+                senders.push(tx);
+            }
+            let (count, started) = (ops.len(), std::time::Instant::now());
+            let result = daemon
+                .propose(Command::Objects(Box::new(ObjectCommand::Tasks {
+                    ops,
+                    now,
+                })))
+                .await
+                .map(|_| ())
+                .map_err(|e| Status::unavailable(e.message));
+            tracing::debug!(
+                "dispatcher: {count} statuses of {} nodes committed in {:?}",
+                senders.len(),
+                started.elapsed()
+            );
+            for tx in senders {
+                let _ = tx.send(result.clone());
+            }
+        });
         rx.await
             .unwrap_or_else(|_| Err(Status::unavailable("the status batch was dropped")))
     }

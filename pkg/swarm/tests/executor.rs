@@ -33,7 +33,8 @@ fn task(id: &str, slot: u64, image: &str, script: &str) -> Task {
                 ..Default::default()
             }),
             ..Default::default()
-        },
+        }
+        .into(),
         status: TaskStatus {
             state: TaskState::Assigned,
             ..Default::default()

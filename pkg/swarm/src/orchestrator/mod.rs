@@ -32,7 +32,7 @@ use crate::state::{ClusterState, Command, now_rfc3339};
 const ROUND: Duration = Duration::from_millis(100);
 
 /// New tasks per round (a service scaled to tens of thousands converges over a few rounds).
-pub const MAX_CREATES_PER_ROUND: usize = 5000;
+pub const MAX_CREATES_PER_ROUND: usize = 20_000;
 
 /// Task operations per Raft entry: an entry stays around 300 KB, so an AppendEntries of a few
 /// entries usually arrives within openraft's timeout of one heartbeat interval.
@@ -145,6 +145,15 @@ pub fn plan(state: &ClusterState, memory: &mut Memory, now: SystemTime, stamp: &
     plan
 }
 
+/// Runs `work` (long and CPU-bound) so that the runtime's other tasks go on meanwhile, where the
+/// runtime can (`block_in_place` needs the multi-thread runtime).
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// The loop, on every manager; it acts while this manager leads.
 pub async fn run(_daemon: Daemon, session: Weak<Session>) {
     let mut memory = Memory::default();
@@ -170,17 +179,33 @@ pub async fn run(_daemon: Daemon, session: Weak<Session>) {
             continue;
         }
         let stamp = now_rfc3339();
-        let (plan, wake) = {
+        let started = std::time::Instant::now();
+        // Long work on a runtime thread: the runtime moves its other tasks elsewhere meanwhile.
+        // Planned under the read lock, not on a clone: a clone alive while the state machine
+        // applies makes it copy the whole task map (see `Shared`).
+        let planned = blocking(|| {
             let applied = parts.shared.read().unwrap_or_else(|e| e.into_inner());
             if let Some((seen, since)) = rest
                 && seen == applied.wake
                 && since.elapsed() < IDLE_MAX
             {
-                continue;
+                return None;
             }
             let plan = plan(&applied.state, &mut memory, SystemTime::now(), &stamp);
-            (plan, applied.wake)
+            tracing::debug!(
+                "orchestrator: planned {} task operations ({} new tasks) over {} tasks in {:?}",
+                plan.ops.len(),
+                plan.created,
+                applied.state.objects.tasks.len(),
+                started.elapsed()
+            );
+            Some((plan, applied.wake))
+        });
+        let Some((plan, wake)) = planned else {
+            continue;
         };
+        let written = plan.ops.len() + plan.services.len();
+        let planned = std::time::Instant::now();
         rest = plan.idle().then(|| (wake, tokio::time::Instant::now()));
         drop(s);
         // The service updates, then the task operations in entries of at most OPS_PER_ENTRY,
@@ -219,6 +244,12 @@ pub async fn run(_daemon: Daemon, session: Weak<Session>) {
                 Ok(Err(_)) => tracing::warn!("orchestrator: Raft dropped a write"),
                 Err(_) => tracing::warn!("orchestrator: a write timed out"),
             }
+        }
+        if written > 0 {
+            tracing::debug!(
+                "orchestrator: {written} writes committed {:?} after the plan",
+                planned.elapsed()
+            );
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::objects::TaskOp;
 use crate::state::{Availability, ClusterState, Node, NodeState};
 
 /// Tasks considered per round.
-const MAX_PER_ROUND: usize = 5000;
+const MAX_PER_ROUND: usize = 20_000;
 
 /// The filters, in the order their failures are explained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -260,7 +260,7 @@ struct Fast<'a> {
 ///
 /// Per waiting task the nodes are walked once (filters, then the spread rank); the loads live in
 /// a vector in the nodes' order and the task's service count per node is kept across the tasks
-/// of one service, so a round of 5,000 tasks on 1,000 nodes makes no allocation per node. Plain
+/// of one service, so a round of 20,000 tasks on 1,000 nodes makes no allocation per node. Plain
 /// tasks (see [`plain`]) take their node from a heap: O(log nodes) each.
 pub fn schedule_with(state: &ClusterState, now: &str, fresh: &mut [&mut Task]) -> Vec<TaskOp> {
     let nodes: Vec<&Node> = state.nodes.values().collect();
