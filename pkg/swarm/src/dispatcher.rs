@@ -92,6 +92,19 @@ pub fn assignment_for<'a>(state: &'a ClusterState, node_id: &str) -> WireAssignm
     assignment_of(state, tasks)
 }
 
+/// A node's whole assignment, its tasks found through the store's per-node index.
+fn whole_assignment<'a>(
+    state: &'a ClusterState,
+    node: Option<&NodeTasks>,
+) -> WireAssignment<&'a Task> {
+    let tasks: Vec<&Task> = node
+        .into_iter()
+        .flat_map(|n| n.ids.keys())
+        .filter_map(|id| state.objects.tasks.get(id))
+        .collect();
+    assignment_of(state, tasks)
+}
+
 /// A task the node runs or must stop: not yet removed, and placed.
 fn in_assignment(task: &Task) -> bool {
     task.desired_state < TaskState::Remove && task.status.state >= TaskState::Assigned
@@ -181,11 +194,14 @@ pub struct StreamKind {
     pub incremental: bool,
 }
 
+/// A task as its node knows it: see `node_view`.
+type View = (u64, TaskState, Option<TaskState>);
+
 /// What of a task a node must hear about again. An agent that keeps its own statuses need not
 /// hear of those it reported (accepted to rejected), nor of `assigned` (a task's state when it
 /// first reaches the node, sent then as a new task), only of the manager's later ones (remove,
 /// orphaned) and of the desired state; another agent hears of every change.
-fn node_view(task: &Task, kind: StreamKind) -> (u64, TaskState, Option<TaskState>) {
+fn node_view(task: &Task, kind: StreamKind) -> View {
     if !kind.keeps_own_statuses {
         return (task.version.index, task.desired_state, None);
     }
@@ -195,8 +211,6 @@ fn node_view(task: &Task, kind: StreamKind) -> (u64, TaskState, Option<TaskState
         (task.status.state > TaskState::Rejected).then_some(task.status.state),
     )
 }
-
-type View = (u64, TaskState, Option<TaskState>);
 
 /// What an incremental stream sent so far.
 #[derive(Default)]
@@ -210,19 +224,9 @@ struct Sent {
 }
 
 impl Sent {
-    /// The stream's first message: the whole assignment.
-    fn first<'a>(
-        state: &'a ClusterState,
-        node: Option<&NodeTasks>,
-        kind: StreamKind,
-    ) -> (Sent, WireAssignment<&'a Task>) {
-        let tasks: Vec<&Task> = node
-            .into_iter()
-            .flat_map(|n| n.ids.keys())
-            .filter_map(|id| state.objects.tasks.get(id))
-            .collect();
-        let whole = assignment_of(state, tasks);
-        let sent = Sent {
+    /// What the stream's first message, the whole assignment `whole`, sent.
+    fn after(whole: &WireAssignment<&Task>, node: Option<&NodeTasks>, kind: StreamKind) -> Sent {
+        Sent {
             tasks: whole
                 .tasks
                 .iter()
@@ -230,8 +234,7 @@ impl Sent {
                 .collect(),
             files: serde_json::to_vec(&(&whole.secrets, &whole.configs)).unwrap_or_default(),
             since: node.map_or(0, |n| n.changed),
-        };
-        (sent, whole)
+        }
     }
 
     /// The message that brings the node from what was sent to its assignment now; `None` when
@@ -361,9 +364,9 @@ pub fn open_assignments(
                     let message = match sent.as_mut() {
                         Some(sent) => sent.next(state, mine, kind, log_requests),
                         None => {
-                            let (first, mut whole) = Sent::first(state, mine, kind);
+                            let mut whole = whole_assignment(state, mine);
                             if kind.incremental {
-                                sent = Some(first);
+                                sent = Some(Sent::after(&whole, mine, kind));
                             }
                             whole.log_requests = log_requests;
                             Some(whole)
@@ -617,7 +620,8 @@ mod tests {
         // Every task counted as changed at `index` (as after a snapshot).
         let by_node = |state: &ClusterState, index| TasksByNode::of(state, index);
         let index = by_node(&state, 1);
-        let (mut sent, first) = Sent::first(&state, index.node("n1"), kind);
+        let first = whole_assignment(&state, index.node("n1"));
+        let mut sent = Sent::after(&first, index.node("n1"), kind);
         let node = wire(&first).merged_into(None);
         assert_eq!(ids(&node), ["t1", "t2"]);
         // Nothing changed since: nothing looked up, nothing sent.
